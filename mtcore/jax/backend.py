@@ -1,0 +1,184 @@
+"""The JAX backend: numpy at the edges, ``jax`` inside. Mirrors ``mtcore/torch/backend.py``."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtcore.batch import Batch, check_source
+from mtcore.config import ModelConfig, TrainConfig
+from mtcore.errors import MTCoreError
+from mtcore.jax import decode, train
+from mtcore.jax.model import Transformer
+from mtcore.weights import Tree, check_tree, read_hf_checkpoint
+
+PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
+_LAYER = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
+
+
+class JaxBackend:
+    name = "jax"
+
+    def __init__(self, device: str = "cpu"):
+        if device not in PLATFORMS:
+            raise MTCoreError(f"jax backend: unknown device {device!r}; expected one of {sorted(PLATFORMS)}")
+        try:
+            self.jax_device = jax.devices(PLATFORMS[device])[0]
+        except RuntimeError:
+            raise MTCoreError(f"jax backend: device {device!r} asked for, but jax sees none") from None
+        self.device_kind = device
+
+    def __repr__(self) -> str:
+        return f"JaxBackend(device={self.device_kind!r})"
+
+    # ---- parameters ----------------------------------------------------------------------------
+    def init_params(self, cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
+        b, t = 1, 1
+        ids = jnp.zeros((b, t), jnp.int32)
+        with jax.default_device(self.jax_device):
+            variables = jax.jit(Transformer(cfg).init)(jax.random.key(seed), ids, ids, ids)
+        return jax.device_put(variables, self.jax_device)
+
+    def load_hf(self, path, cfg: ModelConfig | None = None) -> dict[str, Any]:
+        cfg, tree = read_hf_checkpoint(path, cfg)
+        return self.from_numpy(cfg, tree)
+
+    def to_numpy(self, params: dict[str, Any]) -> Tree:
+        tree: Tree = {}
+        flat = {_path(p): np.asarray(v, np.float32) for p, v in jax.tree_util.tree_leaves_with_path(params)}
+        for path, value in flat.items():
+            collection, *parts = path
+            if collection == "consts":
+                tree[parts[-1]] = value
+            elif parts[0] == "shared":
+                tree["shared.weight"] = value
+            elif parts[1] == "layers":  # scanned: a leading layer axis
+                for i, layer_value in enumerate(value):
+                    tree[_canonical(parts[0], i, parts[2:])] = _to_torch_layout(parts[-1], layer_value)
+            else:  # looped: layers_{i}
+                i = int(parts[1].removeprefix("layers_"))
+                tree[_canonical(parts[0], i, parts[2:])] = _to_torch_layout(parts[-1], value)
+        return tree
+
+    def from_numpy(self, cfg: ModelConfig, tree: Tree) -> dict[str, Any]:
+        tree = check_tree(cfg, tree)
+        variables: dict[str, Any] = {"params": {}, "consts": {"final_logits_bias": tree["final_logits_bias"]}}
+        variables["params"]["shared"] = {"embedding": tree["shared.weight"]}
+        per_layer: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        for name, value in tree.items():
+            m = _LAYER.match(name)
+            if not m:
+                continue
+            side, i, rest = m.group(1), int(m.group(2)), m.group(3).split(".")
+            parent, leaf = rest[:-1], rest[-1]
+            if leaf == "weight":
+                leaf = "scale" if parent[-1].endswith("layer_norm") else "kernel"
+                value = value if leaf == "scale" else value.T  # torch (out, in) -> flax (in, out)
+            per_layer.setdefault((side, *parent, leaf), []).append((i, value))
+        for (side, *path), items in per_layer.items():
+            items.sort(key=lambda t: t[0])
+            if cfg.layer_stacking == "scan":
+                _put(variables["params"], (side, "layers", *path), np.stack([v for _, v in items]))
+            else:
+                for i, v in items:
+                    _put(variables["params"], (side, f"layers_{i}", *path), v)
+        return jax.device_put(jax.tree.map(jnp.asarray, variables), self.jax_device)
+
+    @staticmethod
+    def num_params(params: dict[str, Any]) -> int:
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params["params"]))
+
+    # ---- compute -------------------------------------------------------------------------------
+    def device_batch(self, batch: Batch | dict, cfg: ModelConfig | None = None) -> dict[str, jax.Array]:
+        """Validated device arrays; a dict that already is one passes through."""
+        if isinstance(batch, dict):
+            return batch
+        if cfg is not None:
+            batch.validate(cfg)
+        return jax.device_put(batch.arrays(), self.jax_device)
+
+    def forward(self, params: dict[str, Any], cfg: ModelConfig, batch: Batch) -> np.ndarray:
+        b = self.device_batch(batch, cfg)
+        logits = _forward(cfg)(params, b["src_ids"], b["src_mask"], b["tgt_in"])  # (B, T, V)
+        return np.asarray(logits, np.float32)
+
+    def init_train_state(self, params: dict[str, Any], tcfg: TrainConfig) -> train.TrainState:
+        # The step donates the state: copy so the caller's params stay usable.
+        return train.init_train_state(jax.tree.map(jnp.copy, params), tcfg)
+
+    def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, jit: bool = True):
+        step = train.make_train_step(cfg, tcfg, jit=jit)
+
+        def train_step(state, batch):
+            return step(state, self.device_batch(batch, cfg))
+
+        return train_step
+
+    def make_eval_step(self, cfg: ModelConfig, tcfg: TrainConfig):
+        step = train.make_eval_step(cfg, tcfg)
+        return lambda params, batch: step(params, self.device_batch(batch, cfg))
+
+    def state_params(self, state: train.TrainState) -> dict[str, Any]:
+        return {"params": state.params, "consts": state.consts}
+
+    def generate(
+        self,
+        params: dict[str, Any],
+        cfg: ModelConfig,
+        src_ids: np.ndarray,
+        src_mask: np.ndarray | None = None,
+        *,
+        max_len: int = 64,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+    ) -> np.ndarray:
+        src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams)
+        ids, mask = jax.device_put((src_ids, src_mask), self.jax_device)
+        if num_beams == 1:
+            out = decode.greedy(params, ids, mask, cfg=cfg, max_len=max_len)
+        else:
+            out = decode.beam_search(
+                params, ids, mask, cfg=cfg, max_len=max_len, num_beams=num_beams, length_penalty=float(length_penalty)
+            )
+        return np.asarray(out, np.int32)
+
+    def sync(self, value: Any = None) -> Any:
+        """Wait for ``value``'s computation (JAX is asynchronous per array); returns ``value``."""
+        return jax.block_until_ready(value)
+
+    def devices(self) -> list[str]:
+        from mtcore.devices import jax_devices
+
+        return jax_devices()
+
+
+@lru_cache(maxsize=None)
+def _forward(cfg: ModelConfig):
+    return jax.jit(Transformer(cfg).apply)
+
+
+def _path(keypath) -> tuple[str, ...]:
+    return tuple(str(k.key) for k in keypath)
+
+
+def _canonical(side: str, i: int, parts: list[str]) -> str:
+    *parent, leaf = parts
+    if leaf in ("kernel", "scale"):
+        leaf = "weight"
+    return ".".join([side, "layers", str(i), *parent, leaf])
+
+
+def _to_torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:
+    return value.T if leaf == "kernel" else value
+
+
+def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    *parents, leaf = path
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value

@@ -1,0 +1,126 @@
+"""Training step in JAX. Mirrors ``mtcore/torch/train.py``."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtcore.config import ModelConfig, TrainConfig
+from mtcore.jax.model import Transformer
+
+# The state is donated so XLA can update parameters in place; the CPU backend cannot reuse
+# donated buffers and says so on every call.
+warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """``params`` are trained, ``consts`` (``final_logits_bias``) are carried along; ``step``
+    counts completed updates."""
+
+    step: jax.Array
+    params: Any
+    consts: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def decays(path: tuple, leaf: jax.Array) -> bool:
+    # Weight decay on matrices (linear kernels, embeddings), never on biases or LayerNorm. Names,
+    # not ranks, decide: nn.scan gives biases a leading layer axis.
+    return path[-1].key in ("kernel", "embedding")
+
+
+def learning_rate(tcfg: TrainConfig, count: jax.Array) -> jax.Array:
+    """``TrainConfig.lr_at`` in jnp, for optax's update count."""
+    n = count + 1
+    return tcfg.learning_rate * jnp.minimum(n / tcfg.warmup_steps, jnp.sqrt(tcfg.warmup_steps / n))
+
+
+def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
+    adamw = optax.adamw(
+        lambda count: learning_rate(tcfg, count),
+        b1=tcfg.beta1,
+        b2=tcfg.beta2,
+        eps=tcfg.eps,
+        weight_decay=tcfg.weight_decay,
+        mask=lambda params: jax.tree_util.tree_map_with_path(decays, params),
+    )
+    if tcfg.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(tcfg.clip_norm), adamw)
+    return adamw
+
+
+def init_train_state(variables: dict[str, Any], tcfg: TrainConfig) -> TrainState:
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        consts=variables["consts"],
+        opt_state=make_optimizer(tcfg).init(params),
+        rng=jax.random.key(tcfg.seed),
+    )
+
+
+def loss_fn(logits: jax.Array, labels: jax.Array, mask: jax.Array, label_smoothing: float):
+    """Label-smoothed cross-entropy averaged over real target tokens, and token accuracy."""
+    v = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, v, dtype=jnp.float32), label_smoothing)
+    per_token = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)  # (B, T)
+    weights = mask.astype(jnp.float32)
+    denom = jnp.maximum(weights.sum(), 1.0)
+    loss = (per_token * weights).sum() / denom
+    accuracy = ((logits.argmax(-1) == labels) * weights).sum() / denom
+    return loss, accuracy
+
+
+def compute_dtype(tcfg: TrainConfig):
+    return jnp.bfloat16 if tcfg.precision == "bf16" else jnp.float32
+
+
+def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, jit: bool = True):
+    """``train_step(state, batch) -> (state, metrics)``: forward, backward, clip, AdamW, as one
+    jitted function with the state donated."""
+    model = Transformer(cfg, compute_dtype(tcfg), deterministic=False)
+    tx = make_optimizer(tcfg)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, Any]]:
+        dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+        def objective(params):
+            logits = model.apply(
+                {"params": params, "consts": state.consts},
+                batch["src_ids"], batch["src_mask"], batch["tgt_in"],
+                rngs={"dropout": dropout_rng},
+            )  # (B, T, V)
+            return loss_fn(logits, batch["tgt_out"], batch["tgt_mask"], tcfg.label_smoothing)
+
+        (loss, accuracy), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "accuracy": accuracy,
+            "grad_norm": optax.global_norm(grads),
+            "lr": learning_rate(tcfg, state.step),
+        }
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=0) if jit else train_step
+
+
+def make_eval_step(cfg: ModelConfig, tcfg: TrainConfig):
+    model = Transformer(cfg, compute_dtype(tcfg), deterministic=True)
+
+    @jax.jit
+    def eval_step(variables, batch):
+        logits = model.apply(variables, batch["src_ids"], batch["src_mask"], batch["tgt_in"])
+        loss, accuracy = loss_fn(logits, batch["tgt_out"], batch["tgt_mask"], 0.0)
+        return {"loss": loss, "accuracy": accuracy}
+
+    return eval_step

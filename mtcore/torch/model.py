@@ -1,0 +1,188 @@
+"""The Transformer in PyTorch. Mirrors ``mtcore/jax/model.py`` class for class and name for name."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtcore.config import ModelConfig
+from mtcore.weights import sinusoidal_positions
+
+ACTIVATIONS = {"swish": F.silu, "relu": F.relu, "gelu": F.gelu}
+
+# A decoding cache per layer: self-attention keys/values written step by step, and the
+# cross-attention keys/values of the source, computed at the first step.
+LayerCache = dict[str, torch.Tensor]
+
+
+class MlpBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, cfg.ffn_dim)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.d_model)
+        self.act = ACTIVATIONS[cfg.activation]
+        self.activation_dropout = nn.Dropout(cfg.activation_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_dropout(self.act(self.fc1(x))))
+
+
+class Attention(nn.Module):
+    """Multi-head attention; keys and values are projected separately so decoding can cache them."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.num_heads = cfg.num_heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, H, T, Dh)
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.k_proj(x)), self.heads(self.v_proj(x))  # (B, H, S, Dh) each
+
+    def forward(self, x, k, v, mask=None, is_causal=False) -> torch.Tensor:
+        q = self.heads(self.q_proj(x))  # (B, H, T, Dh)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        b, _, t, _ = o.shape
+        return self.out_proj(o.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.self_attn_layer_norm = _layer_norm(cfg)
+        self.mlp = MlpBlock(cfg)
+        self.final_layer_norm = _layer_norm(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        k, v = self.self_attn.project_kv(x)
+        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, k, v, mask=src_mask)))
+        x = self.final_layer_norm(x + self.dropout(self.mlp(x)))
+        return x
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.self_attn_layer_norm = _layer_norm(cfg)
+        self.encoder_attn = Attention(cfg)
+        self.encoder_attn_layer_norm = _layer_norm(cfg)
+        self.mlp = MlpBlock(cfg)
+        self.final_layer_norm = _layer_norm(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, y, enc, src_mask, cache: LayerCache | None = None, index: int | None = None):
+        """Whole target sequence (``cache`` None) or one step at position ``index``, updating
+        ``cache`` in place."""
+        k, v = self.self_attn.project_kv(y)
+        if cache is None:
+            a = self.self_attn(y, k, v, is_causal=True)
+            ck, cv = self.encoder_attn.project_kv(enc)
+        else:
+            cache["k"][:, :, index : index + 1] = k
+            cache["v"][:, :, index : index + 1] = v
+            seen = (torch.arange(cache["k"].shape[2], device=y.device) <= index)[None, None, None, :]  # (1, 1, 1, Tmax)
+            a = self.self_attn(y, cache["k"], cache["v"], mask=seen)
+            if "ck" not in cache:
+                cache["ck"], cache["cv"] = self.encoder_attn.project_kv(enc)
+            ck, cv = cache["ck"], cache["cv"]
+        y = self.self_attn_layer_norm(y + self.dropout(a))
+        y = self.encoder_attn_layer_norm(y + self.dropout(self.encoder_attn(y, ck, cv, mask=src_mask)))
+        y = self.final_layer_norm(y + self.dropout(self.mlp(y)))
+        return y
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+
+    def forward(self, x, src_mask):
+        for layer in self.layers:
+            x = layer(x, src_mask)
+        return x
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+
+    def forward(self, y, enc, src_mask, cache: list[LayerCache] | None = None, index: int | None = None):
+        for i, layer in enumerate(self.layers):
+            y = layer(y, enc, src_mask, None if cache is None else cache[i], index)
+        return y
+
+
+class Transformer(nn.Module):
+    """Marian-style encoder-decoder; ``forward`` returns logits ``(B, T, V)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.register_buffer("final_logits_bias", torch.zeros(cfg.vocab_size))
+        positions = torch.from_numpy(sinusoidal_positions(cfg.max_len, cfg.d_model))
+        self.register_buffer("positions", positions, persistent=False)
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
+        self.apply(_init_weights)
+
+    def embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        x = self.shared(ids) * self.embed_scale  # (B, T, D)
+        return self.dropout(x + self.positions[offset : offset + ids.shape[1]])
+
+    @staticmethod
+    def key_mask(src_mask: torch.Tensor) -> torch.Tensor:
+        return src_mask.bool()[:, None, None, :]  # (B, 1, 1, S): which keys attention may read
+
+    def encode(self, src_ids, src_mask):
+        return self.encoder(self.embed(src_ids), self.key_mask(src_mask))  # (B, S, D)
+
+    def logits(self, y: torch.Tensor) -> torch.Tensor:
+        return F.linear(y, self.shared.weight) + self.final_logits_bias  # (B, T, V)
+
+    def decode(self, tgt_in, enc, src_mask):
+        return self.logits(self.decoder(self.embed(tgt_in), enc, self.key_mask(src_mask)))
+
+    def forward(self, src_ids, src_mask, tgt_in):
+        return self.decode(tgt_in, self.encode(src_ids, src_mask), src_mask)
+
+    def decode_step(self, token, index: int, cache, enc, src_mask):
+        """Logits ``(B, V)`` for the next token after ``token`` ``(B,)`` at position ``index``."""
+        y = self.embed(token[:, None], offset=index)  # (B, 1, D)
+        y = self.decoder(y, enc, self.key_mask(src_mask), cache, index)
+        return self.logits(y)[:, 0]
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=torch.float32, device=None) -> list[LayerCache]:
+    """Empty self-attention keys/values ``(B, H, Tmax, Dh)`` per layer; the first step adds the
+    cross-attention ones."""
+    shape = (batch_size, cfg.num_heads, max_len, cfg.head_dim)
+    return [
+        {"k": torch.zeros(shape, dtype=dtype, device=device), "v": torch.zeros(shape, dtype=dtype, device=device)}
+        for _ in range(cfg.decoder_layers)
+    ]
+
+
+def _layer_norm(cfg: ModelConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(cfg.d_model, eps=1e-5)
+
+
+def _init_weights(module: nn.Module) -> None:
+    # Marian/BART initialisation: N(0, 0.02) weights, zero biases.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
