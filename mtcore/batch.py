@@ -159,6 +159,6 @@ def check_source(
         raise MTCoreError(f"num_beams must be an int >= 1, got {num_beams!r}")
     src_ids, src_mask = src_ids.astype(np.int32), src_mask.astype(np.int32)
     # Validate as a batch with a one-token dummy target.
-    dummy = np.full((src_ids.shape[0], 1), cfg.eos_id, np.int32)
-    Batch(src_ids, src_mask, dummy, dummy, dummy).validate(cfg)
+    ids, mask = np.full((len(src_ids), 1), cfg.eos_id, np.int32), np.ones((len(src_ids), 1), np.int32)
+    Batch(src_ids, src_mask, ids, ids, mask).validate(cfg)
     return src_ids, src_mask

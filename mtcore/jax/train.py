@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
 from typing import Any
 
 import flax
@@ -83,9 +84,14 @@ def compute_dtype(tcfg: TrainConfig):
     return jnp.bfloat16 if tcfg.precision == "bf16" else jnp.float32
 
 
+@lru_cache(maxsize=64)
 def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, jit: bool = True):
     """``train_step(state, batch) -> (state, metrics)``: forward, backward, clip, AdamW, as one
-    jitted function with the state donated."""
+    jitted function with the state donated.
+
+    Cached per config, so callers share compilations; ``jit=False`` gives the plain function, for
+    whoever wants to compile it fresh (the compile-time benchmarks).
+    """
     model = Transformer(cfg, compute_dtype(tcfg), deterministic=False)
     tx = make_optimizer(tcfg)
 
@@ -106,7 +112,7 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, jit: bool = True):
         metrics = {
             "loss": loss,
             "accuracy": accuracy,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": learning_rate(tcfg, state.step),
         }
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -114,6 +120,7 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, jit: bool = True):
     return jax.jit(train_step, donate_argnums=0) if jit else train_step
 
 
+@lru_cache(maxsize=64)
 def make_eval_step(cfg: ModelConfig, tcfg: TrainConfig):
     model = Transformer(cfg, compute_dtype(tcfg), deterministic=True)
 

@@ -1,0 +1,66 @@
+"""Shared by tests/ and benches/: skip what the machine cannot run, with a reason that names what
+is missing, instead of failing."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import pytest
+
+try:
+    from hypothesis import HealthCheck, settings
+
+    # Each new shape recompiles under jit, so examples are few and deadlines off.
+    settings.register_profile(
+        "default", max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    settings.register_profile(
+        "ci", max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    )
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
+except ImportError:  # hypothesis is only needed by the tests
+    pass
+
+DATA_DIR = Path(os.environ.get("MTCORE_DATA", Path(__file__).resolve().parent.parent / "shared" / "data"))
+
+
+def _missing_package(package: str, extra: str) -> str | None:
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        return f"{package} is not installed (pip install 'mtcore[{extra}]')"
+    return None
+
+
+def _requirement_reasons() -> dict[str, str | None]:
+    from mtcore.devices import missing
+
+    reasons = {
+        "torch": _missing_package("torch", "torch"),
+        "jax": _missing_package("flax", "jax"),
+        "hf": _missing_package("transformers", "hf") or _missing_package("torch", "torch"),
+        "data": None if (DATA_DIR / "en-hu").is_dir() else f"no parallel text at {DATA_DIR / 'en-hu'}",
+    }
+    gpu = [missing(fw, "gpu") for fw in ("torch", "jax")]
+    reasons["gpu"] = None if any(r is None for r in gpu) else "; ".join(gpu)
+    reasons["tpu"] = missing("jax", "tpu")
+    return reasons
+
+
+def pytest_collection_modifyitems(config, items):
+    reasons = _requirement_reasons()
+    for item in items:
+        for marker, reason in reasons.items():
+            if reason and item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=f"needs {marker}: {reason}"))
+                break
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = DATA_DIR / "en-hu"
+    if not path.is_dir():
+        pytest.skip(f"no parallel text at {path}")
+    return path

@@ -1,0 +1,54 @@
+"""Small configs and weights for property tests. Few distinct shapes: each one compiles anew."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mtcore import ModelConfig
+from mtcore.weights import init_tree, to_hf_state_dict
+
+CONFIGS = [
+    ModelConfig.preset("tiny", dropout=0.0),
+    # Uneven depths, ReLU, unscaled embeddings.
+    ModelConfig(vocab_size=97, d_model=32, encoder_layers=1, decoder_layers=3, num_heads=2, ffn_dim=48,
+                activation="relu", scale_embedding=False, max_len=32, dropout=0.0, pad_id=96, decoder_start_id=96),
+    # Six heads of 8, GELU, special ids away from Marian's convention.
+    ModelConfig(vocab_size=120, d_model=48, encoder_layers=3, decoder_layers=1, num_heads=6, ffn_dim=64,
+                activation="gelu", max_len=32, dropout=0.0, pad_id=3, eos_id=2, decoder_start_id=1),
+]
+SHAPES = [(1, 1, 1), (2, 7, 5), (3, 12, 4)]  # (B, S, T)
+
+
+def random_tree(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:
+    """Weights big enough that logits and greedy outputs vary, with a random final_logits_bias."""
+    tree = init_tree(cfg, seed, std=0.25)
+    rng = np.random.default_rng(seed + 1)
+    tree["final_logits_bias"] = rng.normal(0, 1.0, cfg.vocab_size).astype(np.float32)
+    for name in tree:
+        if name.endswith("layer_norm.weight"):
+            tree[name] = (1 + rng.normal(0, 0.1, tree[name].shape)).astype(np.float32)
+    return tree
+
+
+def hf_model(cfg: ModelConfig, tree: dict[str, np.ndarray]):
+    """A Hugging Face ``MarianMTModel`` holding ``tree``."""
+    import torch
+    from transformers import MarianMTModel
+
+    model = MarianMTModel(cfg.to_hf()).eval()
+    state = {k: torch.from_numpy(v) for k, v in to_hf_state_dict(cfg, tree).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("embed_positions" in k for k in missing), (missing, unexpected)
+    return model
+
+
+def hf_logits(model, batch) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.from_numpy(batch.src_ids).long(),
+            attention_mask=torch.from_numpy(batch.src_mask).long(),
+            decoder_input_ids=torch.from_numpy(batch.tgt_in).long(),
+        )
+    return out.logits.numpy()

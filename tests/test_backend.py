@@ -1,0 +1,92 @@
+"""The backend seam: each framework optional, clear errors for bad arguments."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mtcore
+from mtcore import BackendUnavailable, MTCoreError
+from mtcore.weights import init_tree
+
+
+def test_unknown_backend_and_device():
+    with pytest.raises(MTCoreError, match="unknown backend 'mxnet'; known backends: torch, jax"):
+        mtcore.backend("mxnet")
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_unknown_or_absent_device(backends, framework):
+    with pytest.raises(MTCoreError, match="unknown device 'npu'"):
+        mtcore.backend(framework, "npu")
+    from mtcore.devices import missing
+
+    for device in ("gpu", "tpu"):
+        reason = missing(framework, device)
+        if reason:  # absent hardware: a clear error naming it, and the same reason the benches skip with
+            assert device.upper() in reason or "not supported" in reason
+            with pytest.raises(MTCoreError, match=device):
+                mtcore.backend(framework, device)
+
+
+# A fresh interpreter in which one framework cannot be imported, as on a TPU VM without torch.
+_WITHOUT = """
+import sys
+sys.modules[{blocked!r}] = None
+import mtcore
+print(mtcore.available({name!r}))
+try:
+    mtcore.backend({name!r})
+except mtcore.BackendUnavailable as e:
+    print("unavailable:", e)
+other = mtcore.backend({other!r})
+cfg = mtcore.ModelConfig.preset("tiny")
+print("other works", other.forward(other.init_params(cfg), cfg, mtcore.random_batch(cfg, 1, 3, 3)).shape)
+"""
+
+
+@pytest.mark.parametrize("name, blocked, other", [("torch", "torch", "jax"), ("jax", "flax", "torch")])
+def test_each_framework_is_optional(backends, name, blocked, other):
+    code = _WITHOUT.format(name=name, blocked=blocked, other=other)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"pip install 'mtcore[{name}]'" in out.stdout
+    assert f"unavailable: backend '{name}' unavailable" in out.stdout
+    assert "other works (1, 3, 512)" in out.stdout
+
+
+def test_importing_mtcore_imports_no_framework():
+    code = "import sys, mtcore, mtcore.cli; print(sorted({'torch', 'jax', 'flax'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_backend_unavailable_is_an_import_error():
+    assert issubclass(BackendUnavailable, ImportError)
+    assert issubclass(MTCoreError, ValueError)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_bad_input_to_the_public_api(backends, framework, tmp_path):
+    be = backends[framework]
+    cfg = mtcore.ModelConfig.preset("tiny")
+    params = be.from_numpy(cfg, init_tree(cfg))
+    batch = mtcore.random_batch(cfg, 2, 5, 4)
+    bad_ids = mtcore.Batch(**{**batch.arrays(), "src_ids": np.full_like(batch.src_ids, 9999)})
+    with pytest.raises(MTCoreError, match="id 9999, outside the vocabulary"):
+        be.forward(params, cfg, bad_ids)
+    with pytest.raises(MTCoreError, match="dtype int32, got float64"):
+        be.forward(params, cfg, mtcore.Batch(**{**batch.arrays(), "tgt_in": batch.tgt_in.astype(float)}))
+    with pytest.raises(MTCoreError, match="expected"):
+        be.forward(params, cfg, mtcore.Batch(**{**batch.arrays(), "tgt_mask": batch.tgt_mask[:, :2]}))
+    with pytest.raises(MTCoreError, match="id 9999"):
+        be.make_train_step(cfg, mtcore.TrainConfig())(be.init_train_state(params, mtcore.TrainConfig()), bad_ids)
+    with pytest.raises(MTCoreError, match="outside the vocabulary"):
+        be.generate(params, cfg, np.array([[1, 2, 600]]))
+    with pytest.raises(MTCoreError, match="2-D integer array"):
+        be.generate(params, cfg, np.array([[1.5, 2.0]]))
+    with pytest.raises(MTCoreError, match="not a Hugging Face checkpoint"):
+        be.load_hf(tmp_path)
+    with pytest.raises(MTCoreError, match="do not match the model config"):
+        be.from_numpy(cfg, init_tree(cfg.replace(decoder_layers=3)))

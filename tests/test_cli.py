@@ -1,0 +1,32 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mtcore.cli import main
+
+
+def test_info_lists_frameworks_and_devices(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch:" in out and "jax:" in out
+    assert main(["info", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    for name in ("torch", "jax"):
+        fw = data["frameworks"][name]
+        assert fw["available"] is False or fw["device_counts"]["cpu"] >= 1
+
+
+def test_params_and_errors(capsys):
+    assert main(["params", "marian-en-hu"]) == 0
+    assert "76,149,760 trainable parameters" in capsys.readouterr().out
+    assert main(["params", "huge"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mtcore: error: unknown model preset 'huge'") and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "mtcore.cli", "info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "jax" in out.stdout

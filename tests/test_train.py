@@ -1,0 +1,102 @@
+"""Training steps: the same loss and the same update in both frameworks, and they learn."""
+
+import numpy as np
+import pytest
+from helpers import CONFIGS, random_tree
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mtcore import TrainConfig, random_batch
+from mtcore.weights import init_tree
+
+pytestmark = [pytest.mark.torch, pytest.mark.jax]
+
+
+def _steps(be, cfg, tcfg, tree, batches):
+    state = be.init_train_state(be.from_numpy(cfg, tree), tcfg)
+    step = be.make_train_step(cfg, tcfg)
+    losses = []
+    for batch in batches:
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    return losses, be.to_numpy(be.state_params(state)), metrics
+
+
+@given(cfg=st.sampled_from(CONFIGS), seed=st.integers(0, 2**16))
+def test_loss_and_update_agree_across_frameworks(backends, cfg, seed):
+    tcfg = TrainConfig(warmup_steps=1)
+    tree = init_tree(cfg, seed)
+    batches = [random_batch(cfg, 2, 7, 5, seed=seed + i) for i in range(2)]
+    lt, pt, mt = _steps(backends["torch"], cfg, tcfg, tree, batches)
+    lj, pj, mj = _steps(backends["jax"], cfg, tcfg, tree, batches)
+    np.testing.assert_allclose(lt, lj, rtol=1e-5)
+    assert float(mt["grad_norm"]) == pytest.approx(float(mj["grad_norm"]), rel=1e-4)
+    assert float(mt["lr"]) == pytest.approx(float(mj["lr"]), rel=1e-6)
+    for k in tree:
+        update_t, update_j = pt[k] - tree[k], pj[k] - tree[k]
+        # Two AdamW updates move weights by ~2 * lr; agreement is measured against that scale.
+        assert np.abs(update_t - update_j).max() < 1e-3 * tcfg.learning_rate * 10, k
+    assert any(np.abs(pt[k] - tree[k]).max() > 0.5 * tcfg.learning_rate for k in tree)
+
+
+def test_loss_matches_a_hand_computed_cross_entropy(backends):
+    cfg = CONFIGS[0]
+    tree = random_tree(cfg, 0)
+    batch = random_batch(cfg, 2, 6, 5, seed=0)
+    logits = backends["torch"].forward(backends["torch"].from_numpy(cfg, tree), cfg, batch).astype(np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    nll = -np.take_along_axis(logp, batch.tgt_out[..., None], -1)[..., 0]
+    smooth = -logp.mean(-1)
+    per_token = 0.9 * nll + 0.1 * smooth
+    want = (per_token * batch.tgt_mask).sum() / batch.tgt_mask.sum()
+    tcfg = TrainConfig(label_smoothing=0.1)
+    for be in backends.values():
+        _, _, metrics = _steps(be, cfg, tcfg, tree, [batch])
+        assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_default_train_config_learns_a_batch(backends, framework):
+    cfg = CONFIGS[0]
+    batch = random_batch(cfg, 8, 10, 10, seed=1)
+    losses, _, metrics = _steps(backends[framework], cfg, TrainConfig(), init_tree(cfg, 1), [batch] * 60)
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.8 * losses[0], losses[::10]
+    assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_bf16_step_is_close_to_fp32(backends, framework):
+    cfg = CONFIGS[0]
+    tree = init_tree(cfg, 2)
+    batch = random_batch(cfg, 2, 7, 5, seed=2)
+    (l32,), _, _ = _steps(backends[framework], cfg, TrainConfig(), tree, [batch])
+    (l16,), p16, _ = _steps(backends[framework], cfg, TrainConfig(precision="bf16"), tree, [batch])
+    assert l16 == pytest.approx(l32, rel=2e-2)
+    assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in p16.values())  # fp32 master weights
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_dropout_is_applied_in_training_only(backends, framework):
+    be = backends[framework]
+    cfg = CONFIGS[0].replace(dropout=0.3)
+    tree = init_tree(cfg, 3)
+    batch = random_batch(cfg, 2, 7, 5, seed=3)
+    (with_dropout,), _, _ = _steps(be, cfg, TrainConfig(), tree, [batch])
+    (without,), _, _ = _steps(be, CONFIGS[0], TrainConfig(), tree, [batch])
+    assert with_dropout != pytest.approx(without, rel=1e-4)
+    # Inference ignores dropout.
+    a = be.forward(be.from_numpy(cfg, tree), cfg, batch)
+    b = be.forward(be.from_numpy(CONFIGS[0], tree), CONFIGS[0], batch)
+    assert np.array_equal(a, b)
+
+
+def test_eval_step_agrees(backends):
+    cfg, tcfg = CONFIGS[2], TrainConfig()
+    tree = random_tree(cfg, 4)
+    batch = random_batch(cfg, 3, 7, 5, seed=4)
+    out = {}
+    for name, be in backends.items():
+        out[name] = be.make_eval_step(cfg, tcfg)(be.from_numpy(cfg, tree), batch)
+    assert float(out["torch"]["loss"]) == pytest.approx(float(out["jax"]["loss"]), rel=1e-5)
+    assert float(out["torch"]["accuracy"]) == pytest.approx(float(out["jax"]["accuracy"]))
