@@ -24,7 +24,10 @@ def _steps(be, cfg, tcfg, tree, batches):
 
 @given(cfg=st.sampled_from(CONFIGS), seed=st.integers(0, 2**16))
 def test_loss_and_update_agree_across_frameworks(backends, cfg, seed):
-    tcfg = TrainConfig(warmup_steps=1)
+    # Adam divides by sqrt(v) + eps: with Marian's eps=1e-9 a gradient that is pure rounding noise
+    # (k_proj biases get ~0 analytically) becomes a full +-lr step of random sign. eps=1e-6 keeps
+    # such updates as small as their gradients, so what is compared is the arithmetic.
+    tcfg = TrainConfig(warmup_steps=1, eps=1e-6)
     tree = init_tree(cfg, seed)
     batches = [random_batch(cfg, 2, 7, 5, seed=seed + i) for i in range(2)]
     lt, pt, mt = _steps(backends["torch"], cfg, tcfg, tree, batches)
@@ -34,8 +37,8 @@ def test_loss_and_update_agree_across_frameworks(backends, cfg, seed):
     assert float(mt["lr"]) == pytest.approx(float(mj["lr"]), rel=1e-6)
     for k in tree:
         update_t, update_j = pt[k] - tree[k], pj[k] - tree[k]
-        # Two AdamW updates move weights by ~2 * lr; agreement is measured against that scale.
-        assert np.abs(update_t - update_j).max() < 1e-3 * tcfg.learning_rate * 10, k
+        # Two AdamW updates move weights by up to ~2 * lr; they agree to 0.1% of lr.
+        assert np.abs(update_t - update_j).max() < 1e-3 * tcfg.learning_rate, k
     assert any(np.abs(pt[k] - tree[k]).max() > 0.5 * tcfg.learning_rate for k in tree)
 
 

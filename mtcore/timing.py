@@ -1,0 +1,122 @@
+"""Honest timing: device-synchronised calls, fresh compiles, GEMM peaks and peak memory.
+
+Every timed call ends with a device sync (``block_until_ready`` / ``torch.cuda.synchronize``):
+both frameworks queue work asynchronously, and timing the queueing would flatter them.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def timed(fn: Callable[[], Any], sync: Callable[[Any], Any]) -> tuple[float, Any]:
+    """Seconds for ``fn()`` including the device work it queued, and its result."""
+    start = time.perf_counter()
+    out = sync(fn())
+    return time.perf_counter() - start, out
+
+
+# ---- compile time ------------------------------------------------------------------------------
+def jax_fresh_compile(fn: Callable, *args: Any, **jit_kwargs: Any) -> tuple[float, float, Any]:
+    """(trace+lower seconds, XLA compile seconds, compiled) for a compile nothing can reuse: new
+    function object, in-memory caches cleared, persistent cache off."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    jax.clear_caches()
+    fresh = jax.jit(lambda *a: fn(*a), **jit_kwargs)  # a new function object: no tracing cache hit
+    start = time.perf_counter()
+    lowered = fresh.lower(*args)
+    traced = time.perf_counter()
+    compiled = lowered.compile()
+    return traced - start, time.perf_counter() - traced, compiled
+
+
+def torch_fresh_compile_env() -> str:
+    """Reset dynamo and point inductor at an empty cache directory, so the next
+    ``torch.compile``'d call compiles from scratch. Returns the directory."""
+    import torch
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    cache = tempfile.mkdtemp(prefix="mtcore-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    inductor_config.fx_graph_cache = False
+    if hasattr(inductor_config, "autotune_local_cache"):
+        inductor_config.autotune_local_cache = False
+    return cache
+
+
+# ---- hardware peak -----------------------------------------------------------------------------
+def gemm_peak(framework: str, device: str, dtype: str = "fp32", n: int | None = None, repeats: int = 5) -> float:
+    """Best measured FLOP/s of an ``n x n @ n x n`` matmul: the ceiling MFU is measured against.
+
+    Measured, not looked up: on a shared or throttled machine the datasheet peak is fiction.
+    """
+    n = n or (8192 if device != "cpu" else 1024)
+    flops = 2 * n**3
+    if framework == "torch":
+        import torch
+
+        dev = torch.device("cuda" if device == "gpu" else "cpu")
+        dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+        a = torch.randn(n, n, device=dev, dtype=dt)
+        b = torch.randn(n, n, device=dev, dtype=dt)
+        sync = (lambda x: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda x: x)
+        matmul = lambda: a @ b  # noqa: E731
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+        dev = jax.devices(device)[0]
+        keys = jax.random.split(jax.random.key(0))
+        a = jax.device_put(jax.random.normal(keys[0], (n, n), dt), dev)
+        b = jax.device_put(jax.random.normal(keys[1], (n, n), dt), dev)
+        # Full fp32 precision: XLA would otherwise use TF32 on GPUs for fp32 matmuls.
+        f = jax.jit(lambda x, y: jnp.matmul(x, y, precision="highest" if dtype == "fp32" else None))
+        sync = jax.block_until_ready
+        matmul = lambda: f(a, b)  # noqa: E731
+    sync(matmul())  # warm-up (and compile)
+    best = min(timed(matmul, sync)[0] for _ in range(repeats))
+    return flops / best
+
+
+# ---- memory ------------------------------------------------------------------------------------
+def process_max_rss_bytes() -> int:
+    """This process's peak resident memory so far (a high-water mark: it never goes down)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def torch_peak_memory(reset: bool = False) -> int | None:
+    """Peak CUDA allocator bytes since the last reset, or None off CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+        return None
+    return int(torch.cuda.max_memory_allocated())
+
+
+def jax_compiled_memory(compiled: Any) -> int | None:
+    """XLA's own account of a compiled program's memory: arguments + outputs + temporaries,
+    less what donation lets outputs reuse."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if m is None:
+        return None
+    return int(
+        m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    )
