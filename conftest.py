@@ -3,7 +3,6 @@ is missing, instead of failing."""
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
@@ -26,21 +25,14 @@ except ImportError:  # hypothesis is only needed by the tests
 DATA_DIR = Path(os.environ.get("MTCORE_DATA", Path(__file__).resolve().parent.parent / "shared" / "data"))
 
 
-def _missing_package(package: str, extra: str) -> str | None:
-    try:
-        importlib.import_module(package)
-    except ImportError:
-        return f"{package} is not installed (pip install 'mtcore[{extra}]')"
-    return None
-
-
 def _requirement_reasons() -> dict[str, str | None]:
+    from mtcore.backend import available
     from mtcore.devices import missing
 
     reasons = {
-        "torch": _missing_package("torch", "torch"),
-        "jax": _missing_package("flax", "jax"),
-        "hf": _missing_package("transformers", "hf") or _missing_package("torch", "torch"),
+        "torch": available("torch"),
+        "jax": available("jax"),
+        "hf": available("hf"),
         "data": None if (DATA_DIR / "en-hu").is_dir() else f"no parallel text at {DATA_DIR / 'en-hu'}",
     }
     gpu = [missing(fw, "gpu") for fw in ("torch", "jax")]

@@ -16,10 +16,12 @@ from mtcore.batch import Batch
 from mtcore.config import ModelConfig, TrainConfig
 from mtcore.errors import BackendUnavailable, MTCoreError
 
-# name -> (module, class, the package that must be importable, the pip extra that installs it)
+# name -> (module, class, the packages that must be importable, the pip extra that installs them)
 BACKENDS = {
-    "torch": ("mtcore.torch.backend", "TorchBackend", "torch", "torch"),
-    "jax": ("mtcore.jax.backend", "JaxBackend", "flax", "jax"),
+    "torch": ("mtcore.torch.backend", "TorchBackend", ("torch",), "torch"),
+    "jax": ("mtcore.jax.backend", "JaxBackend", ("jax", "flax", "optax"), "jax"),
+    # The baseline: Hugging Face MarianMTModel under the torch backend's train step.
+    "hf": ("mtcore.torch.backend", "HFBackend", ("torch", "transformers"), "hf"),
 }
 
 
@@ -37,6 +39,8 @@ class Backend(Protocol):
     def init_train_state(self, params: Any, tcfg: TrainConfig) -> Any: ...
     def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig): ...
     def make_eval_step(self, cfg: ModelConfig, tcfg: TrainConfig): ...
+    def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state: Any, batch: Batch, compile: bool = ...) -> tuple: ...
+    def peak_memory(self, reset: bool = False) -> int | None: ...
     def state_params(self, state: Any) -> Any: ...
     def generate(self, params: Any, cfg: ModelConfig, src_ids: np.ndarray, src_mask=None, **kw) -> np.ndarray: ...
     def sync(self, value: Any = None) -> Any: ...
@@ -47,11 +51,12 @@ def available(name: str) -> str | None:
     """None if backend ``name`` can be used, else why not."""
     if name not in BACKENDS:
         return f"unknown backend {name!r}"
-    _, _, package, extra = BACKENDS[name]
-    try:
-        importlib.import_module(package)
-    except ImportError as e:
-        return f"{package} is not installed ({e}); pip install 'mtcore[{extra}]'"
+    _, _, packages, extra = BACKENDS[name]
+    for package in packages:
+        try:
+            importlib.import_module(package)
+        except ImportError as e:
+            return f"{package} is not installed ({e}); pip install 'mtcore[{extra}]'"
     return None
 
 

@@ -103,7 +103,7 @@ class Batch:
         tgt_out = np.full((b, t), cfg.pad_id, np.int32)
         src_mask = np.zeros((b, s), np.int32)
         tgt_mask = np.zeros((b, t), np.int32)
-        for i, (x, y) in enumerate(zip(sources, targets)):
+        for i, (x, y) in enumerate(zip(sources, targets, strict=True)):
             if len(x) > s or len(y) > t:
                 raise MTCoreError(
                     f"sequence pair {i} has lengths ({len(x)}, {len(y)}), longer than the padded shape ({s}, {t})"

@@ -43,7 +43,7 @@ def device_counts(framework: str) -> dict[str, int]:
     if available(framework):
         return {}
     counts = dict.fromkeys(DEVICE_KINDS, 0)
-    if framework == "torch":
+    if framework in ("torch", "hf"):
         import torch
 
         counts["cpu"] = 1
@@ -66,8 +66,8 @@ def missing(framework: str, device: str) -> str | None:
     reason = available(framework)
     if reason:
         return reason
-    if device == "tpu" and framework == "torch":
-        return "torch on TPU (torch_xla) is not supported by mtcore"
+    if device == "tpu" and framework in ("torch", "hf"):
+        return f"{framework} on TPU (torch_xla) is not supported by mtcore"
     if device_counts(framework).get(device, 0) == 0:
         return f"{framework} sees no {device.upper()} device (installed build: {framework} {_version(framework)})"
     return None

@@ -12,7 +12,7 @@ from mtcore.weights import init_tree
 
 
 def test_unknown_backend_and_device():
-    with pytest.raises(MTCoreError, match="unknown backend 'mxnet'; known backends: torch, jax"):
+    with pytest.raises(MTCoreError, match="unknown backend 'mxnet'; known backends: torch, jax, hf"):
         mtcore.backend("mxnet")
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mtcore import Batch, MTCoreError, ModelConfig, random_batch
+from mtcore import Batch, ModelConfig, MTCoreError, random_batch
 from mtcore.batch import check_source
 
 CFG = ModelConfig.preset("tiny")
@@ -21,7 +21,7 @@ def test_from_sequences_shifts_targets_and_pads():
 
 def test_random_batch_is_valid_and_seeded():
     a, b = random_batch(CFG, 4, 9, 7, seed=3), random_batch(CFG, 4, 9, 7, seed=3)
-    assert all(np.array_equal(x, y) for x, y in zip(a.arrays().values(), b.arrays().values()))
+    assert all(np.array_equal(x, y) for x, y in zip(a.arrays().values(), b.arrays().values(), strict=True))
     assert random_batch(CFG, 4, 9, 7, full=True).src_mask.all()
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mtcore import MTCoreError, ModelConfig, TrainConfig
+from mtcore import ModelConfig, MTCoreError, TrainConfig
 from mtcore.config import PRESETS
 
 

@@ -110,7 +110,7 @@ def test_jax_decoding_is_a_while_loop_not_unrolled(jax_backend):
     batch = random_batch(cfg, 2, 7, 1)
     sizes = {}
     for max_len in (4, 32):
-        jaxpr = jax.make_jaxpr(lambda p, s, m: jax_decode.greedy(p, s, m, cfg=cfg, max_len=max_len))(
+        jaxpr = jax.make_jaxpr(lambda p, s, m, max_len=max_len: jax_decode.greedy(p, s, m, cfg=cfg, max_len=max_len))(
             params, batch.src_ids, batch.src_mask
         )
         text = str(jaxpr)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mtcore import MTCoreError, ModelConfig
+from mtcore import ModelConfig, MTCoreError
 from mtcore.weights import (
     check_tree,
     from_hf_state_dict,

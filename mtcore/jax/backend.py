@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import jax
@@ -119,6 +119,27 @@ class JaxBackend:
 
         return train_step
 
+    def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool = True):
+        """``(step, seconds, state, metrics)`` after the first update: the step compiled ahead of
+        time from scratch (caches cleared, persistent cache off); the seconds are tracing, lowering
+        and compiling alone. The compiled step's XLA memory account is kept in
+        ``self.last_compiled_memory``."""
+        from mtcore.timing import jax_compiled_memory, jax_fresh_compile
+
+        batch = self.device_batch(batch, cfg)
+        fn = train.make_train_step(cfg, tcfg, jit=False)
+        trace_s, compile_s, compiled = jax_fresh_compile(fn, state, batch, donate_argnums=0)
+        self.last_compiled_memory = jax_compiled_memory(compiled)
+        state, metrics = compiled(state, batch)
+        return compiled, trace_s + compile_s, state, metrics
+
+    def peak_memory(self, reset: bool = False) -> int | None:
+        """Peak device bytes of this process (XLA's allocator; it cannot be reset), None on CPU."""
+        if reset or self.device_kind == "cpu":
+            return None
+        stats = self.jax_device.memory_stats() or {}
+        return stats.get("peak_bytes_in_use")
+
     def make_eval_step(self, cfg: ModelConfig, tcfg: TrainConfig):
         step = train.make_eval_step(cfg, tcfg)
         return lambda params, batch: step(params, self.device_batch(batch, cfg))
@@ -157,7 +178,7 @@ class JaxBackend:
         return jax_devices()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _forward(cfg: ModelConfig):
     return jax.jit(Transformer(cfg).apply)
 

@@ -137,7 +137,7 @@ def _stack(layer_cls, cfg: ModelConfig, num_layers: int, in_axes, **kwargs):
         layers = [layer_cls(cfg, name=f"layers_{i}", **kwargs) for i in range(num_layers)]
         outs = []
         for i, layer in enumerate(layers):
-            xs = [a if ax is nn.broadcast else jax.tree.map(lambda t: t[i], a) for a, ax in zip(args, in_axes)]
+            xs = [a if ax is nn.broadcast else jax.tree.map(lambda t, i=i: t[i], a) for a, ax in zip(args, in_axes, strict=True)]
             x, out = layer(x, *xs)
             outs.append(out)
         stacked = None if outs[0] is None else jax.tree.map(lambda *t: jnp.stack(t), *outs)

@@ -40,6 +40,12 @@ class TorchBackend:
         cfg, tree = read_hf_checkpoint(path, cfg)
         return self.from_numpy(cfg, tree)
 
+    def peak_memory(self, reset: bool = False) -> int | None:
+        """Peak device bytes since the last ``reset`` (CUDA allocator), or None on CPU."""
+        from mtcore.timing import torch_peak_memory
+
+        return torch_peak_memory(reset) if self.device.type == "cuda" else None
+
     def to_numpy(self, params: Transformer) -> Tree:
         return {k: v.detach().float().cpu().numpy() for k, v in params.state_dict().items()}
 
@@ -80,6 +86,18 @@ class TorchBackend:
 
         return train_step
 
+    def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool = False):
+        """``(step, seconds, state, metrics)`` after the first update: the seconds are its call's
+        (with ``compile``: a from-scratch ``torch.compile`` plus that update)."""
+        from mtcore.timing import timed, torch_fresh_compile_env
+
+        if compile:
+            torch_fresh_compile_env()
+        step = self.make_train_step(cfg, tcfg, compile=compile)
+        batch = self.device_batch(batch, cfg)
+        seconds, (state, metrics) = timed(lambda: step(state, batch), self.sync)
+        return step, seconds, state, metrics
+
     def make_eval_step(self, cfg: ModelConfig, tcfg: TrainConfig):
         return lambda params, batch: train.eval_step(params, self.device_batch(batch, cfg), tcfg)
 
@@ -118,3 +136,66 @@ class TorchBackend:
 
         return torch_devices()
 
+
+
+class HFMarian(torch.nn.Module):
+    """Hugging Face ``MarianMTModel`` behind mtcore's model interface: the baseline users would
+    otherwise train."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        from transformers import MarianMTModel
+
+        self.cfg = cfg
+        self.hf = MarianMTModel(cfg.to_hf())
+
+    def forward(self, src_ids, src_mask, tgt_in):
+        return self.hf(input_ids=src_ids, attention_mask=src_mask, decoder_input_ids=tgt_in).logits
+
+
+class HFBackend(TorchBackend):
+    """The same train step and optimizer as ``TorchBackend``, around Hugging Face's model."""
+
+    name = "hf"
+
+    def __repr__(self) -> str:
+        return f"HFBackend(device={self.device_kind!r})"
+
+    def init_params(self, cfg: ModelConfig, seed: int = 0) -> HFMarian:
+        from mtcore.weights import init_tree
+
+        return self.from_numpy(cfg, init_tree(cfg, seed))
+
+    def to_numpy(self, params: HFMarian) -> Tree:
+        from mtcore.weights import from_hf_state_dict
+
+        state = {k: v.detach().float().cpu().numpy() for k, v in params.hf.state_dict().items()}
+        return from_hf_state_dict(params.cfg, state)
+
+    def from_numpy(self, cfg: ModelConfig, tree: Tree) -> HFMarian:
+        from mtcore.weights import to_hf_state_dict
+
+        model = HFMarian(cfg)
+        state = {k: torch.from_numpy(v) for k, v in to_hf_state_dict(cfg, tree).items()}
+        _, unexpected = model.hf.load_state_dict(state, strict=False)
+        if unexpected:
+            raise MTCoreError(f"HF Marian did not take {unexpected[:3]}")
+        return model.to(self.device)
+
+    def compile_train_step(self, cfg, tcfg, state, batch, compile: bool = False):
+        if compile:
+            raise MTCoreError("the HF baseline runs eager only")
+        return super().compile_train_step(cfg, tcfg, state, batch)
+
+    def generate(self, params: HFMarian, cfg: ModelConfig, src_ids, src_mask=None, *, max_len=64, num_beams=1,
+                 length_penalty=1.0) -> np.ndarray:
+        src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams)
+        params.eval()
+        with torch.no_grad():
+            out = params.hf.generate(
+                input_ids=torch.from_numpy(src_ids).to(self.device),
+                attention_mask=torch.from_numpy(src_mask).to(self.device),
+                num_beams=num_beams, do_sample=False, max_new_tokens=max_len, length_penalty=length_penalty,
+                bad_words_ids=[[cfg.pad_id]], forced_eos_token_id=None,
+            )[:, 1:].cpu().numpy()
+        return np.pad(out, ((0, 0), (0, max_len - out.shape[1])), constant_values=cfg.pad_id).astype(np.int32)

@@ -1,0 +1,46 @@
+"""Compile time, a real from-scratch compile every round, reported apart from step time.
+
+JAX: a new function object, in-memory caches cleared, persistent cache off; timed from tracing to
+a compiled executable. torch.compile: dynamo reset and an empty inductor cache; timed as the first
+call, which compiles and takes one step. Also: compile time against depth for nn.scan vs a Python
+loop, the reason the JAX model scans.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import mtcore
+from conftest import batch, weights
+from mtcore.weights import init_tree
+
+
+def fresh_compile(case, cfg, tcfg, tree, data):
+    be = case.backend()
+    state = be.init_train_state(be.from_numpy(cfg, tree), tcfg)
+    compile_arg = {"compile": True} if case.framework == "torch" else {}
+    _, seconds, state, metrics = be.compile_train_step(cfg, tcfg, state, data, **compile_arg)
+    loss = float(be.sync(metrics["loss"]))
+    assert math.isfinite(loss), f"{case.id}: loss {loss} after the freshly compiled step"
+    return seconds, loss
+
+
+@pytest.mark.cases("compile")
+def test_compile_time(benchmark, case):
+    cfg, tcfg = case.model_config(), case.train_config()
+    data = case.backend().device_batch(batch(case.size), cfg)
+    results = []
+
+    def compile_once():
+        results.append(fresh_compile(case, cfg, tcfg, weights(case.size), data))
+
+    rounds = 2 if case.device == "cpu" else 3
+    benchmark.pedantic(compile_once, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.group = f"compile {case.device}-{case.size}-{case.precision}"
+    seconds = [s for s, _ in results]
+    losses = {round(loss, 4) for _, loss in results}
+    assert len(losses) == 1, f"fresh compiles gave different first losses {losses}"
+    benchmark.extra_info.update(case=case.id, compile_s=min(seconds), what=(
+        "trace + lower + XLA compile" if case.framework == "jax" else "first call: torch.compile + one step"))

@@ -1,0 +1,63 @@
+"""Decoding latency, greedy and beam search, per framework: one call of ``generate`` from source
+ids on the host to output ids on the host, compilation excluded by a warm-up call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mtcore
+from conftest import SHAPES, median_seconds
+
+MAX_LEN = 32
+NUM_BEAMS = 4
+
+
+@pytest.fixture(scope="module")
+def reference_outputs():
+    """Outputs of the first framework to decode each (size, strategy): later ones must match."""
+    return {}
+
+
+def _decode_weights(cfg):
+    # Bigger than training's init, with a random output bias: outputs vary and arg-max ties, on
+    # which frameworks may legitimately differ, become vanishingly rare.
+    from mtcore.weights import init_tree
+
+    tree = init_tree(cfg, seed=1, std=0.2)
+    tree["final_logits_bias"] = np.random.default_rng(1).normal(0, 1, cfg.vocab_size).astype(np.float32)
+    return tree
+
+
+@pytest.mark.cases("decode")
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_decode_latency(benchmark, case, strategy, reference_outputs, rounds):
+    be, cfg = case.backend(), case.model_config()
+    params = be.from_numpy(cfg, _decode_weights(cfg))
+    b = SHAPES[case.size][0]
+    src = mtcore.random_batch(cfg, b, SHAPES[case.size][1], 1, seed=2)
+    beams = 1 if strategy == "greedy" else NUM_BEAMS
+
+    def decode():
+        return be.generate(params, cfg, src.src_ids, src.src_mask, max_len=MAX_LEN, num_beams=beams)
+
+    out = decode()  # warm-up: compiles under JAX
+    key = (case.size, strategy)
+    if key in reference_outputs:
+        other_id, other = reference_outputs[key]
+        agree = (other == out).mean()
+        # Identical on CPU in fp32; accelerators may round differently, and one flipped token
+        # changes the rest of its row.
+        need = 1.0 if case.device == "cpu" else 0.9
+        assert agree >= need, f"{case.id} {strategy}: only {agree:.1%} of tokens agree with {other_id}"
+    else:
+        reference_outputs[key] = (case.id, out)
+    assert out.shape == (b, MAX_LEN)
+
+    result = benchmark.pedantic(decode, rounds=max(3, rounds(case) // 2), iterations=1, warmup_rounds=1)
+    assert np.array_equal(result, out), "decoding is not deterministic"
+    median = median_seconds(benchmark)
+    generated = int((out != cfg.pad_id).sum())
+    benchmark.group = f"decode-{strategy} {case.device}-{case.size}"
+    benchmark.extra_info.update(case=case.id, strategy=strategy, batch=b, max_len=MAX_LEN, num_beams=beams,
+                                generated_tokens=generated, tokens_per_s=median and generated / median)
