@@ -12,9 +12,7 @@ import math
 
 import pytest
 
-import mtcore
 from conftest import batch, weights
-from mtcore.weights import init_tree
 
 
 def fresh_compile(case, cfg, tcfg, tree, data):

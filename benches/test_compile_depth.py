@@ -4,10 +4,10 @@ stacking: the figure that shows why the JAX model scans. A fresh compile every r
 from __future__ import annotations
 
 import pytest
-from conftest import DEPTHS
 from test_compile import fresh_compile
 
 import mtcore
+from conftest import DEPTHS
 from mtcore.weights import init_tree
 
 
