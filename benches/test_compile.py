@@ -27,6 +27,7 @@ def fresh_compile(case, cfg, tcfg, tree, data):
 
 @pytest.mark.cases("compile")
 def test_compile_time(benchmark, case):
+    benchmark.group = f"compile {case.device}-{case.size}-{case.precision}"
     cfg, tcfg = case.model_config(), case.train_config()
     data = case.backend().device_batch(batch(case.size), cfg)
     results = []
@@ -36,7 +37,6 @@ def test_compile_time(benchmark, case):
 
     rounds = 2 if case.device == "cpu" else 3
     benchmark.pedantic(compile_once, rounds=rounds, iterations=1, warmup_rounds=0)
-    benchmark.group = f"compile {case.device}-{case.size}-{case.precision}"
     seconds = [s for s, _ in results]
     losses = {round(loss, 4) for _, loss in results}
     assert len(losses) == 1, f"fresh compiles gave different first losses {losses}"

@@ -14,6 +14,7 @@ from mtcore.weights import init_tree
 @pytest.mark.cases("depth")
 @pytest.mark.parametrize("depth", DEPTHS, ids=lambda d: f"{d}layers")
 def test_compile_time_vs_depth(benchmark, case, depth):
+    benchmark.group = f"compile_vs_depth {case.device}-{case.variant}"
     cfg = case.model_config(encoder_layers=depth, decoder_layers=depth)
     tcfg = case.train_config()
     tree = init_tree(cfg, seed=0)
@@ -26,6 +27,5 @@ def test_compile_time_vs_depth(benchmark, case, depth):
     # An unrolled 24+24-layer program takes long to compile on a CPU: one round is the measurement.
     rounds = 1 if (case.device == "cpu" and case.variant == "loop" and depth >= 12) else 2
     benchmark.pedantic(compile_once, rounds=rounds, iterations=1, warmup_rounds=0)
-    benchmark.group = f"compile_vs_depth {case.device}-{case.variant}"
     benchmark.extra_info.update(case=f"{case.id}-{depth}layers", depth=depth, stacking=case.variant,
                                 compile_s=min(s for s, _ in results))

@@ -32,6 +32,7 @@ def _decode_weights(cfg):
 @pytest.mark.cases("decode")
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_decode_latency(benchmark, case, strategy, reference_outputs, rounds):
+    benchmark.group = f"decode-{strategy} {case.device}-{case.size}"
     be, cfg = case.backend(), case.model_config()
     params = be.from_numpy(cfg, _decode_weights(cfg))
     b = SHAPES[case.size][0]
@@ -58,6 +59,5 @@ def test_decode_latency(benchmark, case, strategy, reference_outputs, rounds):
     assert np.array_equal(result, out), "decoding is not deterministic"
     median = median_seconds(benchmark)
     generated = int((out != cfg.pad_id).sum())
-    benchmark.group = f"decode-{strategy} {case.device}-{case.size}"
     benchmark.extra_info.update(case=case.id, strategy=strategy, batch=b, max_len=MAX_LEN, num_beams=beams,
                                 generated_tokens=generated, tokens_per_s=median and generated / median)
