@@ -69,7 +69,8 @@ def missing(framework: str, device: str) -> str | None:
     if device == "tpu" and framework in ("torch", "hf"):
         return f"{framework} on TPU (torch_xla) is not supported by mtcore"
     if device_counts(framework).get(device, 0) == 0:
-        return f"{framework} sees no {device.upper()} device (installed build: {framework} {_version(framework)})"
+        package = {"hf": "torch"}.get(framework, framework)
+        return f"{framework} sees no {device.upper()} device (installed build: {package} {_version(package)})"
     return None
 
 
