@@ -5,20 +5,21 @@ import pytest
 import mtcore
 
 
-@pytest.fixture(scope="session")
-def torch_backend():
-    reason = mtcore.available("torch")
+def _backend_or_skip(name: str):
+    reason = mtcore.available(name)
     if reason:
         pytest.skip(reason)
-    return mtcore.backend("torch")
+    return mtcore.backend(name)
+
+
+@pytest.fixture(scope="session")
+def torch_backend():
+    return _backend_or_skip("torch")
 
 
 @pytest.fixture(scope="session")
 def jax_backend():
-    reason = mtcore.available("jax")
-    if reason:
-        pytest.skip(reason)
-    return mtcore.backend("jax")
+    return _backend_or_skip("jax")
 
 
 @pytest.fixture(scope="session")
