@@ -180,17 +180,24 @@ def batch(size: str) -> mtcore.Batch:
     return mtcore.random_batch(mtcore.ModelConfig.preset(size), *SHAPES[size], seed=0, full=True)
 
 
+def other_framework(framework: str) -> str | None:
+    """An installed mtcore implementation other than ``framework``'s (for ``hf`` either one is):
+    what each bench checks its own result against. None when there is none."""
+    for other in ("torch", "jax"):
+        if other != framework and mtcore.available(other) is None:
+            return other
+    return None
+
+
 @cache
 def reference_logits(size: str, framework: str) -> np.ndarray | None:
-    """fp32 CPU logits of a framework *other* than ``framework`` on the shared weights and batch:
-    what each bench checks its own result against. None when no other framework is installed."""
-    others = [f for f in ("torch", "jax") if f != framework and f != {"hf": "torch"}.get(framework)]
-    for other in others + ["torch"] * (framework == "hf"):
-        if mtcore.available(other) is None:
-            be = _backend(other, "cpu")
-            cfg = mtcore.ModelConfig.preset(size)
-            return be.forward(be.from_numpy(cfg, weights(size)), cfg, batch(size))
-    return None
+    """fp32 CPU logits of ``other_framework(framework)`` on the shared weights and batch."""
+    other = other_framework(framework)
+    if other is None:
+        return None
+    be = _backend(other, "cpu")
+    cfg = mtcore.ModelConfig.preset(size)
+    return be.forward(be.from_numpy(cfg, weights(size)), cfg, batch(size))
 
 
 _peaks: dict[tuple[str, str], dict[str, float]] = {}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mtcore
-from conftest import SHAPES, median_seconds
+from conftest import SHAPES, median_seconds, other_framework
 
 MAX_LEN = 32
 NUM_BEAMS = 4
@@ -18,15 +18,15 @@ NUM_BEAMS = 4
 @cache
 def _reference(size: str, framework: str, strategy: str):
     """(framework id, output) of another installed framework decoding on the CPU, or None."""
-    for other in ("torch", "jax"):
-        if other != framework and mtcore.available(other) is None:
-            be, cfg = mtcore.backend(other), mtcore.ModelConfig.preset(size)
-            src = _source(size)
-            beams = 1 if strategy == "greedy" else NUM_BEAMS
-            out = be.generate(be.from_numpy(cfg, _decode_weights(cfg)), cfg, src.src_ids, src.src_mask,
-                              max_len=MAX_LEN, num_beams=beams)
-            return f"{other}-cpu", out
-    return None
+    other = other_framework(framework)
+    if other is None:
+        return None
+    be, cfg = mtcore.backend(other), mtcore.ModelConfig.preset(size)
+    src = _source(size)
+    beams = 1 if strategy == "greedy" else NUM_BEAMS
+    out = be.generate(be.from_numpy(cfg, _decode_weights(cfg)), cfg, src.src_ids, src.src_mask,
+                      max_len=MAX_LEN, num_beams=beams)
+    return f"{other}-cpu", out
 
 
 def _source(size: str) -> mtcore.Batch:

@@ -33,8 +33,8 @@ def test_train_step(benchmark, case, rounds):
     # Correct before fast: the first real step's loss must match the loss another framework
     # computes from the same weights and batch.
     be.peak_memory(reset=True)
-    compile_arg = {"compile": case.variant == "compile"} if case.framework == "torch" else {}
-    step, first_call_s, state, metrics = be.compile_train_step(cfg, tcfg, state, data, **compile_arg)
+    compile = case.variant == "compile"
+    step, first_call_s, state, metrics = be.compile_train_step(cfg, tcfg, state, data, compile=compile)
     first_loss = float(be.sync(metrics["loss"]))
     assert math.isfinite(first_loss), f"{case.id}: first loss {first_loss}"
     reference = reference_logits(case.size, case.framework)

@@ -10,6 +10,8 @@ import platform
 
 FRAMEWORKS = ("torch", "jax")
 DEVICE_KINDS = ("cpu", "gpu", "tpu")
+# Backends that run on PyTorch (the HF baseline too): they see what torch sees.
+TORCH_BASED = ("torch", "hf")
 
 
 def _version(package: str) -> str | None:
@@ -43,7 +45,7 @@ def device_counts(framework: str) -> dict[str, int]:
     if available(framework):
         return {}
     counts = dict.fromkeys(DEVICE_KINDS, 0)
-    if framework in ("torch", "hf"):
+    if framework in TORCH_BASED:
         import torch
 
         counts["cpu"] = 1
@@ -66,10 +68,10 @@ def missing(framework: str, device: str) -> str | None:
     reason = available(framework)
     if reason:
         return reason
-    if device == "tpu" and framework in ("torch", "hf"):
+    if device == "tpu" and framework in TORCH_BASED:
         return f"{framework} on TPU (torch_xla) is not supported by mtcore"
     if device_counts(framework).get(device, 0) == 0:
-        package = {"hf": "torch"}.get(framework, framework)
+        package = "torch" if framework in TORCH_BASED else framework
         return f"{framework} sees no {device.upper()} device (installed build: {package} {_version(package)})"
     return None
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SELECT = ["--framework", "torch,jax,hf", "--device", "cpu", "--size", "tiny", "-k", "test_train_step and not bf16 and not compile and not loop"]
+SELECT = ["--framework", "torch,jax,hf", "--device", "cpu", "--size", "tiny",
+          "-k", "test_train_step and not bf16 and not compile and not loop"]
 
 
 def _pytest_benches(tmp_path, *args):

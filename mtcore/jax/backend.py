@@ -121,9 +121,9 @@ class JaxBackend:
 
     def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool = True):
         """``(step, seconds, state, metrics)`` after the first update: the step compiled ahead of
-        time from scratch (caches cleared, persistent cache off); the seconds are tracing, lowering
-        and compiling alone. The compiled step's XLA memory account is kept in
-        ``self.last_compiled_memory``."""
+        time from scratch (caches cleared, persistent cache off; JAX always compiles, so
+        ``compile`` changes nothing); the seconds are tracing, lowering and compiling alone. The
+        compiled step's XLA memory account is kept in ``self.last_compiled_memory``."""
         from mtcore.timing import jax_compiled_memory, jax_fresh_compile
 
         batch = self.device_batch(batch, cfg)
