@@ -130,6 +130,13 @@ def _marks(case: Case) -> list:
         marks.append(getattr(pytest.mark, case.device))
     if case.size in ("base", "marian-en-hu") or case.variant == "compile":
         marks.append(pytest.mark.slow)
+    # The two slowest families share a process each under `-n 2 --dist loadgroup`: torch.compile
+    # cases reuse the kernels the first of them built, and the unrolled-loop compiles (minutes at
+    # 24 layers on a CPU) do not queue behind them.
+    if case.variant == "compile":
+        marks.append(pytest.mark.xdist_group("torch-compile"))
+    elif case.variant == "loop":
+        marks.append(pytest.mark.xdist_group("jax-loop"))
     reason = case.missing()
     if reason:
         marks.append(pytest.mark.skip(reason=f"{case.id}: {reason}"))
@@ -147,6 +154,7 @@ def pytest_generate_tests(metafunc):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cases(kind): parametrise a bench over the cases of that kind")
+    config.addinivalue_line("markers", "xdist_group(name): keep these cases on one process under --dist loadgroup")
     # Identical arithmetic in fp32: XLA would otherwise run fp32 matmuls as TF32 on NVIDIA GPUs,
     # which PyTorch does not by default. bf16 cases are the fast path, in both frameworks.
     if mtcore.available("jax") is None:

@@ -23,13 +23,14 @@ def timed(fn: Callable[[], Any], sync: Callable[[Any], Any]) -> tuple[float, Any
 
 
 # ---- compile time ------------------------------------------------------------------------------
-def jax_fresh_compile(fn: Callable, *args: Any, **jit_kwargs: Any) -> tuple[float, float, Any]:
+def jax_fresh_compile(fn: Callable, *args: Any, clear: bool = True, **jit_kwargs: Any) -> tuple[float, float, Any]:
     """(trace+lower seconds, XLA compile seconds, compiled) for a compile nothing can reuse: new
-    function object, in-memory caches cleared, persistent cache off."""
+    function object, persistent cache off, in-memory caches cleared (unless ``clear`` is False)."""
     import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
-    jax.clear_caches()
+    if clear:
+        jax.clear_caches()
     fresh = jax.jit(lambda *a: fn(*a), **jit_kwargs)  # a new function object: no tracing cache hit
     start = time.perf_counter()
     lowered = fresh.lower(*args)
@@ -41,16 +42,13 @@ def jax_fresh_compile(fn: Callable, *args: Any, **jit_kwargs: Any) -> tuple[floa
 def torch_fresh_compile_env() -> str:
     """Reset dynamo and point inductor at an empty cache directory, so the next
     ``torch.compile``'d call compiles from scratch. Returns the directory."""
-    import torch
     import torch._dynamo
-    import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()
+    # An empty directory is enough to make this compile fresh; the caches stay on, so later
+    # compiles of the same graph in this process (not timed as compiles) may reuse its work.
     cache = tempfile.mkdtemp(prefix="mtcore-inductor-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-    inductor_config.fx_graph_cache = False
-    if hasattr(inductor_config, "autotune_local_cache"):
-        inductor_config.autotune_local_cache = False
     return cache
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from mtcore.batch import Batch, check_source
 from mtcore.config import ModelConfig, TrainConfig
@@ -119,16 +120,17 @@ class JaxBackend:
 
         return train_step
 
-    def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool = True):
+    def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool = True,
+                           fresh: bool = True):
         """``(step, seconds, state, metrics)`` after the first update: the step compiled ahead of
-        time from scratch (caches cleared, persistent cache off; JAX always compiles, so
-        ``compile`` changes nothing); the seconds are tracing, lowering and compiling alone. The
+        time (JAX always compiles, so ``compile`` changes nothing; with ``fresh`` the in-memory
+        caches are cleared first); the seconds are tracing, lowering and compiling alone. The
         compiled step's XLA memory account is kept in ``self.last_compiled_memory``."""
         from mtcore.timing import jax_compiled_memory, jax_fresh_compile
 
         batch = self.device_batch(batch, cfg)
         fn = train.make_train_step(cfg, tcfg, jit=False)
-        trace_s, compile_s, compiled = jax_fresh_compile(fn, state, batch, donate_argnums=0)
+        trace_s, compile_s, compiled = jax_fresh_compile(fn, state, batch, donate_argnums=0, clear=fresh)
         self.last_compiled_memory = jax_compiled_memory(compiled)
         state, metrics = compiled(state, batch)
         return compiled, trace_s + compile_s, state, metrics
@@ -146,6 +148,31 @@ class JaxBackend:
 
     def state_params(self, state: train.TrainState) -> dict[str, Any]:
         return {"params": state.params, "consts": state.consts}
+
+    def optimizer_to_numpy(self, state: train.TrainState) -> tuple[int, Tree]:
+        """``(step, moments)``: AdamW's first and second moments as ``exp_avg.NAME`` and
+        ``exp_avg_sq.NAME`` with the parameter names of ``to_numpy``; framework-neutral."""
+        moments: Tree = {}
+        for key, field in (("exp_avg", "mu"), ("exp_avg_sq", "nu")):
+            tree = self.to_numpy({"params": optax.tree_utils.tree_get(state.opt_state, field), "consts": {}})
+            moments.update({f"{key}.{name}": value for name, value in tree.items()})
+        return int(state.step), moments
+
+    def train_state_from_numpy(self, cfg: ModelConfig, tcfg: TrainConfig, tree: Tree, step: int,
+                               moments: Tree) -> train.TrainState:
+        """The inverse of ``to_numpy`` + ``optimizer_to_numpy``: a train state to resume from."""
+        state = self.init_train_state(self.from_numpy(cfg, tree), tcfg)
+        fields = {}
+        for key, field in (("exp_avg", "mu"), ("exp_avg_sq", "nu")):
+            part = {name: moments.get(f"{key}.{name}") for name in tree if name != "final_logits_bias"}
+            bad = [n for n, v in part.items() if v is None or v.shape != tree[n].shape]
+            if bad:
+                raise MTCoreError(f"optimizer state: {key}.{bad[0]} is missing or has the wrong shape")
+            part["final_logits_bias"] = tree["final_logits_bias"]
+            fields[field] = self.from_numpy(cfg, part)["params"]
+        count = jax.device_put(jnp.asarray(step, jnp.int32), self.jax_device)
+        opt_state = optax.tree_utils.tree_set(state.opt_state, mu=fields["mu"], nu=fields["nu"], count=count)
+        return state.replace(step=count, opt_state=opt_state)
 
     def generate(
         self,
@@ -167,6 +194,9 @@ class JaxBackend:
                 params, ids, mask, cfg=cfg, max_len=max_len, num_beams=num_beams, length_penalty=float(length_penalty)
             )
         return np.asarray(out, np.int32)
+
+    def reseed(self, seed: int) -> None:
+        """Nothing to do: dropout keys derive from the train state's key and step."""
 
     def sync(self, value: Any = None) -> Any:
         """Wait for ``value``'s computation (JAX is asynchronous per array); returns ``value``."""

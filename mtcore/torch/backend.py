@@ -86,13 +86,19 @@ class TorchBackend:
 
         return train_step
 
-    def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool = False):
+    def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool = False,
+                           fresh: bool = True):
         """``(step, seconds, state, metrics)`` after the first update: the seconds are its call's
-        (with ``compile``: a from-scratch ``torch.compile`` plus that update)."""
+        (with ``compile``: ``torch.compile`` plus that update; from scratch with ``fresh``, else
+        inductor may reuse kernels this process already built)."""
+        import torch._dynamo
+
         from mtcore.timing import timed, torch_fresh_compile_env
 
-        if compile:
+        if compile and fresh:
             torch_fresh_compile_env()
+        elif compile:
+            torch._dynamo.reset()
         step = self.make_train_step(cfg, tcfg, compile=compile)
         batch = self.device_batch(batch, cfg)
         seconds, (state, metrics) = timed(lambda: step(state, batch), self.sync)
@@ -103,6 +109,37 @@ class TorchBackend:
 
     def state_params(self, state: train.TrainState) -> Transformer:
         return state.model
+
+    def optimizer_to_numpy(self, state: train.TrainState) -> tuple[int, Tree]:
+        """``(step, moments)``: AdamW's first and second moments as ``exp_avg.NAME`` and
+        ``exp_avg_sq.NAME`` with the parameter names of ``to_numpy``; framework-neutral."""
+        moments: Tree = {}
+        for name, p in self._named_parameters(state.model):
+            slot = state.optimizer.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                value = slot.get(key)
+                moments[f"{key}.{name}"] = (np.zeros(tuple(p.shape), np.float32) if value is None
+                                            else value.detach().float().cpu().numpy())
+        return state.step, moments
+
+    def train_state_from_numpy(self, cfg: ModelConfig, tcfg: TrainConfig, tree: Tree, step: int,
+                               moments: Tree) -> train.TrainState:
+        """The inverse of ``to_numpy`` + ``optimizer_to_numpy``: a train state to resume from."""
+        state = self.init_train_state(self.from_numpy(cfg, tree), tcfg)
+        fused = bool(state.optimizer.defaults.get("fused"))
+        for name, p in self._named_parameters(state.model):
+            slot = {"step": torch.tensor(float(step), dtype=torch.float32, device=p.device if fused else "cpu")}
+            for key in ("exp_avg", "exp_avg_sq"):
+                value = moments.get(f"{key}.{name}")
+                if value is None or tuple(value.shape) != tuple(p.shape):
+                    raise MTCoreError(f"optimizer state: {key}.{name} is missing or has the wrong shape")
+                slot[key] = torch.from_numpy(np.ascontiguousarray(value, np.float32)).to(p.device)
+            state.optimizer.state[p] = slot
+        state.step = int(step)
+        return state
+
+    def _named_parameters(self, model) -> list[tuple[str, torch.Tensor]]:
+        return list(model.named_parameters())
 
     def generate(
         self,
@@ -124,6 +161,10 @@ class TorchBackend:
         else:
             out = decode.beam_search(params, ids, mask, max_len, num_beams, length_penalty)
         return out.cpu().numpy().astype(np.int32)
+
+    def reseed(self, seed: int) -> None:
+        """Seed the global RNG dropout draws from (JAX keeps its key in the train state)."""
+        torch.manual_seed(seed)
 
     def sync(self, value: Any = None) -> Any:
         """Wait for queued device work (and so for ``value``); returns ``value``."""
@@ -182,7 +223,13 @@ class HFBackend(TorchBackend):
             raise MTCoreError(f"HF Marian did not take {unexpected[:3]}")
         return model.to(self.device)
 
-    def compile_train_step(self, cfg, tcfg, state, batch, compile: bool = False):
+    def _named_parameters(self, model: HFMarian) -> list[tuple[str, torch.Tensor]]:
+        from mtcore.weights import _hf_name, param_shapes
+
+        by_hf = dict(model.hf.named_parameters())
+        return [(name, by_hf[_hf_name(name)]) for name in param_shapes(model.cfg) if _hf_name(name) in by_hf]
+
+    def compile_train_step(self, cfg, tcfg, state, batch, compile: bool = False, fresh: bool = True):
         if compile:
             raise MTCoreError("the HF baseline runs eager only")
         return super().compile_train_step(cfg, tcfg, state, batch)
