@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 import mtcore
@@ -25,3 +28,15 @@ def jax_backend():
 @pytest.fixture(scope="session")
 def backends(torch_backend, jax_backend):
     return {"torch": torch_backend, "jax": jax_backend}
+
+
+# The English-Hungarian text lives beside the project, never inside it; MTCORE_DATA points elsewhere.
+DATA_DIR = Path(os.environ.get("MTCORE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    here = DATA_DIR / "en-hu"
+    if not (here / "tatoeba.en").is_file():
+        pytest.skip(f"no English-Hungarian text at {here} (set MTCORE_DATA to the folder holding en-hu/)")
+    return here
