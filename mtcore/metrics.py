@@ -1,4 +1,4 @@
-"""Loss in numpy (the cross-framework reference), FLOPs per step and MFU."""
+"""Loss in numpy (the cross-framework reference), FLOPs per step and MFU, BLEU and chrF (sacrebleu)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,18 @@ def train_step_flops(cfg: ModelConfig, batch: Batch) -> int:
 def mfu(flops_per_step: float, seconds_per_step: float, peak_flops_per_s: float) -> float:
     """Model FLOPs utilisation: achieved matmul throughput over the measured GEMM peak."""
     return flops_per_step / seconds_per_step / peak_flops_per_s
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus BLEU (sacrebleu's defaults: 13a tokenisation, exponential smoothing off), 0-100."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus chrF (character 6-grams, beta 2), 0-100: kinder than BLEU to a young model and to
+    Hungarian's long, inflected words."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(hypotheses, [references]).score)
