@@ -170,9 +170,15 @@ class JaxBackend:
                 raise MTCoreError(f"optimizer state: {key}.{bad[0]} is missing or has the wrong shape")
             part["final_logits_bias"] = tree["final_logits_bias"]
             fields[field] = self.from_numpy(cfg, part)["params"]
-        count = jax.device_put(jnp.asarray(step, jnp.int32), self.jax_device)
-        opt_state = optax.tree_utils.tree_set(state.opt_state, mu=fields["mu"], nu=fields["nu"], count=count)
-        return state.replace(step=count, opt_state=opt_state)
+        def count() -> jax.Array:
+            # One buffer per counter: the step donates its state, and a buffer cannot be donated twice.
+            return jax.device_put(jnp.asarray(step, jnp.int32), self.jax_device)
+
+        opt_state = optax.tree_utils.tree_set(state.opt_state, mu=fields["mu"], nu=fields["nu"])
+        opt_state = jax.tree_util.tree_map_with_path(
+            lambda path, x: count() if getattr(path[-1], "name", None) == "count" else x, opt_state
+        )
+        return state.replace(step=count(), opt_state=opt_state)
 
     def generate(
         self,
