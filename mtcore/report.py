@@ -1,0 +1,194 @@
+"""``report.md`` and PNG plots from the ``metrics.json`` files ``mtcore compare`` wrote.
+
+Speed is compared on epochs 2..N only: the first epoch holds compilation (reported on its own).
+Epochs ran interleaved in one process, so each epoch gives a paired ratio of the two frameworks'
+times; the speed-up is the median of those ratios, with their min-max spread.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtcore.errors import MTCoreError
+
+PLOTS = {"time": "epoch_time.png", "throughput": "tokens_per_sec.png", "loss": "loss.png", "quality": "bleu.png"}
+
+
+def load_runs(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{framework: metrics}`` for every ``*/metrics.json`` under ``directory``."""
+    from mtcore.run import read_json
+
+    directory = Path(directory)
+    runs = {}
+    for path in sorted(directory.glob("*/metrics.json")):
+        runs[path.parent.name] = read_json(path)
+    if not runs:
+        raise MTCoreError(f"{directory}: no */metrics.json (run `mtcore compare --out {directory}` first)")
+    for name, m in runs.items():
+        if not isinstance(m, dict) or not isinstance(m.get("epochs"), list):
+            raise MTCoreError(f"{directory / name / 'metrics.json'}: not an mtcore metrics file")
+    return runs
+
+
+def steady(metrics: dict[str, Any], key: str) -> np.ndarray:
+    """``key`` of epochs 2..N (all epochs when there is only one)."""
+    epochs = metrics["epochs"]
+    chosen = epochs[1:] if len(epochs) > 1 else epochs
+    return np.array([e[key] for e in chosen], dtype=np.float64)
+
+
+def speedup(runs: dict[str, dict[str, Any]], slow: str, fast: str) -> dict[str, float] | None:
+    """How many times faster ``fast`` trained than ``slow``: per-epoch paired time ratios
+    (epochs 2..N, both frameworks did those epochs), their median and spread."""
+    a, b = runs[slow]["epochs"], runs[fast]["epochs"]
+    pairs = [(x["training_time"], y["training_time"]) for x, y in zip(a, b, strict=False)][1:]
+    if not pairs:
+        return None
+    ratios = np.array([x / y for x, y in pairs])
+    return {"median": float(np.median(ratios)), "min": float(ratios.min()), "max": float(ratios.max()),
+            "epochs": len(ratios)}
+
+
+def loss_agreement(runs: dict[str, dict[str, Any]], steps: int = 20) -> float | None:
+    """Largest relative difference of two frameworks' training losses over the first ``steps``."""
+    names = list(runs)
+    if len(names) != 2:
+        return None
+    first = []
+    for name in names:
+        losses = [x for e in runs[name]["epochs"] for x in e["step_losses"]][:steps]
+        first.append(np.array(losses))
+    n = min(len(first[0]), len(first[1]))
+    if n == 0:
+        return None
+    a, b = first[0][:n], first[1][:n]
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+
+
+def _plots(runs: dict[str, dict[str, Any]], directory: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs)
+    colors = {n: c for n, c in zip(names, ("tab:orange", "tab:blue", "tab:green", "tab:red"), strict=False)}
+
+    def bars(key: str, ylabel: str, title: str, file: str):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        values = [steady(runs[n], key) for n in names]
+        ax.bar(names, [v.mean() for v in values], yerr=[v.std(ddof=1) if len(v) > 1 else 0 for v in values],
+               capsize=8, color=[colors[n] for n in names])
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(directory / file, dpi=120)
+        plt.close(fig)
+
+    bars("training_time", "seconds per epoch", "Time per epoch (mean ± sd, epochs 2..N)", PLOTS["time"])
+    bars("tokens_per_sec", "tokens / s", "Training throughput (mean ± sd, epochs 2..N)", PLOTS["throughput"])
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for n in names:
+        losses = [x for e in runs[n]["epochs"] for x in e["step_losses"]]
+        ax.plot(np.arange(1, len(losses) + 1), losses, label=f"{n} train", color=colors[n], alpha=0.8, lw=1)
+        ends = np.cumsum([e["steps"] for e in runs[n]["epochs"]])
+        ax.plot(ends, [e["validation_loss"] for e in runs[n]["epochs"]], "o--", color=colors[n], label=f"{n} validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (train: label-smoothed)")
+    ax.set_title("Loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(directory / PLOTS["loss"], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n in names:
+        epochs = [0] + [e["epoch"] for e in runs[n]["epochs"]]
+        initial = runs[n].get("initial") or {}
+        ax.plot(epochs, [initial.get("bleu")] + [e["bleu"] for e in runs[n]["epochs"]], "o-", color=colors[n],
+                label=f"{n} BLEU")
+        ax.plot(epochs, [initial.get("chrf")] + [e["chrf"] for e in runs[n]["epochs"]], "s:", color=colors[n],
+                label=f"{n} chrF")
+    ax.set_xlabel("epoch (0: before training)")
+    ax.set_ylabel("score (validation)")
+    ax.set_title("Translation quality")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(directory / PLOTS["quality"], dpi=120)
+    plt.close(fig)
+    return PLOTS
+
+
+def _f(x, digits=2):
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def write_report(directory: str | os.PathLike) -> Path:
+    """Write ``report.md`` and the plots beside the runs; returns the report's path."""
+    directory = Path(directory)
+    runs = load_runs(directory)
+    plots = _plots(runs, directory)
+    names = list(runs)
+    first = runs[names[0]]["run"]
+    lines = [
+        "# mtcore compare",
+        "",
+        f"Model `{first['model']}` ({first['num_params']:,} parameters), data `{first['data']}` "
+        f"({first['train_pairs']:,} training pairs), batch {first['batch_size']}, lr {first['lr']}, "
+        f"{first['precision']}, seed {first['seed']}, {len(runs[names[0]]['epochs'])} epochs. Same initial weights "
+        "and the same batches in every framework; epochs interleaved in one process.",
+        "",
+    ]
+    for note in first.get("notes") or []:
+        lines.append(f"- note: {note}")
+    heading = ("## Speed (epochs 2..N; epoch 1 holds compilation)" if len(runs[names[0]]["epochs"]) > 1 else
+               "## Speed (one epoch only: it includes compilation; run 2 or more for steady-state figures)")
+    lines += ["", heading, "",
+              "| framework | s / epoch (mean ± sd) | tokens/s (mean ± sd) | epoch 1 s | first step s |",
+              "| --- | --- | --- | --- | --- |"]
+    for n in names:
+        t, tps = steady(runs[n], "training_time"), steady(runs[n], "tokens_per_sec")
+        e1 = runs[n]["epochs"][0] if runs[n]["epochs"] else {}
+        lines.append(f"| {n} | {t.mean():.2f} ± {t.std(ddof=1) if len(t) > 1 else 0:.2f} | "
+                     f"{tps.mean():,.0f} ± {tps.std(ddof=1) if len(tps) > 1 else 0:,.0f} | "
+                     f"{_f(e1.get('training_time'))} | {_f(e1.get('first_step_time'))} |")
+    if len(names) == 2:
+        means = {n: steady(runs[n], "training_time").mean() for n in names}
+        slow, fast = sorted(names, key=lambda n: -means[n])
+        s = speedup(runs, slow, fast)
+        if s:
+            lines += ["", f"**{fast} trained {s['median']:.2f}x faster than {slow}** (median of {s['epochs']} paired "
+                      f"epoch-time ratios; spread {s['min']:.2f}x-{s['max']:.2f}x)."]
+        agree = loss_agreement(runs)
+        if agree is not None:
+            lines += ["", f"Training losses of the first 20 steps differ by at most {100 * agree:.2f}% "
+                      "(relative) between the two frameworks."]
+    lines += ["", "## Quality (validation, then test)", "",
+              "| framework | epoch | train loss | validation loss | token accuracy | BLEU | chrF |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for n in names:
+        init = runs[n].get("initial") or {}
+        lines.append(f"| {n} | 0 | - | {_f(init.get('validation_loss'), 3)} | {_f(init.get('token_accuracy'), 3)} | "
+                     f"{_f(init.get('bleu'), 1)} | {_f(init.get('chrf'), 1)} |")
+        for e in runs[n]["epochs"]:
+            lines.append(f"| {n} | {e['epoch']} | {e['train_loss']:.3f} | {e['validation_loss']:.3f} | "
+                         f"{e['token_accuracy']:.3f} | {_f(e['bleu'], 1)} | {_f(e['chrf'], 1)} |")
+    lines += ["", "| framework | test loss | test token accuracy | test BLEU | test chrF | status |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for n in names:
+        t = runs[n].get("test") or {}
+        lines.append(f"| {n} | {_f(t.get('test_loss'), 3)} | {_f(t.get('test_token_accuracy'), 3)} | "
+                     f"{_f(t.get('test_bleu'), 1)} | {_f(t.get('test_chrf'), 1)} | {runs[n].get('status')} |")
+    lines += ["", "## Plots", ""]
+    lines += [f"![{key}]({file})" for key, file in plots.items()]
+    lines += ["", "Devices: " + "; ".join(f"{n}: {', '.join(runs[n]['run'].get('devices') or [])}" for n in names), ""]
+    from mtcore.run import write_text
+
+    path = directory / "report.md"
+    write_text(path, "\n".join(lines))
+    return path

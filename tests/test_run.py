@@ -1,0 +1,209 @@
+"""Whole runs: `mtcore train` / `mtcore compare`, metrics JSON, checkpoints and resume, stopping on a
+non-finite loss, reports, and the quality a short CPU run must reach."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import mtcore
+from mtcore.cli import main
+from mtcore.report import load_runs, loss_agreement
+from mtcore.run import NonFiniteLoss, RunConfig, Trainer, compare, prepare, train
+
+pytestmark = [pytest.mark.torch, pytest.mark.jax]
+EPOCH_KEYS = {"training_time", "tokens_per_sec", "train_loss", "validation_loss", "token_accuracy", "bleu", "chrf"}
+# A few hundred synthetic pairs: seconds per epoch on a CPU.
+QUICK = dict(model="tiny", data="synthetic", synthetic_size=400, batch_size=32, validation=32, test=32,
+             eval_sentences=16)
+
+
+def need(framework):
+    reason = mtcore.available(framework)
+    if reason:
+        pytest.skip(reason)
+
+
+# ---- quality -------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_defaults_learn_the_synthetic_corpus_to_bleu_90(framework, tmp_path):
+    need(framework)
+    # The defaults are the recipe: tiny, 4000 synthetic pairs, batch 32, 6 epochs, lr 3e-3.
+    m = train(RunConfig(framework=framework), tmp_path, progress=False)
+    for record in m["epochs"]:
+        assert EPOCH_KEYS <= set(record)
+    assert m["epochs"][-1]["validation_loss"] < m["initial"]["validation_loss"]
+    assert m["initial"]["bleu"] < 5
+    assert m["test"]["test_bleu"] >= 90, m["test"]["examples"]
+    assert m["status"] == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_small_on_real_en_hu_text_lowers_loss_and_raises_chrf(data_dir, tmp_path):
+    need("torch"), need("jax")
+    # One epoch (300 steps) of pairs up to 16 tokens with a 2000-piece vocabulary: about 40 s of torch
+    # and 80 s of jax here. Loss drops from 7.7 to 4.6; chrF roughly triples (1.9 -> 6).
+    rc = RunConfig(model="small", data=str(data_dir / "tatoeba"), epochs=1, batch_size=32, lr=2e-3,
+                   warmup_steps=100, max_len=16, vocab_size=2000, validation=200, test=200, eval_sentences=100)
+    compare(rc, tmp_path, progress=False)
+    for framework, m in load_runs(tmp_path).items():
+        first, last = m["initial"], m["epochs"][-1]
+        assert last["validation_loss"] < first["validation_loss"] - 1.0, framework
+        assert last["chrf"] > first["chrf"] + 3, (framework, first["chrf"], last["chrf"], last["examples"])
+
+
+# ---- compare: identical work, agreeing losses, a report ---------------------------------------------
+def test_compare_trains_both_frameworks_identically_and_reports(tmp_path):
+    need("torch"), need("jax")
+    # No dropout: the frameworks draw different masks, and the claim is about identical arithmetic.
+    rc = RunConfig(**QUICK, epochs=2, dropout=0.0)
+    report = compare(rc, tmp_path, progress=False)
+    runs = load_runs(tmp_path)
+    torch_run, jax_run = runs["torch"], runs["jax"]
+    assert torch_run["initial"]["validation_loss"] == pytest.approx(jax_run["initial"]["validation_loss"], rel=1e-5)
+    assert [e["steps"] for e in torch_run["epochs"]] == [e["steps"] for e in jax_run["epochs"]]
+    assert sum(e["steps"] for e in torch_run["epochs"]) >= 20
+    assert loss_agreement(runs, steps=20) < 0.01
+    text = report.read_text()
+    assert "faster than" in text and "spread" in text and "differ by at most" in text
+    for png in ("epoch_time.png", "tokens_per_sec.png", "loss.png", "bleu.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in text
+    assert main(["report", str(tmp_path)]) == 0
+
+
+# ---- checkpoints, resume, non-finite loss --------------------------------------------------------
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_resume_continues_as_if_never_stopped(framework, tmp_path):
+    need(framework)
+    rc = RunConfig(framework=framework, **QUICK, epochs=2)
+    straight = train(rc, tmp_path / "straight", progress=False)
+    train(dataclasses.replace(rc, epochs=1), tmp_path / "resumed", progress=False)
+    resumed = train(rc, tmp_path / "resumed", progress=False, resume=True)
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
+    np.testing.assert_allclose(resumed["epochs"][1]["step_losses"], straight["epochs"][1]["step_losses"], rtol=1e-5)
+    latest = json.loads((tmp_path / "resumed" / "checkpoints" / "latest").read_text())
+    assert latest["epoch"] == 2 and (tmp_path / "resumed" / "checkpoints" / "epoch-2" / "model.safetensors").is_file()
+    assert not (tmp_path / "resumed" / "checkpoints" / "epoch-1").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    need("torch")
+    rc = RunConfig(framework="torch", **QUICK, epochs=3)
+    trainer = Trainer(rc, prepare(rc, tmp_path), tmp_path, progress=False)
+    trainer.run_epoch(1)
+    step = trainer.step_fn
+
+    def diverging(state, batch):  # what an exploding run looks like from outside
+        state, m = step(state, batch)
+        return state, {**m, "loss": m["loss"] * float("nan")}
+
+    trainer.step_fn = diverging
+    with pytest.raises(NonFiniteLoss, match=r"loss became nan at epoch 2, step 1 .*epoch-1 \(epoch 1\)"):
+        trainer.run_epoch(2)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"].startswith("stopped") and len(metrics["epochs"]) == 1
+    assert json.loads((tmp_path / "checkpoints" / "latest").read_text())["epoch"] == 1
+    # The kept checkpoint is usable: resuming from it trains epoch 2 for real.
+    resumed = train(dataclasses.replace(rc, epochs=2), tmp_path, progress=False, resume=True)
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2] and resumed["status"] == "finished"
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    need("torch")
+    rc = RunConfig(framework="torch", **QUICK, epochs=1)
+    train(rc, tmp_path, progress=False)
+    latest = tmp_path / "checkpoints" / "latest"
+    data = json.loads(latest.read_text())
+    data["model_config"]["d_model"] = 128
+    latest.write_text(json.dumps(data))
+    with pytest.raises(mtcore.MTCoreError, match="another model configuration"):
+        train(dataclasses.replace(rc, epochs=2), tmp_path, progress=False, resume=True)
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def test_cli_train_writes_metrics_json(tmp_path, capsys):
+    need("jax")
+    out = tmp_path / "run"
+    assert main(["train", "--framework", "jax", "--epochs", "1", "--synthetic-size", "300", "--validation", "16",
+                 "--test", "16", "--eval-sentences", "8", "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert EPOCH_KEYS <= set(m["epochs"][0]) and m["test"]["test_bleu"] is not None
+    assert (out / "tokenizer" / "spm.model").is_file() and (out / "run.json").is_file()
+    assert "jax: 1 epochs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "enormous"], "not a preset"),
+    (["--data", "/nonexistent/corpus"], "not 'synthetic'"),
+    (["--lr", "-1"], "learning rate must be a positive number"),
+    (["--epochs", "0"], "epochs must be at least 1"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    assert main(["train", "--out", str(tmp_path / "x"), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_malformed_corpus_names_file_and_line(tmp_path, capsys):
+    (tmp_path / "c.en").write_text("one\ntwo\nthree\n")
+    (tmp_path / "c.hu").write_text("egy\nkettő\n")
+    assert main(["train", "--data", str(tmp_path / "c"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "c.en has 3 lines but" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no */metrics.json" in capsys.readouterr().err
+
+
+def test_diverging_learning_rate_stops_the_run(tmp_path, capsys):
+    need("torch")
+    code = main(["train", "--epochs", "2", "--synthetic-size", "300", "--validation", "16", "--test", "16",
+                 "--lr", "1e12", "--warmup-steps", "1", "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "loss became" in err and "no checkpoint was written" in err
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"].startswith("stopped")
+
+
+def test_hf_checkpoint_directory_trains_from_its_weights(tmp_path, capsys):
+    need("torch"), need("hf")
+    from helpers import hf_model
+    from test_data import marian_tokenizer_dir
+
+    from mtcore.data import SentencePieceTokenizer, synthetic_corpus
+    from mtcore.weights import init_tree, read_hf_checkpoint
+
+    c = synthetic_corpus(300)
+    tok = SentencePieceTokenizer.train([*c.source, *c.target], 512)
+    cfg = mtcore.ModelConfig.preset("tiny", vocab_size=tok.vocab_size, pad_id=tok.pad_id, decoder_start_id=tok.pad_id)
+    ckpt = tmp_path / "ckpt"
+    hf_model(cfg, init_tree(cfg, seed=7)).save_pretrained(ckpt)
+    assert main(["train", "--model", str(ckpt), "--out", str(tmp_path / "a"), "--quiet"]) == 2
+    assert "needs its own tokenizer" in capsys.readouterr().err
+    marian_tokenizer_dir(tok, ckpt)
+    rc = RunConfig(framework="torch", **{**QUICK, "model": str(ckpt)}, epochs=1)
+    prepared = prepare(rc, tmp_path / "b")
+    _, tree = read_hf_checkpoint(ckpt)
+    assert prepared.cfg == cfg.replace(dropout=prepared.cfg.dropout)
+    assert all(np.array_equal(prepared.initial[k], tree[k]) for k in tree)
+    m = train(rc, tmp_path / "b", progress=False)
+    assert m["epochs"][0]["validation_loss"] < m["initial"]["validation_loss"]
+
+
+def test_an_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch):
+    from mtcore import run
+
+    path = tmp_path / "metrics.json"
+    run.write_json(path, {"epochs": [1]})
+
+    def killed(fd):  # the process dies after writing, before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.write_json(path, {"epochs": [1, 2]})
+    assert json.loads(path.read_text()) == {"epochs": [1]}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
