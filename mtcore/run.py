@@ -223,7 +223,7 @@ class Trainer:
             self.state = self.be.init_train_state(self.be.from_numpy(self.cfg, prepared.initial), self.tcfg)
             self.metrics = {
                 "run": {**dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg),
-                        "num_params": self.cfg.num_params(), "devices": self.be.devices(),
+                        "num_params": self.cfg.num_params(), "devices": self._devices_used(),
                         "train_pairs": len(prepared.train), "validation_pairs": len(prepared.validation),
                         "test_pairs": len(prepared.test), "notes": prepared.notes},
                 "initial": None, "epochs": [], "test": None, "status": "running",
@@ -347,6 +347,12 @@ class Trainer:
         self.metrics["status"] = "finished"
         write_json(self.out / "metrics.json", self.metrics)
         return self.metrics["test"]
+
+    def _devices_used(self) -> list[str]:
+        # The framework lists everything it sees ("cpu (16 threads)", "gpu:0 NVIDIA H100 ..."); the
+        # report names what this run trained on.
+        seen = self.be.devices()
+        return [d for d in seen if d.startswith(self.rc.device)] or seen
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
