@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from functools import cache
 
@@ -124,7 +125,7 @@ def _cases(kind: str, frameworks, devices, sizes) -> list[Case]:
     return cases
 
 
-def _marks(case: Case) -> list:
+def _marks(case: Case, kind: str) -> list:
     marks = []
     if case.device in ("gpu", "tpu"):
         marks.append(getattr(pytest.mark, case.device))
@@ -133,10 +134,14 @@ def _marks(case: Case) -> list:
     # The two slowest families share a process each under `-n 2 --dist loadgroup`: torch.compile
     # cases reuse the kernels the first of them built, and the unrolled-loop compiles (minutes at
     # 24 layers on a CPU) do not queue behind them.
+    # JAX's compile and train benches of one program share a process too, so the train bench runs
+    # the program the compile bench just built instead of compiling it again.
     if case.variant == "compile":
         marks.append(pytest.mark.xdist_group("torch-compile"))
     elif case.variant == "loop":
         marks.append(pytest.mark.xdist_group("jax-loop"))
+    elif case.framework == "jax" and case.precision == "fp32" and kind in ("compile", "train"):
+        marks.append(pytest.mark.xdist_group(f"jax-{case.device}-{case.size}"))
     reason = case.missing()
     if reason:
         marks.append(pytest.mark.skip(reason=f"{case.id}: {reason}"))
@@ -148,7 +153,7 @@ def pytest_generate_tests(metafunc):
     if marker is None or "case" not in metafunc.fixturenames:
         return
     cases = _cases(marker.args[0], *_selection(metafunc.config))
-    params = [pytest.param(c, id=c.id, marks=_marks(c)) for c in cases]
+    params = [pytest.param(c, id=c.id, marks=_marks(c, marker.args[0])) for c in cases]
     metafunc.parametrize("case", params or [pytest.param(None, marks=pytest.mark.skip(reason="no case selected"))])
 
 
@@ -165,6 +170,11 @@ def pytest_configure(config):
         import torch
 
         torch.set_float32_matmul_precision("highest")
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        if workers > 1:
+            # Processes sharing the CPU (pytest -n): each takes its share of the cores, else every
+            # process's intra-op pool spans all of them and they oversubscribe the machine.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 # ---- what the benches share ------------------------------------------------------------------
