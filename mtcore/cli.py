@@ -53,10 +53,14 @@ def _run_config(args: argparse.Namespace, framework: str):
 def _summary(metrics: dict) -> str:
     last = metrics["epochs"][-1]
     test = metrics.get("test") or {}
+
+    def score(x):
+        return "-" if x is None else f"{x:.1f}"
+
     return (f"{metrics['run']['framework']}: {len(metrics['epochs'])} epochs, last epoch {last['training_time']:.1f} s "
             f"({last['tokens_per_sec']:,.0f} tokens/s), train loss {last['train_loss']:.3f}, validation loss "
-            f"{last['validation_loss']:.3f}, BLEU {last['bleu'] if last['bleu'] is not None else '-'}, "
-            f"test BLEU {test.get('test_bleu')}, test chrF {test.get('test_chrf')}")
+            f"{last['validation_loss']:.3f}, BLEU {score(last['bleu'])}, "
+            f"test BLEU {score(test.get('test_bleu'))}, test chrF {score(test.get('test_chrf'))}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
