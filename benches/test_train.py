@@ -75,10 +75,7 @@ def test_train_step(benchmark, case, rounds):
         achieved_flops=flops / median,
         gemm_peak_flops=peak,
         mfu=flops / median / peak,
-        # JAX: a fresh ahead-of-time compile; torch eager: first-call overhead; torch.compile's own
-        # compile time is the compile bench's (here it may reuse that bench's kernels).
-        compile_s={"jax": first_call_s, "compile": None}.get(case.framework if case.framework == "jax" else case.variant,
-                                                            max(first_call_s - median, 0.0)),
+        compile_s=_compile_seconds(case, first_call_s, median),
         memory_bytes=memory,
         memory_kind=_memory_kind(be, memory),
         process_max_rss_bytes=process_max_rss_bytes(),
@@ -103,3 +100,14 @@ def test_forward_matches(case):
     got = be.forward(be.from_numpy(cfg, weights(case.size)), cfg, batch(case.size))
     scale = np.abs(reference).max()
     assert np.abs(got - reference).max() <= 1e-3 * max(scale, 1.0)
+
+
+def _compile_seconds(case, first_call_s: float, median: float) -> float | None:
+    """JAX: its ahead-of-time compile; torch eager: the first call's overhead over a step;
+    torch.compile: None, as its compile time is the compile bench's (here it may reuse that
+    bench's kernels)."""
+    if case.framework == "jax":
+        return first_call_s
+    if case.variant == "compile":
+        return None
+    return max(first_call_s - median, 0.0)

@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 
 from mtcore.errors import MTCoreError
+from mtcore.files import read_json, write_text
 
 PLOTS = {"time": "epoch_time.png", "throughput": "tokens_per_sec.png", "loss": "loss.png", "quality": "bleu.png"}
 
 
 def load_runs(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """``{framework: metrics}`` for every ``*/metrics.json`` under ``directory``."""
-    from mtcore.run import read_json
-
     directory = Path(directory)
     runs = {}
     for path in sorted(directory.glob("*/metrics.json")):
@@ -187,8 +186,6 @@ def write_report(directory: str | os.PathLike) -> Path:
     lines += ["", "## Plots", ""]
     lines += [f"![{key}]({file})" for key, file in plots.items()]
     lines += ["", "Devices: " + "; ".join(f"{n}: {', '.join(runs[n]['run'].get('devices') or [])}" for n in names), ""]
-    from mtcore.run import write_text
-
     path = directory / "report.md"
     write_text(path, "\n".join(lines))
     return path

@@ -17,7 +17,6 @@ A run directory holds::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -34,6 +33,7 @@ from mtcore.data.batching import Encoded, PlannedBatch, encode, plan_batches
 from mtcore.data.corpus import Corpus, Splits, load_corpus, split
 from mtcore.data.tokenizer import SentencePieceTokenizer, check_fits, is_marian_dir, load_tokenizer
 from mtcore.errors import MTCoreError
+from mtcore.files import read_json, write_json
 from mtcore.metrics import bleu, chrf
 from mtcore.weights import init_tree, load_safetensors, read_hf_checkpoint, save_safetensors
 
@@ -100,6 +100,7 @@ class Prepared:
     test: Encoded
     initial: dict[str, np.ndarray]
     notes: list[str]
+    max_len: int  # longest pair in tokens: the run's limit within the model's
 
 
 class NonFiniteLoss(MTCoreError):
@@ -153,47 +154,7 @@ def prepare(rc: RunConfig, out: str | os.PathLike, tokenizer_dir: str | os.PathL
             notes.append(f"truncated {data.truncated} {name} pairs to {max_len} tokens")
     if initial is None:
         initial = init_tree(cfg, seed=rc.seed)
-    return Prepared(cfg, tokenizer, splits, train, validation, test, initial, notes)
-
-
-# ---- files ---------------------------------------------------------------------------------------
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Atomically: an interrupted run leaves the previous file, never a truncated one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MTCoreError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MTCoreError(f"{path}: unreadable JSON ({e})") from None
-
-
-def _finite(x: float | None) -> float | None:
-    return x if x is None or math.isfinite(x) else None
+    return Prepared(cfg, tokenizer, splits, train, validation, test, initial, notes, max_len)
 
 
 # ---- one framework's run ---------------------------------------------------------------------------
@@ -209,7 +170,7 @@ class Trainer:
         self.tcfg = rc.train_config()
         self.progress = progress
         self.be = mtcore.backend(rc.framework, rc.device)
-        self.max_len = min(rc.max_len, self.cfg.max_len)
+        self.max_len = prepared.max_len
         self.step_fn = self.be.make_train_step(self.cfg, self.tcfg)
         self.eval_fn = self.be.make_eval_step(self.cfg, self.tcfg)
         if resume:

@@ -168,10 +168,10 @@ def save_safetensors(path: str | os.PathLike, tree: Mapping[str, np.ndarray], me
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
     from safetensors.numpy import save_file
 
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file({k: np.ascontiguousarray(v) for k, v in tree.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    from mtcore.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tree.items()}, os.fspath(tmp), metadata=metadata)
 
 
 def load_safetensors(path: str | os.PathLike) -> Tree:

@@ -195,16 +195,16 @@ def test_hf_checkpoint_directory_trains_from_its_weights(tmp_path, capsys):
 
 
 def test_an_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch):
-    from mtcore import run
+    from mtcore import files
 
     path = tmp_path / "metrics.json"
-    run.write_json(path, {"epochs": [1]})
+    files.write_json(path, {"epochs": [1]})
 
     def killed(fd):  # the process dies after writing, before the rename
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run.os, "fsync", killed)
+    monkeypatch.setattr(files.os, "fsync", killed)
     with pytest.raises(KeyboardInterrupt):
-        run.write_json(path, {"epochs": [1, 2]})
+        files.write_json(path, {"epochs": [1, 2]})
     assert json.loads(path.read_text()) == {"epochs": [1]}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

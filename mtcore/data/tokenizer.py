@@ -8,13 +8,13 @@ Both follow Marian's convention: every sequence ends in eos, pad doubles as the 
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from mtcore.errors import MTCoreError
+from mtcore.files import write_bytes, write_json
 
 MODEL_FILE = "spm.model"
 INFO_FILE = "tokenizer.json"
@@ -95,10 +95,9 @@ class SentencePieceTokenizer:
     def save(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / MODEL_FILE).write_bytes(self.model_proto)
-        info = {"kind": "sentencepiece", "vocab_size": self.vocab_size, "eos_id": self.eos_id, "pad_id": self.pad_id,
-                "unk_id": self.unk_id}
-        (directory / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        write_bytes(directory / MODEL_FILE, self.model_proto)
+        write_json(directory / INFO_FILE, {"kind": "sentencepiece", "vocab_size": self.vocab_size, "eos_id": self.eos_id,
+                                           "pad_id": self.pad_id, "unk_id": self.unk_id})
 
 
 class MarianTokenizer:

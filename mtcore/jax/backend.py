@@ -178,6 +178,7 @@ class JaxBackend:
                 raise MTCoreError(f"optimizer state: {key}.{bad[0]} is missing or has the wrong shape")
             part["final_logits_bias"] = tree["final_logits_bias"]
             fields[field] = self.from_numpy(cfg, part)["params"]
+
         def count() -> jax.Array:
             # One buffer per counter: the step donates its state, and a buffer cannot be donated twice.
             return jax.device_put(jnp.asarray(step, jnp.int32), self.jax_device)
