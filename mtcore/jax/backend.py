@@ -22,6 +22,17 @@ PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
 _LAYER = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
 
 
+def set_threads(n: int) -> None:
+    """XLA:CPU sizes its thread pool from the cores the process may use when its backend starts
+    (``mtcore.threads`` pins them); afterwards nothing changes it, so say so rather than pretend."""
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        import warnings
+
+        warnings.warn(f"JAX's CPU backend already started: its thread pool keeps its size, not {n}", stacklevel=3)
+
+
 class JaxBackend:
     name = "jax"
 

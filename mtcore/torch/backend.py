@@ -17,6 +17,11 @@ from mtcore.weights import Tree, check_tree, read_hf_checkpoint
 DEVICE_TYPES = {"cpu": "cpu", "gpu": "cuda"}
 
 
+def set_threads(n: int) -> None:
+    """Intra-op threads for CPU work (``mtcore.threads`` pins the process's cores)."""
+    torch.set_num_threads(n)
+
+
 class TorchBackend:
     name = "torch"
 
