@@ -15,6 +15,7 @@ import numpy as np
 
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_text
+from mtcore.timing import ratio_stats
 
 PLOTS = {"time": "epoch_time.png", "throughput": "tokens_per_sec.png", "loss": "loss.png", "quality": "bleu.png"}
 
@@ -47,9 +48,8 @@ def speedup(runs: dict[str, dict[str, Any]], slow: str, fast: str) -> dict[str, 
     pairs = [(x["training_time"], y["training_time"]) for x, y in zip(a, b, strict=False)][1:]
     if not pairs:
         return None
-    ratios = np.array([x / y for x, y in pairs])
-    return {"median": float(np.median(ratios)), "min": float(ratios.min()), "max": float(ratios.max()),
-            "epochs": len(ratios)}
+    stats = ratio_stats(*zip(*pairs, strict=True))
+    return {"median": stats["median"], "min": stats["min"], "max": stats["max"], "epochs": stats["n"]}
 
 
 def loss_agreement(runs: dict[str, dict[str, Any]], steps: int = 20) -> float | None:

@@ -22,6 +22,42 @@ def timed(fn: Callable[[], Any], sync: Callable[[Any], Any]) -> tuple[float, Any
     return time.perf_counter() - start, out
 
 
+def ratio_stats(numerators, denominators, confidence: float = 0.95) -> dict[str, float]:
+    """Paired ratios ``numerators[i] / denominators[i]``: their median, quartiles, extremes and a
+    distribution-free confidence interval of the median (order statistics, so no normality is
+    assumed). The pairs were measured back to back, so drift between pairs cancels out."""
+    import numpy as np
+
+    ratios = np.sort(np.asarray(numerators, np.float64) / np.asarray(denominators, np.float64))
+    n = len(ratios)
+    if n == 0:
+        raise ValueError("ratio_stats: no pairs")
+    lo, hi = median_ci_ranks(n, confidence)
+    q1, median, q3 = np.quantile(ratios, [0.25, 0.5, 0.75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3), "min": float(ratios[0]),
+            "max": float(ratios[-1]), "ci_low": float(ratios[lo]), "ci_high": float(ratios[hi]), "n": n,
+            "confidence": confidence}
+
+
+def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int]:
+    """0-based ranks (lo, hi) of sorted samples that bracket the median with at least
+    ``confidence``: the number of samples below the median is Binomial(n, 1/2). With too few
+    samples for that confidence, the whole range."""
+    from math import comb
+
+    tail = (1 - confidence) / 2
+    cdf, k = 0.0, -1
+    while k + 1 < n:  # the largest k with P(X <= k) <= tail
+        p = comb(n, k + 1) / 2**n
+        if cdf + p > tail:
+            break
+        cdf += p
+        k += 1
+    if k < 0:
+        return 0, n - 1
+    return k, n - 1 - k
+
+
 # ---- compile time ------------------------------------------------------------------------------
 def jax_fresh_compile(fn: Callable, *args: Any, clear: bool = True, **jit_kwargs: Any) -> tuple[float, float, Any]:
     """(trace+lower seconds, XLA compile seconds, compiled) for a compile nothing can reuse: new
