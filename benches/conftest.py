@@ -1,29 +1,38 @@
 """The one place that owns the benches' framework x device x size (x variant) parametrisation,
-what each case needs (weights, batch, reference results, the GEMM peak), the machine_info stored
-with every run, and the terminal summary of what pytest-benchmark does not print itself."""
+the thread budget every case runs under, what each case needs (weights, batch, reference results,
+the GEMM peak), the machine_info stored with every run, and the terminal summary of what
+pytest-benchmark does not print itself."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from functools import cache
+from math import ceil
 
 import numpy as np
 import pytest
 
 import mtcore
+from mtcore import threads
 from mtcore.config import PRESETS
 from mtcore.devices import DEVICE_KINDS, missing
+from mtcore.errors import MTCoreError
 
 FRAMEWORKS = ("torch", "jax", "hf")
 DEFAULT_SIZES = ("tiny", "small")
 # (batch, source length, target length) per size; marian-en-hu is the issue's 8 x 64 tokens.
 SHAPES = {"tiny": (16, 32, 32), "small": (16, 48, 48), "base": (8, 64, 64), "marian-en-hu": (8, 64, 64)}
-# Timed rounds on a CPU; accelerators take ACCEL_ROUNDS whatever the size.
-CPU_ROUNDS = {"tiny": 20, "small": 8, "base": 4, "marian-en-hu": 4}
-ACCEL_ROUNDS = 30
+# Timed work per case, when --benchmark-max-time is not given: pytest-benchmark's calibration
+# runs as many rounds as fit (at least --benchmark-min-rounds). Measured on a 2-core CPU, one
+# thread: 2 s per case kept tiny/small train-step medians within a few percent run to run.
+MAX_TIME_S = 2.0
+MIN_ROUNDS = 10
+# The paired bench alternates the frameworks; its ratio needs enough pairs for a tight interval.
+MIN_PAIRS = 20
 DEFAULT_VARIANT = {"torch": "eager", "jax": "scan", "hf": "eager"}
 OTHER_VARIANT = {"torch": "compile", "jax": "loop"}
 DEPTHS = (2, 6, 12, 24)
@@ -60,12 +69,45 @@ class Case:
     def backend(self):
         return _backend(self.framework, self.device)
 
-    @property
-    def rounds(self) -> int:
-        return CPU_ROUNDS[self.size] if self.device == "cpu" else ACCEL_ROUNDS
-
     def missing(self) -> str | None:
         return missing(self.framework, self.device)
+
+    @property
+    def default(self) -> bool:
+        """fp32 and the framework's default variant: the configuration the regression gate tracks."""
+        return self.precision == "fp32" and self.variant == DEFAULT_VARIANT[self.framework]
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """torch and JAX (default variants) timed alternately in one process: ``id`` ``cpu-tiny-fp32``."""
+
+    device: str
+    size: str
+    precision: str = "fp32"
+
+    @property
+    def id(self) -> str:
+        return f"{self.device}-{self.size}-{self.precision}"
+
+    @property
+    def cases(self) -> tuple[Case, Case]:
+        return Case("torch", self.device, self.size, self.precision), Case("jax", self.device, self.size, self.precision)
+
+    @property
+    def framework(self) -> str:
+        return "torch+jax"
+
+    @property
+    def default(self) -> bool:
+        return self.precision == "fp32"
+
+    @property
+    def variant(self) -> str:
+        return ""
+
+    def missing(self) -> str | None:
+        return next((f"{c.framework}: {r}" for c in self.cases if (r := c.missing())), None)
 
 
 @cache
@@ -81,17 +123,24 @@ def _csv(value: str | None, known: tuple[str, ...], what: str) -> tuple[str, ...
     if items == ("all",):
         return known
     unknown = [v for v in items if v not in known]
-    if unknown:
-        raise pytest.UsageError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)} or 'all'")
+    if unknown or not items:
+        raise MTCoreError(f"--{what}: unknown {what} {', '.join(unknown) or repr(value)}; choose from {', '.join(known)} or 'all'")
     return items
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("mtcore benches")
     group.addoption("--framework", help=f"comma list of {', '.join(FRAMEWORKS)} (default: all)")
-    group.addoption("--device", help=f"comma list of {', '.join(DEVICE_KINDS)} (default: all; absent ones skip)")
+    group.addoption("--device", help=f"comma list of {', '.join(DEVICE_KINDS)} (default: all, absent ones skip; "
+                                     "a device named here must be visible, else the run stops)")
     group.addoption("--size", help=f"comma list of {', '.join(PRESETS)}, or 'all' (default: {','.join(DEFAULT_SIZES)})")
-    group.addoption("--rounds", type=int, help="timed rounds per benchmark (default: by size and device)")
+    group.addoption("--threads", default="1",
+                    help="CPU thread budget per process, the same for every framework: a number (pinned to that many "
+                         "cores: stable, what the regression gate uses) or 'all' (the whole machine, as users run). "
+                         "Default: %(default)s")
+    group.addoption("--rounds", type=int,
+                    help=f"fixed timed rounds per benchmark (default: calibrated, {MAX_TIME_S:g} s of timed work per "
+                         f"case, at least {MIN_ROUNDS} rounds; see --benchmark-max-time / --benchmark-min-rounds)")
 
 
 def _selection(config) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -101,12 +150,14 @@ def _selection(config) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...
     return frameworks, devices, sizes
 
 
-def _cases(kind: str, frameworks, devices, sizes) -> list[Case]:
+def _cases(kind: str, frameworks, devices, sizes) -> list:
     """The cases a bench of ``kind`` runs. Variants ride on the default precision only, and
     precision on the default variant only: each comparison a user would make, not every product."""
     cases = []
     for device in devices:
         for size in sizes:
+            if kind == "paired" and {"torch", "jax"} <= set(frameworks):
+                cases += [Pairing(device, size), Pairing(device, size, "bf16")]
             for fw in ("torch", "jax"):
                 if fw not in frameworks:
                     continue
@@ -125,12 +176,16 @@ def _cases(kind: str, frameworks, devices, sizes) -> list[Case]:
     return cases
 
 
-def _marks(case: Case, kind: str) -> list:
+def _marks(case, kind: str) -> list:
     marks = []
     if case.device in ("gpu", "tpu"):
         marks.append(getattr(pytest.mark, case.device))
     if case.size in ("base", "marian-en-hu") or case.variant == "compile":
         marks.append(pytest.mark.slow)
+    # The quick subset: what the regression gate tracks. fp32, default variants, the default
+    # sizes; train steps of mtcore's two implementations, decoding, and the paired headline.
+    if kind in ("train", "decode", "paired") and case.default and case.size in DEFAULT_SIZES and case.framework != "hf":
+        marks.append(pytest.mark.quick)
     # The two slowest families share a process each under `-n 2 --dist loadgroup`: torch.compile
     # cases reuse the kernels the first of them built, and the unrolled-loop compiles (minutes at
     # 24 layers on a CPU) do not queue behind them.
@@ -157,9 +212,37 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("case", params or [pytest.param(None, marks=pytest.mark.skip(reason="no case selected"))])
 
 
+def _stop(message: str) -> None:
+    """One line and exit status 2 for a run that cannot do what it was asked, never a traceback."""
+    pytest.exit(f"mtcore benches: {message}", returncode=2)
+
+
+_budget: threads.ThreadBudget | None = None
+_config = None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
 def pytest_configure(config):
+    global _budget, _config
+    _config = config
     config.addinivalue_line("markers", "cases(kind): parametrise a bench over the cases of that kind")
     config.addinivalue_line("markers", "xdist_group(name): keep these cases on one process under --dist loadgroup")
+    config.addinivalue_line("markers", "quick: the quick subset, what the regression gate tracks (pytest benches -m quick)")
+    try:
+        frameworks, devices, _ = _selection(config)
+        budget = threads.parse(config.getoption("--threads"))
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        slots = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        # Before any framework starts its CPU backend: XLA sizes its pool once, from the cores it may use.
+        _budget = threads.apply(budget, slot=int(worker.removeprefix("gw") or 0), slots=slots)
+    except MTCoreError as e:
+        _stop(str(e))
+    if not _given(config, "--benchmark-max-time"):
+        config.option.benchmark_max_time = str(MAX_TIME_S)
+    if not _given(config, "--benchmark-min-rounds"):
+        config.option.benchmark_min_rounds = MIN_ROUNDS
+    # A gen-2 collection of a whole pytest session's heap would land in a random round.
+    config.option.benchmark_disable_gc = True
     # Identical arithmetic in fp32: XLA would otherwise run fp32 matmuls as TF32 on NVIDIA GPUs,
     # which PyTorch does not by default. bf16 cases are the fast path, in both frameworks.
     if mtcore.available("jax") is None:
@@ -170,18 +253,51 @@ def pytest_configure(config):
         import torch
 
         torch.set_float32_matmul_precision("highest")
-        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-        if workers > 1:
-            # Processes sharing the CPU (pytest -n): each takes its share of the cores, else every
-            # process's intra-op pool spans all of them and they oversubscribe the machine.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    if config.getoption("--device") is not None:
+        # Asked for by name (tox -e gpu / tpu): a machine without it must fail, not pass on skips.
+        for device in devices:
+            seen = [fw for fw in frameworks if missing(fw, device) is None]
+            if not seen:
+                reasons = "; ".join(missing(fw, device) for fw in frameworks)
+                _stop(f"--device {device}: no selected framework sees a {device.upper()} ({reasons})")
+
+
+def _given(config, flag: str) -> bool:
+    """Whether the user set ``flag`` (command line, PYTEST_ADDOPTS or the ini's addopts)."""
+    import shlex
+
+    args = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.getini("addopts")]
+    return any(str(a) == flag or str(a).startswith(flag + "=") for a in args)
 
 
 # ---- what the benches share ------------------------------------------------------------------
+def thread_budget() -> threads.ThreadBudget:
+    assert _budget is not None, "pytest_configure sets the thread budget first"
+    return _budget
+
+
+def timed(benchmark, fn, rounds: int | None, warmup_rounds: int = 2, min_rounds: int | None = None, on_start=None):
+    """Time ``fn`` (which ends with a device sync) after ``warmup_rounds`` untimed calls: ``rounds``
+    rounds when given (--rounds), else as many as fill --benchmark-max-time, at least
+    --benchmark-min-rounds (or ``min_rounds``). ``on_start`` is called as the timed rounds begin.
+    Returns ``fn``'s last result."""
+    if not benchmark.enabled:  # --benchmark-disable: one untimed call
+        return benchmark(fn)
+    start = time.perf_counter()
+    for _ in range(max(warmup_rounds, 1)):
+        fn()
+    one = (time.perf_counter() - start) / max(warmup_rounds, 1)
+    n = rounds or max(min_rounds or int(_config.getoption("benchmark_min_rounds")),
+                      ceil(float(_config.getoption("benchmark_max_time")) / max(one, 1e-9)))
+    if on_start is not None:
+        on_start()
+    return benchmark.pedantic(fn, rounds=n, iterations=1, warmup_rounds=0)
+
+
 @pytest.fixture(scope="session")
-def rounds(request):
-    override = request.config.getoption("--rounds")
-    return lambda case: override or case.rounds
+def rounds(request) -> int | None:
+    """--rounds, or None: calibrated."""
+    return request.config.getoption("--rounds")
 
 
 @cache
@@ -237,42 +353,102 @@ def median_seconds(benchmark) -> float | None:
     return stats.stats.median if stats is not None else None
 
 
+def check_first_loss(case: Case, loss: float) -> None:
+    """Correct before fast: a case's first real training step must give the loss another
+    framework computes from the same weights and batch."""
+    assert math.isfinite(loss), f"{case.id}: first loss {loss}"
+    reference = reference_logits(case.size, case.framework)
+    if reference is None:
+        return
+    from mtcore.metrics import smoothed_loss
+
+    b = batch(case.size)
+    want = smoothed_loss(reference, b.tgt_out, b.tgt_mask, case.train_config().label_smoothing)
+    # The first step runs with dropout (different random masks in each framework) and, for bf16,
+    # at lower precision; a freshly initialised model's loss is still pinned down to a few percent.
+    # Forward logits in fp32 are checked to 1e-3 in test_forward_matches.
+    tolerance = 5e-2 if case.precision == "bf16" else 2e-2
+    assert loss == pytest.approx(want, rel=tolerance), f"{case.id}: loss {loss} vs {want}"
+
+
 # ---- stored and printed results --------------------------------------------------------------
 def hardware() -> dict:
-    """What the results depend on: device kinds and counts per framework, thread counts."""
+    """The hardware fingerprint results depend on: CPU model and cores, and per framework its
+    versions and the devices it sees. Nothing that varies between runs on one machine (the
+    thread budget is stored apart; the session's GEMM peak goes into each bench's extra_info)."""
     from mtcore.devices import info
 
     data = info()
     out = {"cpu_count": data["cpu_count"], "frameworks": {}}
     for name, fw in data["frameworks"].items():
         if fw["available"]:
-            out["frameworks"][name] = {"versions": fw["versions"], "devices": fw["devices"],
-                                       "device_counts": fw["device_counts"]}
+            accelerators = [d for d in fw["devices"] if not d.startswith("cpu")]
+            out["frameworks"][name] = {"versions": fw["versions"], "device_counts": fw["device_counts"],
+                                       "accelerators": accelerators}
     return out
 
 
+# py-cpuinfo's current clock reading changes from run to run on machines that scale frequency.
+_VOLATILE_CPU_KEYS = ("hz_actual", "hz_actual_friendly")
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
+    for key in _VOLATILE_CPU_KEYS:
+        machine_info.get("cpu", {}).pop(key, None)
     machine_info["mtcore"] = {
         "hardware": hardware(),
-        "gemm_peak_flops": {f"{d}-{p}": v for (d, p), v in _peaks.items()},
+        "threads": thread_budget().as_dict(),
         "transformers": mtcore.devices.info()["transformers"],
     }
 
 
+def _differences(saved, current, prefix="") -> list[str]:
+    """Dotted keys whose values differ between two machine_info dicts."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            out += _differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == current else [prefix.rstrip(".")]
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark):
-    saved = (compared_benchmark.get("machine_info") or {}).get("mtcore", {}).get("hardware")
-    current = machine_info.get("mtcore", {}).get("hardware")
-    if saved is None or current is None:
-        return
-    saved_devices = {k: v.get("devices") for k, v in saved.get("frameworks", {}).items()}
-    current_devices = {k: v.get("devices") for k, v in current.get("frameworks", {}).items()}
-    if saved_devices != current_devices or saved.get("cpu_count") != current.get("cpu_count"):
-        benchmarksession.logger.warning(
-            "MTCORE: the compared run was measured on DIFFERENT HARDWARE: "
-            f"saved {json.dumps(saved_devices)} ({saved.get('cpu_count')} CPUs) vs now "
-            f"{json.dumps(current_devices)} ({current.get('cpu_count')} CPUs). Time differences are "
-            "not regressions."
-        )
+    """Say in one line what differs from the compared run, instead of pytest-benchmark's dump of
+    both whole machine_info dicts (5 KB on one line). Its own check also crashes when the storage
+    is outside the working directory (it makes the path relative to it): not our users' problem."""
+    logger = benchmarksession.logger
+    plain_warning = logger.warning
+
+    def warning(text, *args, **kwargs):
+        if not str(text).startswith("Benchmark machine_info is different"):
+            plain_warning(text, *args, **kwargs)
+
+    logger.warning = warning
+    try:
+        yield
+    except ValueError:  # pytest-benchmark's relative_to(cwd) on a storage path outside it
+        pass
+    finally:
+        logger.warning = plain_warning
+    saved_info = compared_benchmark.get("machine_info") or {}
+    saved, current = saved_info.get("mtcore", {}), machine_info.get("mtcore", {})
+    if not saved:
+        return None
+    hardware_changes = _differences(saved.get("hardware"), current.get("hardware"))
+    if hardware_changes:
+        plain_warning(
+            "MTCORE: the compared run was measured on DIFFERENT HARDWARE (differs: "
+            f"{', '.join(hardware_changes)}). Time differences are not regressions.")
+    if saved.get("threads", {}).get("threads") != current.get("threads", {}).get("threads") or \
+            saved.get("threads", {}).get("pinned") != current.get("threads", {}).get("pinned"):
+        plain_warning(
+            f"MTCORE: the compared run had a DIFFERENT THREAD BUDGET ({json.dumps(saved.get('threads'))} vs now "
+            f"{json.dumps(current.get('threads'))}). Time differences are not regressions.")
+    others = [k for k in _differences(saved_info, machine_info) if not k.startswith("mtcore")]
+    if others and not hardware_changes:
+        plain_warning(f"MTCORE: machine_info differs from the compared run in {', '.join(others)}.")
+    return None
 
 
 def _fmt(value, scale=1.0, digits=1, suffix=""):
@@ -284,28 +460,50 @@ def _fmt(value, scale=1.0, digits=1, suffix=""):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     session = getattr(config, "_benchmarksession", None)
     benchmarks = [b for b in getattr(session, "benchmarks", []) if b.extra_info]
-    if not benchmarks:
+    if not benchmarks or _budget is None:
         return
     tr = terminalreporter
     tr.section("mtcore: throughput, MFU, memory, compile (pytest-benchmark's extra_info)")
-    header = f"{'benchmark':58} {'median ms':>10} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>7} {'mem MB':>8} {'compile s':>9}"
+    tr.write_line(f"thread budget: {_budget.describe()} (--threads)")
+    header = (f"{'benchmark':58} {'median ms':>10} {'IQR %':>6} {'rounds':>6} {'tokens/s':>10} "
+              f"{'TFLOP/s':>8} {'MFU':>7} {'mem MB':>8} {'compile s':>9}")
     tr.write_line(header)
     for b in sorted(benchmarks, key=lambda b: (b.group or "", b.name)):
         e = b.extra_info
         median = b.stats.median if b.stats else None
+        iqr = b.stats.iqr / median if b.stats and median else None
         tr.write_line(
-            f"{b.name:58} {_fmt(median, 1e3, 2):>10} {_fmt(e.get('tokens_per_s'), 1, 0):>10} "
+            f"{b.name:58} {_fmt(median, 1e3, 2):>10} {_fmt(iqr, 100, 1):>6} "
+            f"{_fmt(b.stats.rounds if b.stats else None, 1, 0):>6} {_fmt(e.get('tokens_per_s'), 1, 0):>10} "
             f"{_fmt(e.get('achieved_flops'), 1e-12, 3):>8} {_fmt(e.get('mfu'), 100, 1, '%'):>7} "
             f"{_fmt(e.get('memory_bytes'), 1e-6, 0):>8} {_fmt(e.get('compile_s'), 1, 2):>9}"
         )
+    _print_paired(tr, benchmarks)
     _print_ratios(tr, benchmarks)
 
 
+def _print_paired(tr, benchmarks):
+    paired = [b for b in benchmarks if "ratio" in b.extra_info]
+    if not paired:
+        return
+    tr.write_line("")
+    tr.write_line("who is faster, paired: the frameworks' steps alternate round by round in one process, so drift "
+                  "hits both alike")
+    for b in sorted(paired, key=lambda b: b.name):
+        e, r = b.extra_info, b.extra_info["ratio"]
+        a, c = e["frameworks"]
+        faster, factor = (c, 1 / r["median"]) if r["median"] < 1 else (a, r["median"])
+        tr.write_line(
+            f"  {e['case']}: {c}/{a} step time {r['median']:.3f} (IQR {r['q1']:.3f}-{r['q3']:.3f}, "
+            f"{r['confidence']:.0%} CI of the median {r['ci_low']:.3f}-{r['ci_high']:.3f}, {r['n']} pairs, "
+            f"{e['threads']['threads']} thread(s) each): {faster} {factor:.2f}x faster")
+
+
 def _print_ratios(tr, benchmarks):
-    """Speed ratios within each group (same device, size, precision), measured in this process."""
+    """Ratios of medians within each group (same device, size, precision)."""
     by_group: dict[str, dict[str, float]] = {}
     for b in benchmarks:
-        if b.stats and b.group:
+        if b.stats and b.group and "ratio" not in b.extra_info:
             by_group.setdefault(b.group, {})[b.extra_info.get("case", b.name)] = b.stats.median
     lines = []
     for group, medians in sorted(by_group.items()):
@@ -317,6 +515,7 @@ def _print_ratios(tr, benchmarks):
         lines.append(f"{group}: fastest {fastest}; slower: {rest}")
     if lines:
         tr.write_line("")
-        tr.write_line("ratios of medians within each group (one process, so machine drift affects all alike):")
+        tr.write_line("ratios of medians within each group (cases ran one after another, so drift between them is "
+                      "NOT cancelled: an indication; the paired lines above are the measurement):")
         for line in lines:
             tr.write_line("  " + line)

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from conftest import batch, reference_logits, weights
+from conftest import batch, reference_logits, thread_budget, weights
 from mtcore.metrics import smoothed_loss
 
 
@@ -27,7 +27,7 @@ def fresh_compile(case, cfg, tcfg, tree, data):
 
 @pytest.mark.cases("compile")
 def test_compile_time(benchmark, case):
-    benchmark.group = f"compile {case.device}-{case.size}-{case.precision}"
+    benchmark.group = f"compile {case.device}-{case.size}-{case.precision} {thread_budget().threads}thr"
     cfg, tcfg = case.model_config(), case.train_config()
     data = case.backend().device_batch(batch(case.size), cfg)
     results = []

@@ -7,14 +7,14 @@ import pytest
 from test_compile import fresh_compile
 
 import mtcore
-from conftest import DEPTHS
+from conftest import DEPTHS, thread_budget
 from mtcore.weights import init_tree
 
 
 @pytest.mark.cases("depth")
 @pytest.mark.parametrize("depth", DEPTHS, ids=lambda d: f"{d}layers")
 def test_compile_time_vs_depth(benchmark, case, depth):
-    benchmark.group = f"compile_vs_depth {case.device}-{case.variant}"
+    benchmark.group = f"compile_vs_depth {case.device}-{case.variant} {thread_budget().threads}thr"
     cfg = case.model_config(encoder_layers=depth, decoder_layers=depth)
     tcfg = case.train_config()
     tree = init_tree(cfg, seed=0)

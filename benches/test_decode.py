@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mtcore
-from conftest import SHAPES, median_seconds, other_framework
+from conftest import SHAPES, median_seconds, other_framework, thread_budget, timed
 
 MAX_LEN = 32
 NUM_BEAMS = 4
@@ -46,7 +46,7 @@ def _decode_weights(cfg):
 @pytest.mark.cases("decode")
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_decode_latency(benchmark, case, strategy, rounds):
-    benchmark.group = f"decode-{strategy} {case.device}-{case.size}"
+    benchmark.group = f"decode-{strategy} {case.device}-{case.size} {thread_budget().threads}thr"
     be, cfg = case.backend(), case.model_config()
     params = be.from_numpy(cfg, _decode_weights(cfg))
     b = SHAPES[case.size][0]
@@ -67,9 +67,10 @@ def test_decode_latency(benchmark, case, strategy, rounds):
         assert agree >= need, f"{case.id} {strategy}: only {agree:.1%} of tokens agree with {other_id}"
     assert out.shape == (b, MAX_LEN)
 
-    result = benchmark.pedantic(decode, rounds=max(3, rounds(case) // 2), iterations=1, warmup_rounds=1)
+    result = timed(benchmark, decode, rounds, warmup_rounds=1)
     assert np.array_equal(result, out), "decoding is not deterministic"
     median = median_seconds(benchmark)
     generated = int((out != cfg.pad_id).sum())
-    benchmark.extra_info.update(case=case.id, strategy=strategy, batch=b, max_len=MAX_LEN, num_beams=beams,
-                                generated_tokens=generated, tokens_per_s=median and generated / median)
+    benchmark.extra_info.update(case=case.id, strategy=strategy, threads=thread_budget().as_dict(), batch=b,
+                                max_len=MAX_LEN, num_beams=beams, generated_tokens=generated,
+                                tokens_per_s=median and generated / median)

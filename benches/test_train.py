@@ -11,21 +11,14 @@ import math
 import numpy as np
 import pytest
 
-from conftest import batch, gemm_peak, median_seconds, reference_logits, weights
-from mtcore.metrics import smoothed_loss, train_step_flops
+from conftest import batch, check_first_loss, gemm_peak, median_seconds, reference_logits, thread_budget, timed, weights
+from mtcore.metrics import train_step_flops
 from mtcore.timing import process_max_rss_bytes
-
-
-def _tolerance(case) -> float:
-    # The first training step runs with dropout (different random masks in each framework) and,
-    # for bf16, at lower precision; the loss of a freshly initialised model is still pinned down
-    # to a few percent. Forward logits in fp32 are checked to 1e-3 in test_forward_matches.
-    return 5e-2 if case.precision == "bf16" else 2e-2
 
 
 @pytest.mark.cases("train")
 def test_train_step(benchmark, case, rounds):
-    benchmark.group = f"train_step {case.device}-{case.size}-{case.precision}"
+    benchmark.group = f"train_step {case.device}-{case.size}-{case.precision} {thread_budget().threads}thr"
     be, cfg, tcfg = case.backend(), case.model_config(), case.train_config()
     data = be.device_batch(batch(case.size), cfg)
     state = be.init_train_state(be.from_numpy(cfg, weights(case.size)), tcfg)
@@ -38,25 +31,21 @@ def test_train_step(benchmark, case, rounds):
     # kernels that bench already built in this process.
     step, first_call_s, state, metrics = be.compile_train_step(cfg, tcfg, state, data, compile=compile, fresh=False)
     first_loss = float(be.sync(metrics["loss"]))
-    assert math.isfinite(first_loss), f"{case.id}: first loss {first_loss}"
-    reference = reference_logits(case.size, case.framework)
-    if reference is not None:
-        b = batch(case.size)
-        want = smoothed_loss(reference, b.tgt_out, b.tgt_mask, tcfg.label_smoothing)
-        assert first_loss == pytest.approx(want, rel=_tolerance(case)), f"{case.id}: loss {first_loss} vs {want}"
+    check_first_loss(case, first_loss)
 
     def one_step():
         nonlocal state
         state, metrics = step(state, data)
         return be.sync(metrics["loss"])  # the step is done only when its loss exists on the device
 
-    loss = benchmark.pedantic(one_step, rounds=rounds(case), iterations=1, warmup_rounds=2)
+    loss = timed(benchmark, one_step, rounds)
     assert math.isfinite(float(loss)), f"{case.id}: loss became {float(loss)}"
 
     median = median_seconds(benchmark)
     b = batch(case.size)
     flops = train_step_flops(cfg, b)
-    benchmark.extra_info.update(case=case.id, first_call_s=first_call_s, first_loss=first_loss, last_loss=float(loss))
+    benchmark.extra_info.update(case=case.id, first_call_s=first_call_s, first_loss=first_loss, last_loss=float(loss),
+                                threads=thread_budget().as_dict())
     if median is None:  # --benchmark-disable: a smoke run, nothing timed
         return
     peak = gemm_peak(case.device, case.precision)
