@@ -432,6 +432,7 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
     finally:
         logger.warning = plain_warning
     saved_info = compared_benchmark.get("machine_info") or {}
+    machine_info = json.loads(json.dumps(machine_info))  # as stored: tuples become lists
     saved, current = saved_info.get("mtcore", {}), machine_info.get("mtcore", {})
     if not saved:
         return None
@@ -457,7 +458,30 @@ def _fmt(value, scale=1.0, digits=1, suffix=""):
     return f"{value * scale:,.{digits}f}{suffix}"
 
 
+_session = None
+
+
+def pytest_sessionstart(session):
+    global _session
+    _session = session
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Our summary first; then pytest-benchmark's tables and --benchmark-compare-fail check, whose
+    regression is a failed run (exit 1) and one line, not a traceback."""
+    from pytest_benchmark.session import PerformanceRegression
+
+    _summary(terminalreporter, config)
+    try:
+        return (yield)
+    except PerformanceRegression:
+        terminalreporter.write_line("mtcore benches: performance has regressed past --benchmark-compare-fail "
+                                    "(the benchmarks are listed above)", red=True, bold=True)
+        _session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _summary(terminalreporter, config):
     session = getattr(config, "_benchmarksession", None)
     benchmarks = [b for b in getattr(session, "benchmarks", []) if b.extra_info]
     if not benchmarks or _budget is None:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import mtcore
-
 ROOT = Path(__file__).resolve().parent.parent
 SELECT = ["--framework", "torch,jax,hf", "--device", "cpu", "--size", "tiny",
           "-k", "test_train_step and not bf16 and not compile and not loop"]
@@ -54,16 +52,24 @@ def test_autosave_then_compare(tmp_path):
     again = _pytest_benches(cwd, "--rounds", "3", storage, "--benchmark-compare")
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-3000:]
-    assert "0001" in out and "machine_info is different" not in out and "DIFFERENT" not in out, out[-3000:]
+    assert "0001" in out and "DIFFERENT" not in out, out[-3000:]
+    assert "machine_info is different" not in out and "machine_info differs" not in out, out[-3000:]
 
-    # Pretend the saved run came from another machine: one line says so, naming what differs.
+    # Pretend the saved run came from another machine, and was ten times faster: one line says
+    # what differs, and the compare gate fails the run (exit 1) with one line, not a traceback.
     data["machine_info"]["mtcore"]["hardware"]["cpu_count"] = 96
+    for row in data["benchmarks"]:
+        for key in ("min", "max", "mean", "median"):
+            row["stats"][key] /= 10
     saved[0].write_text(json.dumps(data))
-    other = _pytest_benches(cwd, "--rounds", "3", storage, "--benchmark-compare", "--threads", "all")
+    other = _pytest_benches(cwd, "--rounds", "3", storage, "--benchmark-compare", "--threads", "all",
+                            "--benchmark-compare-fail=median:15%")
     out = other.stdout + other.stderr
-    assert other.returncode == 0, out[-3000:]
+    assert other.returncode == 1, out[-3000:]
     assert "DIFFERENT HARDWARE (differs: cpu_count)" in out, out[-3000:]
     assert "DIFFERENT THREAD BUDGET" in out and "machine_info is different" not in out, out[-3000:]
+    assert "mtcore benches: performance has regressed past --benchmark-compare-fail" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -90,4 +96,3 @@ def test_a_named_device_that_is_absent_fails(tmp_path):
     out = done.stdout + done.stderr
     assert done.returncode == 2, out[-3000:]
     assert "--device tpu: no selected framework sees a TPU (jax sees no TPU device" in out, out[-3000:]
-    assert mtcore.available("jax") is None
