@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make bench` and `make test`. Each creates .venv (a CPU build of
+# torch, JAX, every extra: scripts/install.py) when it is missing, then runs. .ci/run, the GitHub
+# workflow and tox use the same install script and these targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Extra pytest arguments: make bench ARGS="--size small --framework jax"
+ARGS ?=
+# The regression gate's threshold for train-step and decode medians (README: "Regression check").
+FAIL ?= median:15%
+
+# pytest exits 5 when it selects no test: say so, and do not fail the target for it.
+define pytest
+	$(PY) -m pytest $(1) $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest selected no tests (exit 5)"; rc=0; fi; exit $$rc
+endef
+
+.PHONY: install bench bench-quick bench-check test smoke lint clean
+
+$(VENV)/.installed: pyproject.toml scripts/install.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) scripts/install.py
+	$(PY) -m mtcore.cli info
+	touch $@
+
+install: $(VENV)/.installed
+
+bench: install  ## the CPU benchmarks, built-in defaults (tiny + small, one pinned thread per framework), saved
+	$(call pytest,benches --benchmark-autosave)
+
+bench-quick: install  ## the quick subset the regression gate tracks, saved (a couple of minutes)
+	$(call pytest,benches -m quick --benchmark-autosave)
+
+bench-check: install  ## the quick subset against the last saved run: fails on a slower median
+	$(call pytest,benches -m quick --benchmark-autosave --benchmark-compare --benchmark-compare-fail=$(FAIL))
+
+test: install  ## the tests
+	$(call pytest,tests)
+
+smoke: install  ## every bench once, untimed, results checked (CI)
+	$(call pytest,benches --benchmark-disable -q -n 2 --dist loadgroup)
+
+lint: install
+	$(PY) -m pip install --quiet ruff
+	$(VENV)/bin/ruff check mtcore tests benches scripts conftest.py
+
+clean:
+	rm -rf $(VENV)
