@@ -25,16 +25,19 @@ class ThreadBudget:
     threads: int
     cores: tuple[int, ...]
     pinned: bool
+    affinity: bool = True  # False where the OS has no affinity call (macOS): pool sizes only
 
     def describe(self) -> str:
         cores = ",".join(map(str, self.cores))
+        plural = "s" if self.threads > 1 else ""
+        if self.pinned and not self.affinity:
+            return f"{self.threads} thread{plural} per framework (pool sizes only: no CPU affinity on this OS)"
         if self.pinned:
-            plural = "s" if self.threads > 1 else ""
             return f"{self.threads} thread{plural} per framework, pinned to core{plural} {cores}"
         return f"whole machine: {self.threads} cores ({cores}), thread pools as the frameworks choose"
 
     def as_dict(self) -> dict:
-        return {"threads": self.threads, "cores": list(self.cores), "pinned": self.pinned}
+        return {"threads": self.threads, "cores": list(self.cores), "pinned": self.pinned, "affinity": self.affinity}
 
 
 def usable_cores() -> tuple[int, ...]:
@@ -77,9 +80,10 @@ def apply(threads: int | None, *, slot: int = 0, slots: int = 1) -> ThreadBudget
         start = slot * threads % len(cores)
         chosen = (cores + cores)[start:start + threads]
     chosen = tuple(sorted(set(chosen)))
-    if hasattr(os, "sched_setaffinity") and (pinned or slots > 1):
+    affinity = hasattr(os, "sched_setaffinity")
+    if affinity and (pinned or slots > 1):
         os.sched_setaffinity(0, chosen)
-    budget = ThreadBudget(threads=len(chosen), cores=chosen, pinned=pinned)
+    budget = ThreadBudget(threads=len(chosen), cores=chosen, pinned=pinned, affinity=affinity)
     _limit_pools(budget.threads)
     return budget
 

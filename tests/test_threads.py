@@ -44,7 +44,7 @@ def test_parse():
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 def test_one_thread_pins_one_core_and_sizes_torch():
     out = _probe(1)
-    assert out["budget"] == {"threads": 1, "cores": [usable_cores()[0]], "pinned": True}
+    assert out["budget"] == {"threads": 1, "cores": [usable_cores()[0]], "pinned": True, "affinity": True}
     assert out["affinity"] == out["budget"]["cores"]
     if "torch" in out:
         assert out["torch"] == 1
