@@ -34,11 +34,11 @@ bench-quick: install  ## the quick subset the regression gate tracks, saved (a c
 bench-check: install  ## the quick subset against the last saved run: fails on a slower median
 	$(call pytest,benches -m quick --benchmark-autosave --benchmark-compare --benchmark-compare-fail=$(FAIL))
 
-test: install  ## the tests
-	$(call pytest,tests)
+test: install  ## the tests (the 15 slowest listed at the end)
+	$(call pytest,tests --durations=15)
 
-smoke: install  ## every bench once, untimed, results checked (CI)
-	$(call pytest,benches --benchmark-disable -q -n 2 --dist loadgroup)
+smoke: install  ## every bench once, untimed, results checked (CI); nothing is timed, so no pinned budget
+	$(call pytest,benches --benchmark-disable -q -n 2 --dist loadgroup --threads all)
 
 lint: install
 	$(PY) -m pip install --quiet ruff

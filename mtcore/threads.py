@@ -61,31 +61,28 @@ def parse(value: str | None) -> int | None:
 
 
 def apply(threads: int | None, *, slot: int = 0, slots: int = 1) -> ThreadBudget:
-    """Give this process its budget. ``threads`` None: the whole machine, shared between ``slots``
-    processes (pytest -n) by giving each its own slice of the cores; a number: that many cores,
-    slot ``slot`` taking the ``slot``-th group of them, so parallel workers do not share a core
-    where there are enough.
+    """Give this process its budget. ``threads`` None: the whole machine, the frameworks' pools as
+    they choose, except that between ``slots`` processes (pytest -n) torch and BLAS pools take
+    their share of the cores (no affinity: XLA keeps every core for its compiles); a number: that
+    many cores, slot ``slot`` pinned to the ``slot``-th group of them, so parallel workers do not
+    share a core where there are enough.
 
     Call it before JAX creates its CPU backend: XLA sizes its thread pool once, from the cores
     the process may use at that moment.
     """
     cores = usable_cores()
-    pinned = threads is not None
-    if threads is None:
-        share = max(1, len(cores) // max(slots, 1))
-        chosen = cores if slots <= 1 else cores[slot * share % len(cores):][:share]
-    else:
-        if threads > len(cores):
-            raise MTCoreError(f"threads: {threads} asked for, but this process may use {len(cores)} core(s): {list(cores)}")
-        start = slot * threads % len(cores)
-        chosen = (cores + cores)[start:start + threads]
-    chosen = tuple(sorted(set(chosen)))
     affinity = hasattr(os, "sched_setaffinity")
-    if affinity and (pinned or slots > 1):
+    if threads is None:
+        _limit_pools(max(1, len(cores) // max(slots, 1)))
+        return ThreadBudget(threads=len(cores), cores=cores, pinned=False, affinity=affinity)
+    if threads > len(cores):
+        raise MTCoreError(f"threads: {threads} asked for, but this process may use {len(cores)} core(s): {list(cores)}")
+    start = slot * threads % len(cores)
+    chosen = tuple(sorted(set((cores + cores)[start:start + threads])))
+    if affinity:
         os.sched_setaffinity(0, chosen)
-    budget = ThreadBudget(threads=len(chosen), cores=chosen, pinned=pinned, affinity=affinity)
-    _limit_pools(budget.threads)
-    return budget
+    _limit_pools(threads)
+    return ThreadBudget(threads=threads, cores=chosen, pinned=True, affinity=affinity)
 
 
 def _limit_pools(n: int) -> None:

@@ -1,5 +1,5 @@
-"""The CPU thread budget: pinned cores, pool sizes, one clear error on a bad budget. Each case
-runs in a fresh process: affinity and XLA's pool size are process-wide and set once."""
+"""The CPU thread budget: pinned cores, pool sizes, one clear error on a bad budget. The budgets are
+applied in a child process: affinity is process-wide, and this test process must keep its cores."""
 
 from __future__ import annotations
 
@@ -13,25 +13,36 @@ import pytest
 from mtcore.errors import MTCoreError
 from mtcore.threads import parse, usable_cores
 
+# Each budget applied in turn in one child: affinity can be changed again, and nothing here
+# starts JAX's backend, whose pool size is the one thing fixed at first use.
 PROBE = """
 import json, os, sys
 from mtcore import threads
-budget = threads.apply({threads}, slot={slot}, slots={slots})
-out = {{"budget": budget.as_dict(), "affinity": sorted(os.sched_getaffinity(0))}}
-try:
-    import torch
-    out["torch"] = torch.get_num_threads()
-except ImportError:
-    pass
+out, everything = [], os.sched_getaffinity(0)
+for n, slot, slots in json.loads(sys.argv[1]):
+    os.sched_setaffinity(0, everything)
+    budget = threads.apply(n, slot=slot, slots=slots)
+    row = {"budget": budget.as_dict(), "affinity": sorted(os.sched_getaffinity(0))}
+    try:
+        import torch
+        row["torch"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    out.append(row)
 print(json.dumps(out))
 """
 
+needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 
-def _probe(threads, slot=0, slots=1) -> dict:
-    code = PROBE.format(threads=threads, slot=slot, slots=slots)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+@pytest.fixture(scope="module")
+def probes():
+    """Budgets (threads, slot, slots) -> what the child process then had."""
+    budgets = [(1, 0, 1), (1, 0, 2), (1, 1, 2), (None, 1, 2)]
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(budgets)], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return dict(zip(budgets, json.loads(done.stdout.strip().splitlines()[-1]), strict=True))
 
 
 def test_parse():
@@ -41,21 +52,23 @@ def test_parse():
             parse(bad)
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
-def test_one_thread_pins_one_core_and_sizes_torch():
-    out = _probe(1)
+@needs_affinity
+def test_one_thread_pins_one_core_and_sizes_torch(probes):
+    out = probes[(1, 0, 1)]
     assert out["budget"] == {"threads": 1, "cores": [usable_cores()[0]], "pinned": True, "affinity": True}
     assert out["affinity"] == out["budget"]["cores"]
     if "torch" in out:
         assert out["torch"] == 1
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(usable_cores()) < 2, reason="needs 2 cores")
-def test_parallel_workers_get_their_own_cores():
-    first, second = _probe(1, slot=0, slots=2), _probe(1, slot=1, slots=2)
-    assert first["affinity"] != second["affinity"]
-    whole = _probe(None, slot=1, slots=2)  # the whole machine, shared: a slice each, not pinned
-    assert whole["budget"]["pinned"] is False and len(whole["affinity"]) == len(usable_cores()) // 2
+@needs_affinity
+@pytest.mark.skipif(len(usable_cores()) < 2, reason="needs 2 cores")
+def test_parallel_workers_get_their_own_cores(probes):
+    assert probes[(1, 0, 2)]["affinity"] != probes[(1, 1, 2)]["affinity"]
+    whole = probes[(None, 1, 2)]  # the whole machine, shared: every core, torch takes its share
+    assert whole["budget"]["pinned"] is False and whole["affinity"] == list(usable_cores())
+    if "torch" in whole:
+        assert whole["torch"] == len(usable_cores()) // 2
 
 
 def test_more_threads_than_cores_is_an_error():
