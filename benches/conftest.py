@@ -443,8 +443,8 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
         plain_warning(
             "MTCORE: the compared run was measured on DIFFERENT HARDWARE (differs: "
             f"{', '.join(hardware_changes)}). Time differences are not regressions.")
-    if saved.get("threads", {}).get("threads") != current.get("threads", {}).get("threads") or \
-            saved.get("threads", {}).get("pinned") != current.get("threads", {}).get("pinned"):
+    budget_changes = _differences(saved.get("threads"), current.get("threads"), "threads.")
+    if any(key in ("threads.threads", "threads.pinned") for key in budget_changes):
         plain_warning(
             f"MTCORE: the compared run had a DIFFERENT THREAD BUDGET ({json.dumps(saved.get('threads'))} vs now "
             f"{json.dumps(current.get('threads'))}). Time differences are not regressions.")

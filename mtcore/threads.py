@@ -96,6 +96,7 @@ def _limit_pools(n: int) -> None:
         threadpool_limits(n)
     from mtcore.backend import BACKENDS, available
 
-    for name, (module, _, _, _) in BACKENDS.items():
-        if available(name) is None:
-            importlib.import_module(module).set_threads(n)
+    # One call per module: the HF baseline runs on the torch backend's module.
+    modules = {module for name, (module, _, _, _) in BACKENDS.items() if available(name) is None}
+    for module in modules:
+        importlib.import_module(module).set_threads(n)
