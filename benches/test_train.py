@@ -51,7 +51,7 @@ def test_train_step(benchmark, case, rounds):
     peak = gemm_peak(case.device, case.precision)
     # torch: the CUDA allocator's peak since this case began. JAX's allocator peak cannot be reset
     # (it would carry earlier cases), so JAX reports XLA's account of the compiled step instead.
-    memory = be.last_compiled_memory if case.framework == "jax" else be.peak_memory()
+    memory, memory_kind = be.step_memory()
     benchmark.extra_info.update(
         framework=case.framework,
         variant=case.variant,
@@ -66,17 +66,9 @@ def test_train_step(benchmark, case, rounds):
         mfu=flops / median / peak,
         compile_s=_compile_seconds(case, first_call_s, median),
         memory_bytes=memory,
-        memory_kind=_memory_kind(be, memory),
+        memory_kind=memory_kind,
         process_max_rss_bytes=process_max_rss_bytes(),
     )
-
-
-def _memory_kind(be, memory) -> str:
-    if memory is None:
-        return "not measured (CPU allocator has no peak counter; see process_max_rss_bytes)"
-    if be.name == "jax":
-        return "XLA compiled-program account (arguments + outputs + temporaries - donated)"
-    return "CUDA allocator peak"
 
 
 @pytest.mark.cases("decode")

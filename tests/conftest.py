@@ -7,6 +7,15 @@ import pytest
 
 import mtcore
 
+try:
+    import jax
+
+    # Four CPU host devices for the data-parallel tests; JAX reads this once, before it starts its
+    # backends. Single-device code uses the first.
+    jax.config.update("jax_num_cpu_devices", 4)
+except ImportError:
+    pass
+
 
 def _backend_or_skip(name: str):
     reason = mtcore.available(name)

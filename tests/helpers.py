@@ -52,3 +52,35 @@ def hf_logits(model, batch) -> np.ndarray:
             decoder_input_ids=torch.from_numpy(batch.tgt_in).long(),
         )
     return out.logits.numpy()
+
+
+# ---- data parallel ---------------------------------------------------------------------------
+PARALLEL_CFG = ModelConfig.preset("tiny", dropout=0.0)
+
+
+def uneven_batches(cfg: ModelConfig, n: int = 3, batch_size: int = 8):
+    """Global batches whose first rows are long and last rows short, so every device split gives
+    shards with different numbers of real tokens (a per-shard mean would weigh them wrongly)."""
+    from mtcore.batch import Batch
+
+    rng = np.random.default_rng(7)
+    out = []
+    for _ in range(n):
+        lengths = np.linspace(11, 2, batch_size).astype(int)
+        sources = [rng.integers(3, cfg.vocab_size - 1, k - 1).tolist() for k in lengths]
+        targets = [rng.integers(3, cfg.vocab_size - 1, k - 1).tolist() for k in lengths[::-1] // 2 + 1]
+        out.append(Batch.from_sequences(cfg, sources, targets, 12, 12))
+    return out
+
+
+def train_steps(be, cfg: ModelConfig, tcfg, batches) -> tuple[list[float], dict[str, np.ndarray]]:
+    """Step losses and the trained weights after one step per global batch."""
+    from mtcore.weights import init_tree
+
+    state = be.init_train_state(be.from_numpy(cfg, init_tree(cfg, 0)), tcfg)
+    step = be.make_train_step(cfg, tcfg)
+    losses = []
+    for batch in batches:
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    return losses, be.to_numpy(be.state_params(state))

@@ -3,6 +3,7 @@ directory, as a CI cache puts it), be warned only when the saved run came from o
 another thread budget, and get one line, exit 2, for what cannot run."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,9 @@ SELECT = ["--framework", "torch,jax", "--device", "cpu", "--size", "tiny",
 def _pytest_benches(cwd, *args, select=SELECT, timeout=600):
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "benches"), "-c", str(ROOT / "pytest.ini"), "--rootdir", str(ROOT),
            "-p", "no:cacheprovider", *select, *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    # A pytest run of its own: nothing of this run's xdist worker (which would disable the timing).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import optax
 from mtcore.batch import Batch, check_source
 from mtcore.config import ModelConfig, TrainConfig
 from mtcore.errors import MTCoreError
-from mtcore.jax import decode, train
+from mtcore.jax import decode, parallel, train
 from mtcore.jax.model import Transformer
 from mtcore.weights import Tree, check_tree, read_hf_checkpoint
 
@@ -34,19 +34,29 @@ def set_threads(n: int) -> None:
 
 
 class JaxBackend:
+    """``devices`` > 1: the train state replicated over a ``data`` mesh of that many devices (all
+    of this process's, or, under ``jax.distributed``, the same number from every process), each
+    global batch split along it. Evaluation and decoding run on this process's first device."""
+
     name = "jax"
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", devices: int = 1):
         if device not in PLATFORMS:
             raise MTCoreError(f"jax backend: unknown device {device!r}; expected one of {sorted(PLATFORMS)}")
         try:
-            self.jax_device = jax.devices(PLATFORMS[device])[0]
-        except RuntimeError:
-            raise MTCoreError(f"jax backend: device {device!r} asked for, but jax sees none") from None
+            self.mesh, self.world = parallel.make_mesh(PLATFORMS[device], devices)
+        except MTCoreError as e:
+            raise MTCoreError(f"jax backend: {e}") from None
+        # The first of the mesh's devices this process drives (process 0's device is another
+        # process's to use).
+        self.jax_device = next(d for d in self.mesh.devices.flat if d.process_index == jax.process_index())
+        self.replicated = parallel.replicated(self.mesh)
+        self.split = parallel.split_batch(self.mesh)
         self.device_kind = device
+        self.last_compiled_memory = None
 
     def __repr__(self) -> str:
-        return f"JaxBackend(device={self.device_kind!r})"
+        return f"JaxBackend(device={self.device_kind!r}, devices={self.world.devices})"
 
     # ---- parameters ----------------------------------------------------------------------------
     def init_params(self, cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
@@ -107,24 +117,33 @@ class JaxBackend:
 
     # ---- compute -------------------------------------------------------------------------------
     def device_batch(self, batch: Batch | dict, cfg: ModelConfig | None = None) -> dict[str, jax.Array]:
-        """Validated device arrays; a dict that already is one passes through."""
+        """A global batch as validated arrays split along the mesh (each process places its own
+        rows), what the train step takes; a dict that already is one passes through."""
         if isinstance(batch, dict):
             return batch
         if cfg is not None:
             batch.validate(cfg)
-        return jax.device_put(batch.arrays(), self.jax_device)
+        if self.world.processes == 1:
+            return jax.device_put(batch.arrays(), self.split)
+        local = self.world.local(batch)
+        return {k: jax.make_array_from_process_local_data(self.split, v, batch.arrays()[k].shape)
+                for k, v in local.arrays().items()}
 
     def forward(self, params: dict[str, Any], cfg: ModelConfig, batch: Batch) -> np.ndarray:
-        b = self.device_batch(batch, cfg)
+        b = jax.device_put(batch.validate(cfg).arrays(), self.jax_device)
         logits = _forward(cfg)(params, b["src_ids"], b["src_mask"], b["tgt_in"])  # (B, T, V)
         return np.asarray(logits, np.float32)
 
     def init_train_state(self, params: dict[str, Any], tcfg: TrainConfig) -> train.TrainState:
-        # The step donates the state: copy so the caller's params stay usable.
-        return train.init_train_state(jax.tree.map(jnp.copy, params), tcfg)
+        """A fresh optimizer state around ``params``, replicated over the mesh (the step donates
+        it, so the caller's params are copied, not taken)."""
+        placed = jax.device_put(jax.tree.map(np.asarray, params), self.replicated)
+        return _init_train_state(tcfg, self.replicated)(placed)
 
-    def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, jit: bool = True):
-        step = train.make_train_step(cfg, tcfg, jit=jit)
+    def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, compile: bool = True):
+        """``step(state, batch)`` on a global ``Batch`` or on arrays from ``device_batch``; JAX
+        always compiles, so ``compile`` changes nothing."""
+        step = train.make_train_step(cfg, tcfg)
 
         def train_step(state, batch):
             return step(state, self.device_batch(batch, cfg))
@@ -144,7 +163,8 @@ class JaxBackend:
         # The program is fixed by the configs, the device and the batch's shapes (the state's follow
         # from the configs). A fresh compile replaces the stored one; a non-fresh call reuses it, with
         # the seconds that compile took: a second compile of the same program would measure nothing new.
-        key = (cfg, tcfg, str(self.jax_device), tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())))
+        key = (cfg, tcfg, str(self.mesh.devices.tolist()),
+               tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())))
         if fresh or key not in _COMPILED_STEPS:
             fn = train.make_train_step(cfg, tcfg, jit=False)
             trace_s, compile_s, compiled = jax_fresh_compile(fn, state, batch, donate_argnums=0, clear=fresh)
@@ -162,20 +182,29 @@ class JaxBackend:
         return stats.get("peak_bytes_in_use")
 
     def make_eval_step(self, cfg: ModelConfig, tcfg: TrainConfig):
+        """``eval(params, batch)`` on the whole batch, on this process's first device."""
         step = train.make_eval_step(cfg, tcfg)
-        return lambda params, batch: step(params, self.device_batch(batch, cfg))
+        return lambda params, batch: step(params, jax.device_put(batch.validate(cfg).arrays(), self.jax_device))
 
     def state_params(self, state: train.TrainState) -> dict[str, Any]:
-        return {"params": state.params, "consts": state.consts}
+        """The parameters being trained, as this process's single-device copy: what ``forward``,
+        ``generate`` and ``to_numpy`` take."""
+        return parallel.local_copy({"params": state.params, "consts": state.consts}, self.jax_device)
+
+    def step_memory(self) -> tuple[int | None, str]:
+        """``(bytes, what they count)`` for the train step last compiled: XLA's account of the
+        program (its allocator peak cannot be reset, so it would carry earlier work)."""
+        return self.last_compiled_memory, "XLA compiled-program account (arguments + outputs + temporaries - donated)"
 
     def optimizer_to_numpy(self, state: train.TrainState) -> tuple[int, Tree]:
         """``(step, moments)``: AdamW's first and second moments as ``exp_avg.NAME`` and
         ``exp_avg_sq.NAME`` with the parameter names of ``to_numpy``; framework-neutral."""
         moments: Tree = {}
+        opt_state = parallel.local_copy(state.opt_state, self.jax_device)
         for key, field in (("exp_avg", "mu"), ("exp_avg_sq", "nu")):
-            tree = self.to_numpy({"params": optax.tree_utils.tree_get(state.opt_state, field), "consts": {}})
+            tree = self.to_numpy({"params": optax.tree_utils.tree_get(opt_state, field), "consts": {}})
             moments.update({f"{key}.{name}": value for name, value in tree.items()})
-        return int(state.step), moments
+        return int(parallel.local_copy(state.step, self.jax_device)), moments
 
     def train_state_from_numpy(self, cfg: ModelConfig, tcfg: TrainConfig, tree: Tree, step: int,
                                moments: Tree) -> train.TrainState:
@@ -188,11 +217,12 @@ class JaxBackend:
             if bad:
                 raise MTCoreError(f"optimizer state: {key}.{bad[0]} is missing or has the wrong shape")
             part["final_logits_bias"] = tree["final_logits_bias"]
-            fields[field] = self.from_numpy(cfg, part)["params"]
+            host = jax.tree.map(np.asarray, self.from_numpy(cfg, part)["params"])
+            fields[field] = jax.device_put(host, self.replicated)
 
         def count() -> jax.Array:
             # One buffer per counter: the step donates its state, and a buffer cannot be donated twice.
-            return jax.device_put(jnp.asarray(step, jnp.int32), self.jax_device)
+            return jax.device_put(np.asarray(step, np.int32), self.replicated)
 
         opt_state = optax.tree_utils.tree_set(state.opt_state, mu=fields["mu"], nu=fields["nu"])
         opt_state = jax.tree_util.tree_map_with_path(
@@ -236,6 +266,11 @@ class JaxBackend:
 
 # (model config, train config, device, batch shapes) -> (compiled train step, its compile seconds)
 _COMPILED_STEPS: dict[tuple, tuple[Any, float]] = {}
+
+
+@cache
+def _init_train_state(tcfg: TrainConfig, sharding):
+    return jax.jit(lambda variables: train.init_train_state(variables, tcfg), out_shardings=sharding)
 
 
 @cache

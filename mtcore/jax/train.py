@@ -69,15 +69,14 @@ def init_train_state(variables: dict[str, Any], tcfg: TrainConfig) -> TrainState
 
 
 def loss_fn(logits: jax.Array, labels: jax.Array, mask: jax.Array, label_smoothing: float):
-    """Label-smoothed cross-entropy averaged over real target tokens, and token accuracy."""
+    """``(loss_sum, correct, count)`` over real target tokens: label-smoothed cross-entropy summed,
+    correct argmax predictions, and the token count that divides both once summed over devices."""
     v = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, v, dtype=jnp.float32), label_smoothing)
     per_token = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)  # (B, T)
     weights = mask.astype(jnp.float32)
-    denom = jnp.maximum(weights.sum(), 1.0)
-    loss = (per_token * weights).sum() / denom
-    accuracy = ((logits.argmax(-1) == labels) * weights).sum() / denom
-    return loss, accuracy
+    correct = ((logits.argmax(-1) == labels) * weights).sum()
+    return (per_token * weights).sum(), correct, weights.sum()
 
 
 def compute_dtype(tcfg: TrainConfig):
@@ -88,6 +87,10 @@ def compute_dtype(tcfg: TrainConfig):
 def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, jit: bool = True):
     """``train_step(state, batch) -> (state, metrics)``: forward, backward, clip, AdamW, as one
     jitted function with the state donated.
+
+    On a mesh (``JaxBackend`` with several devices) the batch arrives split along ``data`` and the
+    state replicated: the sums below are over the global batch, so XLA all-reduces the gradient
+    of the global token sum over the global count, what one device computes on the whole batch.
 
     Cached per config, so callers share compilations; ``jit=False`` gives the plain function, for
     whoever wants to compile it fresh (the compile-time benchmarks).
@@ -104,9 +107,11 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, jit: bool = True):
                 batch["src_ids"], batch["src_mask"], batch["tgt_in"],
                 rngs={"dropout": dropout_rng},
             )  # (B, T, V)
-            return loss_fn(logits, batch["tgt_out"], batch["tgt_mask"], tcfg.label_smoothing)
+            loss_sum, correct, count = loss_fn(logits, batch["tgt_out"], batch["tgt_mask"], tcfg.label_smoothing)
+            denominator = jnp.maximum(count, 1.0)
+            return loss_sum / denominator, (correct / denominator, count)
 
-        (loss, accuracy), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        (loss, (accuracy, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
@@ -114,6 +119,7 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, jit: bool = True):
             "accuracy": accuracy,
             "grad_norm": optax.tree.norm(grads),
             "lr": learning_rate(tcfg, state.step),
+            "tokens": count,
         }
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -127,7 +133,8 @@ def make_eval_step(cfg: ModelConfig, tcfg: TrainConfig):
     @jax.jit
     def eval_step(variables, batch):
         logits = model.apply(variables, batch["src_ids"], batch["src_mask"], batch["tgt_in"])
-        loss, accuracy = loss_fn(logits, batch["tgt_out"], batch["tgt_mask"], 0.0)
-        return {"loss": loss, "accuracy": accuracy}
+        loss_sum, correct, count = loss_fn(logits, batch["tgt_out"], batch["tgt_mask"], 0.0)
+        denominator = jnp.maximum(count, 1.0)
+        return {"loss": loss_sum / denominator, "accuracy": correct / denominator}
 
     return eval_step

@@ -10,7 +10,7 @@ import torch
 from mtcore.batch import Batch, check_source
 from mtcore.config import ModelConfig, TrainConfig
 from mtcore.errors import MTCoreError
-from mtcore.torch import decode, train
+from mtcore.torch import decode, parallel, train
 from mtcore.torch.model import Transformer
 from mtcore.weights import Tree, check_tree, read_hf_checkpoint
 
@@ -23,18 +23,23 @@ def set_threads(n: int) -> None:
 
 
 class TorchBackend:
+    """``devices`` > 1: this process is one rank of a torchrun job (one process per device),
+    training a DDP-wrapped model on its rows of each global batch."""
+
     name = "torch"
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", devices: int = 1):
         if device not in DEVICE_TYPES:
             raise MTCoreError(f"torch backend: unknown device {device!r}; expected one of {sorted(DEVICE_TYPES)}")
         if device == "gpu" and not torch.cuda.is_available():
             raise MTCoreError("torch backend: device 'gpu' asked for, but torch.cuda.is_available() is False")
+        if device == "gpu" and devices > torch.cuda.device_count() and not parallel.under_torchrun():
+            raise MTCoreError(f"--devices {devices}: torch sees {torch.cuda.device_count()} GPU(s)")
         self.device_kind = device
-        self.device = torch.device(DEVICE_TYPES[device])
+        self.world, self.device = parallel.init(device, devices)
 
     def __repr__(self) -> str:
-        return f"TorchBackend(device={self.device_kind!r})"
+        return f"TorchBackend(device={self.device_kind!r}, devices={self.world.devices})"
 
     # ---- parameters ----------------------------------------------------------------------------
     def init_params(self, cfg: ModelConfig, seed: int = 0) -> Transformer:
@@ -66,25 +71,38 @@ class TorchBackend:
 
     # ---- compute -------------------------------------------------------------------------------
     def device_batch(self, batch: Batch | dict, cfg: ModelConfig | None = None) -> dict[str, torch.Tensor]:
-        """Validated device tensors; a dict that already is one passes through."""
+        """This rank's rows of a global batch as validated device tensors, what the train step
+        takes; a dict that already is one passes through."""
         if isinstance(batch, dict):
             return batch
         if cfg is not None:
             batch.validate(cfg)
+        return self._tensors(self.world.local(batch))
+
+    def _tensors(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in batch.arrays().items()}
 
     @torch.no_grad()
     def forward(self, params: Transformer, cfg: ModelConfig, batch: Batch) -> np.ndarray:
         params.eval()
-        b = self.device_batch(batch, cfg)
+        b = self._tensors(batch.validate(cfg))
         logits = params(b["src_ids"], b["src_mask"], b["tgt_in"])  # (B, T, V)
         return logits.float().cpu().numpy()
 
     def init_train_state(self, params: Transformer, tcfg: TrainConfig) -> train.TrainState:
-        return train.init_train_state(params, tcfg)
+        """The optimizer over ``params``; on several ranks the model is wrapped in DDP (which
+        starts every rank from rank 0's weights)."""
+        state = train.init_train_state(params, tcfg)
+        if self.world.devices > 1:
+            state.model = parallel.wrap(params, self.device)
+        return state
 
     def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, compile: bool = False):
-        step = train.make_train_step(cfg, tcfg, compile=compile)
+        """``step(state, batch)`` on a global ``Batch`` (this rank takes its rows) or on tensors
+        from ``device_batch``. ``compile``: forward and loss through ``torch.compile``."""
+        many = self.world.devices > 1
+        step = train.make_train_step(cfg, tcfg, compile=compile, world_size=self.world.devices,
+                                     sum_over_ranks=parallel.sum_over_ranks if many else None)
 
         def train_step(state, batch):
             return step(state, self.device_batch(batch, cfg))
@@ -110,16 +128,27 @@ class TorchBackend:
         return step, seconds, state, metrics
 
     def make_eval_step(self, cfg: ModelConfig, tcfg: TrainConfig):
-        return lambda params, batch: train.eval_step(params, self.device_batch(batch, cfg), tcfg)
+        """``eval(params, batch)`` on the whole batch, on this process's device."""
+        return lambda params, batch: train.eval_step(params, self._tensors(batch.validate(cfg)), tcfg)
 
     def state_params(self, state: train.TrainState) -> Transformer:
-        return state.model
+        """The model being trained (unwrapped from DDP): what ``forward``, ``generate`` and
+        ``to_numpy`` take."""
+        return parallel.unwrap(state.model)
+
+    def step_memory(self) -> tuple[int | None, str]:
+        """``(bytes, what they count)`` for the train step last run: the CUDA allocator's peak
+        since ``peak_memory(reset=True)``; the CPU allocator keeps no peak."""
+        memory = self.peak_memory()
+        if memory is None:
+            return None, "not measured (CPU allocator has no peak counter; see process_max_rss_bytes)"
+        return memory, "CUDA allocator peak"
 
     def optimizer_to_numpy(self, state: train.TrainState) -> tuple[int, Tree]:
         """``(step, moments)``: AdamW's first and second moments as ``exp_avg.NAME`` and
         ``exp_avg_sq.NAME`` with the parameter names of ``to_numpy``; framework-neutral."""
         moments: Tree = {}
-        for name, p in self._named_parameters(state.model):
+        for name, p in self._named_parameters(self.state_params(state)):
             slot = state.optimizer.state.get(p, {})
             for key in ("exp_avg", "exp_avg_sq"):
                 value = slot.get(key)
@@ -132,7 +161,7 @@ class TorchBackend:
         """The inverse of ``to_numpy`` + ``optimizer_to_numpy``: a train state to resume from."""
         state = self.init_train_state(self.from_numpy(cfg, tree), tcfg)
         fused = bool(state.optimizer.defaults.get("fused"))
-        for name, p in self._named_parameters(state.model):
+        for name, p in self._named_parameters(self.state_params(state)):
             slot = {"step": torch.tensor(float(step), dtype=torch.float32, device=p.device if fused else "cpu")}
             for key in ("exp_avg", "exp_avg_sq"):
                 value = moments.get(f"{key}.{name}")
@@ -168,8 +197,9 @@ class TorchBackend:
         return out.cpu().numpy().astype(np.int32)
 
     def reseed(self, seed: int) -> None:
-        """Seed the global RNG dropout draws from (JAX keeps its key in the train state)."""
-        torch.manual_seed(seed)
+        """Seed the global RNG dropout draws from, differently on every rank (each drops out its
+        own rows); JAX keeps its key in the train state."""
+        torch.manual_seed(seed + 1_000_003 * self.world.process)
 
     def sync(self, value: Any = None) -> Any:
         """Wait for queued device work (and so for ``value``); returns ``value``."""
@@ -205,7 +235,7 @@ class HFBackend(TorchBackend):
     name = "hf"
 
     def __repr__(self) -> str:
-        return f"HFBackend(device={self.device_kind!r})"
+        return f"HFBackend(device={self.device_kind!r}, devices={self.world.devices})"
 
     def init_params(self, cfg: ModelConfig, seed: int = 0) -> HFMarian:
         from mtcore.weights import init_tree

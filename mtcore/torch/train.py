@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from mtcore.torch.model import Transformer
 class TrainState:
     """The model's parameters live in ``model``; ``step`` counts completed updates."""
 
-    model: Transformer
+    model: torch.nn.Module  # the Transformer, or DDP around it
     optimizer: torch.optim.Optimizer
     step: int = 0
 
@@ -46,16 +47,15 @@ def init_train_state(model: Transformer, tcfg: TrainConfig) -> TrainState:
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, label_smoothing: float):
-    """Label-smoothed cross-entropy averaged over real target tokens, and token accuracy."""
+    """``(loss_sum, correct, count)`` over real target tokens: label-smoothed cross-entropy summed,
+    correct argmax predictions, and the token count that divides both once summed over devices."""
     v = logits.shape[-1]
     per_token = F.cross_entropy(
         logits.float().reshape(-1, v), labels.reshape(-1).long(), reduction="none", label_smoothing=label_smoothing
     ).view(labels.shape)  # (B, T)
     weights = mask.float()
-    denom = weights.sum().clamp_min(1.0)
-    loss = (per_token * weights).sum() / denom
-    accuracy = ((logits.argmax(-1) == labels).float() * weights).sum() / denom
-    return loss, accuracy
+    correct = ((logits.argmax(-1) == labels).float() * weights).sum()
+    return (per_token * weights).sum(), correct, weights.sum()
 
 
 def autocast(tcfg: TrainConfig, device: torch.device):
@@ -64,26 +64,35 @@ def autocast(tcfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, compile: bool = False):
+def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, compile: bool = False, *, world_size: int = 1,
+                    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """``train_step(state, batch) -> (state, metrics)``: forward, backward, clip, AdamW.
 
-    ``batch`` is a dict of device tensors (see ``TorchBackend.device_batch``). With ``compile``
-    the forward and backward run through ``torch.compile``; the fused optimizer stays eager.
+    ``batch`` is a dict of device tensors (see ``TorchBackend.device_batch``), this rank's rows of
+    the global batch. With ``compile`` the forward and loss run through ``torch.compile``; the
+    fused optimizer stays eager. Under DDP (``world_size`` ranks, ``sum_over_ranks`` an
+    all-reduce) the loss is the global token sum over the global token count, so N ranks make the
+    update one device makes on the whole batch, however unevenly real tokens fall on the ranks.
     """
 
-    def forward_backward(model: Transformer, batch: dict[str, torch.Tensor]):
+    def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
         with autocast(tcfg, batch["src_ids"].device):
             logits = model(batch["src_ids"], batch["src_mask"], batch["tgt_in"])  # (B, T, V)
-        loss, accuracy = loss_fn(logits, batch["tgt_out"], batch["tgt_mask"], tcfg.label_smoothing)
-        loss.backward()
-        return loss.detach(), accuracy.detach()
+        return loss_fn(logits, batch["tgt_out"], batch["tgt_mask"], tcfg.label_smoothing)
 
-    run = torch.compile(forward_backward) if compile else forward_backward
+    run = torch.compile(forward_loss) if compile else forward_loss
 
     def train_step(state: TrainState, batch: dict[str, torch.Tensor]) -> tuple[TrainState, dict[str, Any]]:
         model = state.model
         model.train()
-        loss, accuracy = run(model, batch)
+        loss_sum, correct, count = run(model, batch)
+        totals = torch.stack([loss_sum.detach(), correct.detach(), count.detach()])  # (3,): this rank's
+        if sum_over_ranks is not None:
+            totals = sum_over_ranks(totals)  # (3,): the global batch's
+        denominator = totals[2].clamp_min(1.0)
+        # DDP averages gradients over ranks: world_size x (this rank's sum / global count), averaged,
+        # is the gradient of the global sum over the global count.
+        (loss_sum * (world_size / denominator)).backward()
         params = [p for p in model.parameters() if p.grad is not None]
         if tcfg.clip_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip_norm, foreach=True)
@@ -95,7 +104,9 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, compile: bool = False):
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        return state, {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm.detach(), "lr": lr}
+        metrics = {"loss": totals[0] / denominator, "accuracy": totals[1] / denominator,
+                   "grad_norm": grad_norm.detach(), "lr": lr, "tokens": totals[2]}
+        return state, metrics
 
     return train_step
 
@@ -105,5 +116,6 @@ def eval_step(model: Transformer, batch: dict[str, torch.Tensor], tcfg: TrainCon
     model.eval()
     with autocast(tcfg, batch["src_ids"].device):
         logits = model(batch["src_ids"], batch["src_mask"], batch["tgt_in"])
-    loss, accuracy = loss_fn(logits, batch["tgt_out"], batch["tgt_mask"], 0.0)
-    return {"loss": loss, "accuracy": accuracy}
+    loss_sum, correct, count = loss_fn(logits, batch["tgt_out"], batch["tgt_mask"], 0.0)
+    denominator = count.clamp_min(1.0)
+    return {"loss": loss_sum / denominator, "accuracy": correct / denominator}
