@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -38,16 +39,11 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config(args: argparse.Namespace, framework: str):
+def _run_config(args: argparse.Namespace, **changes):
     from mtcore.run import RunConfig
 
-    return RunConfig(
-        framework=framework, device=args.device, model=args.model, data=args.data, source_lang=args.source_lang,
-        target_lang=args.target_lang, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, precision=args.precision, seed=args.seed, dropout=args.dropout,
-        max_len=args.max_len, validation=args.validation, test=args.test, eval_sentences=args.eval_sentences,
-        synthetic_size=args.synthetic_size, vocab_size=args.vocab_size, on_error="skip" if args.skip_bad_lines else "raise",
-    )
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
+    return RunConfig(**{**given, **changes})
 
 
 def _summary(metrics: dict) -> str:
@@ -64,19 +60,109 @@ def _summary(metrics: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from mtcore.run import train
 
-    metrics = train(_run_config(args, args.framework), args.out, progress=not args.quiet, resume=args.resume)
-    print(_summary(metrics))
-    print(f"metrics: {args.out}/metrics.json; checkpoint: {args.out}/checkpoints")
+    rc = _run_config(args)
+    _check_devices(rc)
+    if rc.framework == "torch" and rc.devices > 1 and not _under_torchrun():
+        return _launch_torch(rc, args)
+    _join(rc)
+    metrics = train(rc, args.out, progress=not args.quiet, resume=args.resume)
+    if metrics is not None and not os.environ.get("MTCORE_LAUNCHED"):  # the main process, unless mtcore launched it
+        print(_summary(metrics))
+        print(f"metrics: {args.out}/metrics.json; checkpoint: {args.out}/checkpoints")
     return 0
+
+
+def _check_devices(rc) -> None:
+    """A CPU device is a process's share of the cores (torch: a gloo rank; JAX: a host device):
+    more of them than cores is not a measurement of anything. GPUs and TPUs are counted by the
+    frameworks themselves when they start."""
+    from mtcore.threads import usable_cores
+
+    if rc.device == "cpu" and rc.devices > 1 and not _under_torchrun() and not rc.num_processes:
+        cores = len(usable_cores())
+        if rc.devices > cores:
+            raise MTCoreError(f"--devices {rc.devices} on CPU: this process may use {cores} core(s), one per CPU device")
+
+
+def _under_torchrun() -> bool:
+    import os
+
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def _join(rc) -> None:
+    """Before any framework starts: a torch rank takes its share of the cores; a JAX process joins
+    jax.distributed when asked to."""
+    import os
+
+    from mtcore import threads
+
+    if rc.framework == "torch" and _under_torchrun() and rc.device == "cpu":
+        local, local_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        share = int(os.environ.get("MTCORE_RANK_THREADS", 0)) or max(1, len(threads.usable_cores()) // local_size)
+        threads.apply(min(share, len(threads.usable_cores())), slot=local, slots=local_size)
+    if rc.framework == "jax" and (rc.coordinator or rc.num_processes):
+        from mtcore.jax import parallel
+
+        # "auto": JAX finds the coordinator, process count and id itself (TPU pods, SLURM).
+        coordinator = None if rc.coordinator == "auto" else rc.coordinator
+        parallel.initialize(coordinator, rc.num_processes, rc.process_id,
+                            cpu_devices=rc.devices // (rc.num_processes or 1) if rc.device == "cpu" else None)
+
+
+def _launch_torch(rc, args: argparse.Namespace) -> int:
+    """``mtcore train --framework torch --devices N``: the same command as N ranks under torch's
+    elastic agent; a failed rank stops them all and leaves metrics.json naming the last good
+    checkpoint."""
+    from pathlib import Path
+
+    from mtcore.files import read_json, write_json
+    from mtcore.torch.parallel import launch
+
+    try:
+        launch(rc.devices, sys.argv[1:] if args.argv is None else args.argv, log_dir=Path(args.out) / "logs")
+    except MTCoreError as e:
+        metrics_file = Path(args.out) / "metrics.json"
+        checkpoint = _last_checkpoint(Path(args.out))
+        message = f"{e}; {checkpoint}"
+        if metrics_file.is_file():
+            metrics = read_json(metrics_file)
+            metrics["status"] = f"failed: {message}"
+            write_json(metrics_file, metrics)
+        raise MTCoreError(message) from None
+    metrics = read_json(Path(args.out) / "metrics.json")
+    print(_summary(metrics))
+    print(f"metrics: {args.out}/metrics.json; rank files: {args.out}/rank*_results_epoch*.json; "
+          f"checkpoint: {args.out}/checkpoints")
+    return 0
+
+
+def _last_checkpoint(out) -> str:
+    latest = out / "checkpoints" / "latest"
+    if not latest.is_file():
+        return "no checkpoint was written"
+    from mtcore.files import read_json
+
+    info = read_json(latest)
+    return f"the last good checkpoint is {out / 'checkpoints' / info['dir']} (epoch {info['epoch']}; --resume continues)"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from mtcore.run import compare
 
     frameworks = tuple(f.strip() for f in args.frameworks.split(",") if f.strip())
-    report = compare(_run_config(args, frameworks[0]), args.out, frameworks=frameworks, progress=not args.quiet)
+    try:
+        devices = tuple(int(n) for n in args.devices.split(",") if n.strip())
+    except ValueError:
+        raise MTCoreError(f"--devices: expected a comma list of device counts like 1,2, got {args.devices!r}") from None
+    rc = _run_config(args, framework=frameworks[0], devices=max(devices or (1,)))
+    _check_devices(rc)
+    report = compare(dataclasses.replace(rc, devices=1), args.out, frameworks=frameworks, devices=devices or (1,),
+                     scaling=args.scaling, target_loss=args.target_loss, progress=not args.quiet)
     print(report.read_text(encoding="utf-8").split("## Quality")[0].strip())
     print(f"\nreport: {report}")
     return 0
@@ -89,32 +175,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def _add_run_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One option per ``RunConfig`` field (its default, help and choices), so a new run option is
+    declared once, in ``mtcore/run.py``."""
     from mtcore.run import RunConfig
 
-    d = RunConfig()
-    p.add_argument("--model", default=d.model, help="preset (tiny, small, base, marian-en-hu) or HF Marian checkpoint dir")
-    p.add_argument("--data", default=d.data,
-                   help="'synthetic', a prefix PATH with PATH.en and PATH.hu beside it, a .tsv file, a saved HF "
-                        "dataset dir, or hf:NAME")
-    p.add_argument("--source-lang", default=d.source_lang)
-    p.add_argument("--target-lang", default=d.target_lang)
-    p.add_argument("--device", default=d.device, choices=("cpu", "gpu", "tpu"))
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (linear warm-up, then 1/sqrt decay)")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--precision", default=d.precision, choices=("fp32", "bf16"))
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
-    p.add_argument("--max-len", type=int, default=d.max_len, help="longest sentence pair in tokens")
-    p.add_argument("--validation", type=_count_or_fraction, default=d.validation, help="held-out pairs (count or fraction)")
-    p.add_argument("--test", type=_count_or_fraction, default=d.test, help="test pairs (count or fraction)")
-    p.add_argument("--eval-sentences", type=int, default=d.eval_sentences,
-                   help="validation sentences translated for BLEU/chrF each epoch")
-    p.add_argument("--synthetic-size", type=int, default=d.synthetic_size)
-    p.add_argument("--vocab-size", type=int, default=None, help="of the tokenizer trained on the data (default: the preset's)")
-    p.add_argument("--skip-bad-lines", action="store_true", help="drop (and count) pairs with an empty side")
+    types = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str,
+             "float | int": _count_or_fraction}
+    for f in dataclasses.fields(RunConfig):
+        if f.name in skip:
+            continue
+        extra = {k: v for k, v in f.metadata.items() if k != "help"}
+        p.add_argument("--" + f.name.replace("_", "-"), type=types[f.type], default=f.default,
+                       help=f"{f.metadata['help']} (default: {f.default})", **extra)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -136,15 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="preset name (tiny, small, base, marian-en-hu) or HF checkpoint directory")
     p.set_defaults(func=cmd_params)
     p = sub.add_parser("train", help="train one framework epoch by epoch; metrics.json and checkpoints in --out")
-    p.add_argument("--framework", default="torch", choices=("torch", "jax"))
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last checkpoint")
     _add_run_options(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, argv=None)
     p = sub.add_parser("compare", help="train both frameworks from the same weights on the same batches; report.md + plots")
     p.add_argument("--frameworks", default="torch,jax", help="comma list (default torch,jax)")
+    p.add_argument("--devices", default="1", help="device counts to train at, a comma list (e.g. 1,2; default 1)")
+    p.add_argument("--scaling", default="weak", choices=("weak", "strong"),
+                   help="weak: --batch-size per device, the global batch grows; strong: the global batch is fixed")
+    p.add_argument("--target-loss", type=float, default=None,
+                   help="report the time to this validation loss (default: the best loss every run reaches)")
     p.add_argument("--out", required=True, help="output directory")
-    _add_run_options(p)
+    _add_run_options(p, skip=("framework", "devices", "coordinator", "num_processes", "process_id"))
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("report", help="rewrite report.md and the plots of a compare directory")
     p.add_argument("dir")

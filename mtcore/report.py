@@ -128,9 +128,19 @@ def _f(x, digits=2):
 
 
 def write_report(directory: str | os.PathLike) -> Path:
-    """Write ``report.md`` and the plots beside the runs; returns the report's path."""
+    """Write ``report.md`` and the plots beside the runs; returns the report's path. Where only
+    rank files are left (metrics.json lost with a node), the scaling part is drawn from them alone."""
     directory = Path(directory)
+    settings = read_json(directory / "compare.json") if (directory / "compare.json").is_file() else {}
+    if not list(directory.glob("*/metrics.json")) and load_rank_files(directory):
+        lines = ["# mtcore compare (from the rank files alone: no metrics.json)",
+                 *scaling_section(directory, {}, settings.get("scaling", "weak"), settings.get("target_loss"),
+                                  always=True)]
+        path = directory / "report.md"
+        write_text(path, "\n".join(lines) + "\n")
+        return path
     runs = load_runs(directory)
+    many = len(settings.get("devices") or [1]) > 1
     plots = _plots(runs, directory)
     names = list(runs)
     first = runs[names[0]]["run"]
@@ -140,7 +150,8 @@ def write_report(directory: str | os.PathLike) -> Path:
         f"Model `{first['model']}` ({first['num_params']:,} parameters), data `{first['data']}` "
         f"({first['train_pairs']:,} training pairs), batch {first['batch_size']}, lr {first['lr']}, "
         f"{first['precision']}, seed {first['seed']}, {len(runs[names[0]]['epochs'])} epochs. Same initial weights "
-        "and the same batches in every framework; epochs interleaved in one process.",
+        "and the same batches in every framework; " + ("each run in turn (see Scaling)." if many else
+                                                       "epochs interleaved in one process."),
         "",
     ]
     for note in first.get("notes") or []:
@@ -156,7 +167,9 @@ def write_report(directory: str | os.PathLike) -> Path:
         lines.append(f"| {n} | {t.mean():.2f} ± {t.std(ddof=1) if len(t) > 1 else 0:.2f} | "
                      f"{tps.mean():,.0f} ± {tps.std(ddof=1) if len(tps) > 1 else 0:,.0f} | "
                      f"{_f(e1.get('training_time'))} | {_f(e1.get('first_step_time'))} |")
-    if len(names) == 2:
+    if many:
+        lines += scaling_section(directory, runs, settings.get("scaling", "weak"), settings.get("target_loss"))
+    elif len(names) == 2:
         means = {n: steady(runs[n], "training_time").mean() for n in names}
         slow, fast = sorted(names, key=lambda n: -means[n])
         s = speedup(runs, slow, fast)
@@ -185,7 +198,128 @@ def write_report(directory: str | os.PathLike) -> Path:
                      f"{_f(t.get('test_bleu'), 1)} | {_f(t.get('test_chrf'), 1)} | {runs[n].get('status')} |")
     lines += ["", "## Plots", ""]
     lines += [f"![{key}]({file})" for key, file in plots.items()]
-    lines += ["", "Devices: " + "; ".join(f"{n}: {', '.join(runs[n]['run'].get('devices') or [])}" for n in names), ""]
+    lines += ["", "Devices: " + "; ".join(f"{n}: {', '.join(runs[n]['run'].get('devices_used') or [])}" for n in names), ""]
     path = directory / "report.md"
     write_text(path, "\n".join(lines))
     return path
+
+
+# ---- scaling: one device against many, from the rank files alone -------------------------------------
+def load_rank_files(directory: str | os.PathLike) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """``{run: {epoch: [one record per process]}}`` from every ``*/rank{r}_results_epoch{e}.json``."""
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for path in sorted(Path(directory).glob("*/rank*_results_epoch*.json")):
+        record = read_json(path)
+        runs.setdefault(path.parent.name, {}).setdefault(int(record["epoch"]), []).append(record)
+    return runs
+
+
+def scaling_rows(directory: str | os.PathLike, scaling: str = "weak") -> list[dict[str, Any]]:
+    """One row per run: epoch time (mean over ranks) and system tokens/s (sum over ranks) over
+    epochs 2..N (the first holds compilation), mean and sd; speed-up and efficiency against the
+    same framework's one-device run (weak: X_N / (N X_1) in tokens/s; strong: T_1 / (N T_N))."""
+    rows = []
+    for name, epochs in load_rank_files(directory).items():
+        chosen = sorted(epochs)[1:] or sorted(epochs)
+        complete = [e for e in chosen if len(epochs[e]) == epochs[e][0]["processes"]]
+        if not complete:
+            continue
+        first = epochs[complete[0]][0]
+        times = np.array([np.mean([r["training_time"] for r in epochs[e]]) for e in complete])
+        tps = np.array([np.sum([r["tokens_per_sec"] for r in epochs[e]]) for e in complete])
+        rows.append({"run": name, "framework": first["framework"], "device": first["device"],
+                     "world_size": first["world_size"], "processes": first["processes"],
+                     "global_batch": first["global_batch"], "threads": first.get("threads"),
+                     "epochs": complete, "time_mean": times.mean(), "time_sd": times.std(ddof=1) if len(times) > 1 else 0.0,
+                     "tps_mean": tps.mean(), "tps_sd": tps.std(ddof=1) if len(tps) > 1 else 0.0})
+    for row in rows:
+        base = next((r for r in rows if r["framework"] == row["framework"] and r["world_size"] == 1), None)
+        n = row["world_size"]
+        if base is None:
+            row["speedup"] = row["efficiency"] = None
+        elif scaling == "strong":
+            row["speedup"] = base["time_mean"] / row["time_mean"]
+            row["efficiency"] = row["speedup"] / n
+        else:
+            row["speedup"] = row["tps_mean"] / base["tps_mean"]
+            row["efficiency"] = row["speedup"] / n
+    return sorted(rows, key=lambda r: (r["framework"], r["world_size"]))
+
+
+def time_to_loss(runs: dict[str, dict[str, Any]], directory: Path, target: float | None = None):
+    """``(target, {run: seconds of training until validation loss <= target, or None})``; the
+    target defaults to the best validation loss every run reaches."""
+    ranks = load_rank_files(directory)
+    if target is None:
+        bests = [min(e["validation_loss"] for e in m["epochs"]) for m in runs.values() if m["epochs"]]
+        if not bests:
+            return None, {}
+        target = max(bests)
+    out = {}
+    for name, m in runs.items():
+        elapsed, reached = 0.0, None
+        for e in m["epochs"]:
+            per_rank = ranks.get(name, {}).get(e["epoch"])
+            elapsed += np.mean([r["training_time"] for r in per_rank]) if per_rank else e["training_time"]
+            if e["validation_loss"] <= target + 1e-12:
+                reached = elapsed
+                break
+        out[name] = reached
+    return target, out
+
+
+def _scaling_plots(rows: list[dict[str, Any]], directory: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {"time": "training_time_comparison.png", "throughput": "tokens_per_second_comparison.png"}
+    labels = [f"{r['framework']}\n{r['world_size']} dev" for r in rows]
+    palette = {"torch": "tab:orange", "jax": "tab:blue", "hf": "tab:green"}
+    for key, mean, sd, ylabel, title in (
+        ("time", "time_mean", "time_sd", "seconds per epoch", "Training time per epoch (mean over ranks; ± sd over epochs)"),
+        ("throughput", "tps_mean", "tps_sd", "tokens / s", "System throughput (sum over ranks; ± sd over epochs)"),
+    ):
+        fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
+        bars = ax.bar(labels, [r[mean] for r in rows], yerr=[r[sd] for r in rows], capsize=6,
+                      color=[palette.get(r["framework"], "tab:gray") for r in rows])
+        ax.bar_label(bars, labels=[f"{r[mean]:,.0f}" if r[mean] >= 100 else f"{r[mean]:.2f}" for r in rows],
+                     label_type="center", color="white", fontweight="bold")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        fig.tight_layout()
+        fig.savefig(directory / files[key], dpi=120)
+        plt.close(fig)
+    return files
+
+
+def scaling_section(directory: Path, runs: dict[str, dict[str, Any]], scaling: str,
+                    target: float | None, always: bool = False) -> list[str]:
+    """The report's lines on one device against many (empty when every run had one device)."""
+    rows = scaling_rows(directory, scaling)
+    if not rows or (all(r["world_size"] == 1 for r in rows) and not always):
+        return []
+    files = _scaling_plots(rows, directory)
+    what = ("weak scaling: the per-device batch is fixed, the global batch grows with the devices; "
+            "efficiency = tokens/s at N / (N x tokens/s at 1)" if scaling == "weak" else
+            "strong scaling: the global batch is fixed; efficiency = T_1 / (N x T_N) in epoch time")
+    lines = ["", "## Scaling (epochs 2..N; time: mean over ranks, tokens/s: sum over ranks)", "", f"{what}.", "",
+             "| framework | devices | processes | global batch | s / epoch (mean ± sd) | tokens/s (mean ± sd) | "
+             "speed-up | efficiency | one device was |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        threads = r["threads"] or {}
+        one = ("a GPU" if r["device"] == "gpu" else "a TPU core" if r["device"] == "tpu" else
+               f"a CPU process with {len(threads.get('cores') or [])} core(s)" if r["processes"] > 1 else
+               f"a JAX host device ({len(threads.get('cores') or [])} cores shared by the process)")
+        lines.append(f"| {r['framework']} | {r['world_size']} | {r['processes']} | {r['global_batch']} | "
+                     f"{r['time_mean']:.2f} ± {r['time_sd']:.2f} | {r['tps_mean']:,.0f} ± {r['tps_sd']:,.0f} | "
+                     f"{_f(r['speedup'])}x | {_f(r['efficiency'])} | {one} |")
+    target, reached = time_to_loss(runs, directory, target) if runs else (None, {})
+    if target is not None:
+        lines += ["", f"Time to validation loss {target:.3f}: " + "; ".join(
+            f"{name} {'not reached' if s is None else f'{s:.1f} s'}" for name, s in reached.items()) + "."]
+    lines += ["", "Runs at different device counts ran one after another, not interleaved: machine drift between "
+              "them is not cancelled.", "", *[f"![{k}]({v})" for k, v in files.items()]]
+    return lines

@@ -21,59 +21,83 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import mtcore
-from mtcore.config import PRESETS, ModelConfig, TrainConfig
+from mtcore.config import PRECISIONS, PRESETS, ModelConfig, TrainConfig
 from mtcore.data.batching import Encoded, PlannedBatch, encode, plan_batches
 from mtcore.data.corpus import Corpus, Splits, load_corpus, split
 from mtcore.data.tokenizer import SentencePieceTokenizer, check_fits, is_marian_dir, load_tokenizer
+from mtcore.devices import DEVICE_KINDS, FRAMEWORKS
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
 from mtcore.metrics import bleu, chrf
+from mtcore.parallel import global_batch_size
 from mtcore.weights import init_tree, load_safetensors, read_hf_checkpoint, save_safetensors
+
+
+def option(default: Any, help: str, **argparse: Any) -> Any:
+    """A ``RunConfig`` field and its command-line option, declared together."""
+    return field(default=default, metadata={"help": help, **argparse})
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What ``mtcore train`` is asked. One config serves both frameworks; ``framework`` and
-    ``device`` only say where it runs."""
+    """What ``mtcore train`` is asked. One config serves both frameworks; ``framework``,
+    ``device`` and ``devices`` only say where it runs. Every field is a command-line option
+    (``mtcore/cli.py`` generates them), declared here once."""
 
-    framework: str = "torch"
-    device: str = "cpu"
-    model: str = "tiny"  # a preset, or a Hugging Face Marian checkpoint directory
-    data: str = "synthetic"  # see mtcore.data.corpus.load_corpus
-    source_lang: str = "en"
-    target_lang: str = "hu"
+    framework: str = option("torch", "torch or jax", choices=FRAMEWORKS)
+    device: str = option("cpu", "the kind of device to train on", choices=DEVICE_KINDS)
+    devices: int = option(1, "devices to train on, data parallel (torch: one process each, through torchrun; jax: "
+                             "one process drives its devices)")
+    model: str = option("tiny", "preset (tiny, small, base, marian-en-hu) or Hugging Face Marian checkpoint dir")
+    data: str = option("synthetic", "'synthetic', a prefix PATH with PATH.en and PATH.hu beside it, a .tsv file, a "
+                                    "saved HF dataset dir, or hf:NAME")
+    source_lang: str = option("en", "source language code")
+    target_lang: str = option("hu", "target language code")
     # The defaults are a recipe that works: tiny on the synthetic corpus reaches BLEU > 90 in 6 epochs.
-    epochs: int = 6
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 200
-    precision: str = "fp32"
-    seed: int = 0
-    dropout: float | None = None  # None: the model's own
-    max_len: int = 64  # longest pair in tokens; longer training pairs are dropped and counted
-    validation: float | int = 0.05  # fraction or count of pairs held out
-    test: float | int = 0.05
-    eval_sentences: int = 200  # validation sentences decoded for BLEU/chrF each epoch
-    synthetic_size: int = 4000
-    vocab_size: int | None = None  # of a trained tokenizer; None: the preset's
-    on_error: str = "raise"  # malformed pairs in the corpus: raise, or skip and count
+    epochs: int = option(6, "training epochs")
+    batch_size: int = option(32, "sentence pairs per device per step (global batch = this x --devices)")
+    global_batch_size: int | None = option(None, "sentence pairs per step over all devices (overrides --batch-size; "
+                                                 "a multiple of --devices)")
+    lr: float = option(3e-3, "peak learning rate (linear warm-up, then 1/sqrt decay)")
+    warmup_steps: int = option(200, "learning-rate warm-up steps")
+    precision: str = option("fp32", "compute precision", choices=PRECISIONS)
+    seed: int = option(0, "seed of the data split, the tokenizer, the initial weights and dropout")
+    dropout: float | None = option(None, "override the model's dropout")
+    max_len: int = option(64, "longest sentence pair in tokens; longer training pairs are dropped and counted")
+    validation: float | int = option(0.05, "held-out pairs (count or fraction)")
+    test: float | int = option(0.05, "test pairs (count or fraction)")
+    eval_sentences: int = option(200, "validation sentences translated for BLEU/chrF each epoch")
+    synthetic_size: int = option(4000, "pairs in the synthetic corpus")
+    vocab_size: int | None = option(None, "of the tokenizer trained on the data (default: the preset's)")
+    on_error: str = option("raise", "malformed pairs in the corpus: stop (raise), or skip and count them",
+                           choices=("raise", "skip"))
+    # jax.distributed: several JAX processes (hosts). None: JAX finds them itself where it can
+    # (TPU pods, SLURM), or the run is one process.
+    coordinator: str | None = option(None, "JAX: the coordinator's HOST:PORT (process 0's), for several processes; "
+                                           "'auto' where JAX finds it (TPU pod slices, SLURM)")
+    num_processes: int | None = option(None, "JAX: how many processes train together")
+    process_id: int | None = option(None, "JAX: this process's index among them")
+    tokenizer: str | None = option(None, "a saved tokenizer directory to use instead of training one")
 
     def __post_init__(self):
         def need(ok: bool, what: str) -> None:
             if not ok:
                 raise MTCoreError(what)
 
-        need(self.framework in ("torch", "jax", "hf"), f"unknown framework {self.framework!r}; choose torch or jax")
-        need(self.precision in ("fp32", "bf16"), f"unknown precision {self.precision!r}; choose fp32 or bf16")
+        need(self.framework in (*FRAMEWORKS, "hf"), f"unknown framework {self.framework!r}; choose torch or jax")
+        need(self.device in DEVICE_KINDS, f"unknown device {self.device!r}; choose {', '.join(DEVICE_KINDS)}")
+        need(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose fp32 or bf16")
         need(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        need(self.devices >= 1, f"--devices must be at least 1, got {self.devices}")
         need(self.batch_size >= 1, f"batch size must be positive, got {self.batch_size}")
+        self.global_batch()  # raises on a global batch the devices cannot split
         need(math.isfinite(self.lr) and self.lr > 0, f"learning rate must be a positive number, got {self.lr}")
         need(self.max_len >= 4, f"max_len must be at least 4, got {self.max_len}")
         need(self.eval_sentences >= 0, f"eval_sentences must be >= 0, got {self.eval_sentences}")
@@ -82,6 +106,9 @@ class RunConfig:
             raise MTCoreError(
                 f"--model {self.model!r}: not a preset ({', '.join(PRESETS)}) nor a Hugging Face checkpoint directory"
             )
+
+    def global_batch(self) -> int:
+        return global_batch_size(self.devices, self.batch_size, self.global_batch_size)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(learning_rate=self.lr, warmup_steps=self.warmup_steps, precision=self.precision,
@@ -120,6 +147,7 @@ def prepare(rc: RunConfig, out: str | os.PathLike, tokenizer_dir: str | os.PathL
     splits = split(corpus, validation=rc.validation, test=rc.test, seed=rc.seed)
 
     hf_dir = None if rc.model in PRESETS else Path(rc.model)
+    tokenizer_dir = tokenizer_dir or rc.tokenizer
     if tokenizer_dir is not None:
         tokenizer = load_tokenizer(tokenizer_dir)
     elif hf_dir is not None:
@@ -131,7 +159,8 @@ def prepare(rc: RunConfig, out: str | os.PathLike, tokenizer_dir: str | os.PathL
         # corpus gets fewer pieces. The model's embedding follows the tokenizer.
         vocab = rc.vocab_size or PRESETS[rc.model].vocab_size
         tokenizer = SentencePieceTokenizer.train([*splits.train.source, *splits.train.target], vocab, seed=rc.seed)
-    tokenizer.save(out / "tokenizer")
+    if _main_process(rc):  # every process trains the same tokenizer (seeded); one saves it
+        tokenizer.save(out / "tokenizer")
 
     if hf_dir is not None:
         cfg, initial = read_hf_checkpoint(hf_dir)
@@ -158,9 +187,53 @@ def prepare(rc: RunConfig, out: str | os.PathLike, tokenizer_dir: str | os.PathL
 
 
 # ---- one framework's run ---------------------------------------------------------------------------
+class RunIO:
+    """What a run leaves on disk besides the rank files: ``run.json``, ``metrics.json``,
+    checkpoints and the progress bar. Off the main process it does nothing, so the Trainer keeps
+    one loop however many processes run it."""
+
+    def __init__(self, out: Path, main: bool, progress: bool):
+        self.out, self.main, self.progress = out, main, progress
+
+    def write(self, name: str, data: Any) -> None:
+        if self.main:
+            write_json(self.out / name, data)
+
+    def bar(self, total: int, desc: str):
+        return _progress(total, desc, self.progress and self.main)
+
+    def save_checkpoint(self, be, state, epoch: int, cfg: ModelConfig, framework: str) -> None:
+        """``checkpoints/epoch-N/{model,optimizer}.safetensors`` in framework-neutral names (any
+        framework, any device count resumes from it), then the ``latest`` pointer."""
+        if not self.main:
+            return
+        root = self.out / "checkpoints"
+        directory = root / f"epoch-{epoch}"
+        directory.mkdir(parents=True, exist_ok=True)
+        params = be.to_numpy(be.state_params(state))
+        step, moments = be.optimizer_to_numpy(state)
+        meta = {"framework": framework, "epoch": str(epoch), "step": str(step)}
+        save_safetensors(directory / "model.safetensors", params, meta)
+        save_safetensors(directory / "optimizer.safetensors", moments, meta)
+        # The pointer moves last, atomically: a crash mid-save leaves the previous checkpoint current.
+        write_json(root / "latest", {"epoch": epoch, "step": step, "dir": directory.name,
+                                     "model_config": dataclasses.asdict(cfg)})
+        for old in root.glob("epoch-*"):
+            if old.name != directory.name:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def rank_file(out: Path, process: int, epoch: int) -> Path:
+    return out / f"rank{process}_results_epoch{epoch}.json"
+
+
 class Trainer:
     """One framework training the prepared model: ``evaluate_initial()``, then ``run_epoch(e)``
-    for e = 1..epochs, then ``finish()``. Every epoch ends with a checkpoint and ``metrics.json``."""
+    for e = 1..epochs, then ``finish()``. Every epoch ends with a checkpoint and ``metrics.json``
+    (main process) and ``rank{r}_results_epoch{e}.json`` (every process).
+
+    On several devices every process runs this same loop over the same global batches; the
+    backend keeps each process's rows and reduces the loss over all of them."""
 
     def __init__(self, rc: RunConfig, prepared: Prepared, out: str | os.PathLike, *, progress: bool = True,
                  resume: bool = False):
@@ -168,8 +241,10 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.cfg = prepared.cfg
         self.tcfg = rc.train_config()
-        self.progress = progress
-        self.be = mtcore.backend(rc.framework, rc.device)
+        self.be = mtcore.backend(rc.framework, rc.device, devices=rc.devices)
+        self.world = self.be.world
+        self.io = RunIO(self.out, self.world.main, progress)
+        self.global_batch = rc.global_batch()
         self.max_len = prepared.max_len
         self.step_fn = self.be.make_train_step(self.cfg, self.tcfg)
         self.eval_fn = self.be.make_eval_step(self.cfg, self.tcfg)
@@ -178,19 +253,21 @@ class Trainer:
             self.epoch, self.state = self._load_checkpoint()
             self.metrics["epochs"] = [e for e in self.metrics["epochs"] if e["epoch"] <= self.epoch]
             self.metrics["status"] = "running"
+            self.metrics["run"].update(devices=rc.devices, world=self.world.as_dict(),
+                                       global_batch_size=self.global_batch, devices_used=self._devices_used())
             self.metrics.pop("test", None)
         else:
             self.epoch = 0
             self.state = self.be.init_train_state(self.be.from_numpy(self.cfg, prepared.initial), self.tcfg)
             self.metrics = {
                 "run": {**dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg),
-                        "num_params": self.cfg.num_params(), "devices": self._devices_used(),
+                        "num_params": self.cfg.num_params(), "devices_used": self._devices_used(),
+                        "world": self.world.as_dict(), "global_batch_size": self.global_batch,
                         "train_pairs": len(prepared.train), "validation_pairs": len(prepared.validation),
                         "test_pairs": len(prepared.test), "notes": prepared.notes},
                 "initial": None, "epochs": [], "test": None, "status": "running",
             }
-            write_json(self.out / "run.json", {"run_config": dataclasses.asdict(rc),
-                                               "model_config": dataclasses.asdict(self.cfg)})
+            self.io.write("run.json", {"run_config": dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg)})
         self.validation_batches = plan_batches(self.cfg, prepared.validation, rc.batch_size, max_len=self.max_len,
                                                shuffle=False)
         self.test_batches = plan_batches(self.cfg, prepared.test, rc.batch_size, max_len=self.max_len, shuffle=False)
@@ -237,19 +314,21 @@ class Trainer:
 
     def evaluate_initial(self) -> dict[str, float]:
         self.metrics["initial"] = self._validate()
-        write_json(self.out / "metrics.json", self.metrics)
+        self.io.write("metrics.json", self.metrics)
         return self.metrics["initial"]
 
     # ---- training ------------------------------------------------------------------------------
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         if epoch != self.epoch + 1:
             raise MTCoreError(f"epoch {epoch} asked for after epoch {self.epoch}")
-        batches = plan_batches(self.cfg, self.p.train, self.rc.batch_size, max_len=self.max_len, seed=self.rc.seed,
+        batches = plan_batches(self.cfg, self.p.train, self.global_batch, max_len=self.max_len, seed=self.rc.seed,
                                epoch=epoch)
         self.be.reseed(self.rc.seed * 100_003 + epoch)
-        bar = _progress(len(batches), f"{self.rc.framework} epoch {epoch}", self.progress)
+        bar = self.io.bar(len(batches), f"{self.rc.framework} epoch {epoch}")
         losses, accuracies, pending = [], [], []
         tokens = sum(b.num_tokens for b in batches)
+        rows = self.world.rows(self.global_batch)
+        my_tokens = sum(b.tokens_in(rows) for b in batches)
         first_step_s = None
         start = time.perf_counter()
         for i, planned in enumerate(batches):
@@ -286,9 +365,20 @@ class Trainer:
             "step_losses": losses,
         }
         record.update(self._validate())
-        self._save_checkpoint()
+        self.io.save_checkpoint(self.be, self.state, epoch, self.cfg, self.rc.framework)
         self.metrics["epochs"].append(record)
-        write_json(self.out / "metrics.json", self.metrics)
+        self.io.write("metrics.json", self.metrics)
+        # Every process: what it did (its rows' tokens, its own clock), for time averaged and
+        # tokens/s summed over ranks.
+        write_json(rank_file(self.out, self.world.process, epoch), {
+            "epoch": epoch, "process": self.world.process, "pid": os.getpid(), "framework": self.rc.framework,
+            "device": self.rc.device,
+            "training_time": seconds, "tokens_per_sec": my_tokens / seconds, "tokens": my_tokens,
+            "validation_loss": record["validation_loss"], "bleu": record["bleu"],
+            "world_size": self.world.devices, "processes": self.world.processes,
+            "devices": self.world.local_devices, "local_batch": self.global_batch // self.world.processes,
+            "global_batch": self.global_batch, "threads": _threads(),
+        })
         return record
 
     def _stop(self, epoch: int, step: int, loss: float, bar) -> None:
@@ -298,7 +388,7 @@ class Trainer:
                  if last else "no checkpoint was written (it diverged in the first epoch)")
         message = f"{self.rc.framework}: loss became {loss} at epoch {epoch}, step {step} of the epoch; stopped. {where}"
         self.metrics["status"] = f"stopped: {message}"
-        write_json(self.out / "metrics.json", self.metrics)
+        self.io.write("metrics.json", self.metrics)
         raise NonFiniteLoss(message + " (try a lower --lr)")
 
     def finish(self) -> dict[str, float]:
@@ -306,7 +396,7 @@ class Trainer:
         self.metrics["test"] = {"test_loss": r["loss"], "test_token_accuracy": r["token_accuracy"],
                                 "test_bleu": r["bleu"], "test_chrf": r["chrf"], "examples": r["examples"]}
         self.metrics["status"] = "finished"
-        write_json(self.out / "metrics.json", self.metrics)
+        self.io.write("metrics.json", self.metrics)
         return self.metrics["test"]
 
     def _devices_used(self) -> list[str]:
@@ -316,22 +406,6 @@ class Trainer:
         return [d for d in seen if d.startswith(self.rc.device)] or seen
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def _save_checkpoint(self) -> None:
-        root = self.out / "checkpoints"
-        directory = root / f"epoch-{self.epoch}"
-        directory.mkdir(parents=True, exist_ok=True)
-        params = self.be.to_numpy(self.be.state_params(self.state))
-        step, moments = self.be.optimizer_to_numpy(self.state)
-        meta = {"framework": self.rc.framework, "epoch": str(self.epoch), "step": str(step)}
-        save_safetensors(directory / "model.safetensors", params, meta)
-        save_safetensors(directory / "optimizer.safetensors", moments, meta)
-        # The pointer moves last, atomically: a crash mid-save leaves the previous checkpoint current.
-        write_json(root / "latest", {"epoch": self.epoch, "step": step, "dir": directory.name,
-                                     "model_config": dataclasses.asdict(self.cfg)})
-        for old in root.glob("epoch-*"):
-            if old.name != directory.name:
-                shutil.rmtree(old, ignore_errors=True)
-
     def _load_checkpoint(self):
         latest = read_json(self.out / "checkpoints" / "latest")
         if latest.get("model_config") != dataclasses.asdict(self.cfg):
@@ -343,6 +417,24 @@ class Trainer:
         return int(latest["epoch"]), state
 
 
+def _main_process(rc: RunConfig) -> bool:
+    """Whether this is process 0, known before any framework starts (torchrun's RANK, or the
+    JAX process id given)."""
+    if rc.process_id is not None:
+        return rc.process_id == 0
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def _threads() -> dict[str, Any]:
+    """What one process had: the cores it may run on, and torch's intra-op threads if torch runs."""
+    import sys
+
+    from mtcore.threads import usable_cores
+
+    torch = sys.modules.get("torch")
+    return {"cores": list(usable_cores()), "torch_threads": torch.get_num_threads() if torch else None}
+
+
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -350,13 +442,18 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 # ---- entry points ------------------------------------------------------------------------------------
-def train(rc: RunConfig, out: str | os.PathLike, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+def train(rc: RunConfig, out: str | os.PathLike, *, progress: bool = True,
+          resume: bool = False) -> dict[str, Any] | None:
     """``mtcore train``: one framework, epochs 1..rc.epochs (continuing after the last checkpoint
-    with ``resume``), then test metrics. Returns the final metrics.json content."""
+    with ``resume``), then test metrics. Returns the final metrics.json content on the main
+    process, None on the others."""
     out = Path(out)
     if resume:
-        saved = read_json(out / "run.json")["run_config"]
-        rc = dataclasses.replace(RunConfig(**saved), epochs=rc.epochs)
+        saved = RunConfig(**read_json(out / "run.json")["run_config"])
+        # The checkpoint holds no device count: resume on the devices asked for now, on the global
+        # batch the run had, so the next steps are the ones it would have taken.
+        rc = dataclasses.replace(saved, epochs=rc.epochs, devices=rc.devices, global_batch_size=saved.global_batch(),
+                                 coordinator=rc.coordinator, num_processes=rc.num_processes, process_id=rc.process_id)
         prepared = prepare(rc, out, tokenizer_dir=out / "tokenizer")
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -367,25 +464,70 @@ def train(rc: RunConfig, out: str | os.PathLike, *, progress: bool = True, resum
     for epoch in range(trainer.epoch + 1, rc.epochs + 1):
         trainer.run_epoch(epoch)
     trainer.finish()
-    return trainer.metrics
+    return trainer.metrics if trainer.world.main else None
 
 
-def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"), progress: bool = True) -> Path:
-    """``mtcore compare``: every framework from the same initial weights on the same batches,
-    interleaved epoch by epoch (the order alternates), then ``report.md`` and plots."""
+def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"), devices=(1,),
+            scaling: str = "weak", target_loss: float | None = None, progress: bool = True) -> Path:
+    """``mtcore compare``: every framework from the same initial weights on the same batches, then
+    ``report.md`` and plots. On one device the frameworks' epochs interleave (the order
+    alternates), so drift hits both alike; with ``devices`` (e.g. ``(1, 2)``) every framework
+    trains at every device count, weak scaling (per-device batch fixed) or strong (global batch
+    fixed), torch's multi-device runs as torchrun ranks."""
     from mtcore.report import write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    devices = tuple(sorted(set(devices)))
+    if scaling not in ("weak", "strong"):
+        raise MTCoreError(f"scaling must be weak or strong, got {scaling!r}")
+    write_json(out / "compare.json", {"frameworks": list(frameworks), "devices": list(devices), "scaling": scaling,
+                                      "target_loss": target_loss})
+    if devices == (1,):
+        prepared = prepare(rc, out)
+        trainers = {fw: Trainer(dataclasses.replace(rc, framework=fw), prepared, out / fw, progress=progress)
+                    for fw in frameworks}
+        for t in trainers.values():
+            t.evaluate_initial()
+        for epoch in range(1, rc.epochs + 1):
+            order = list(trainers) if epoch % 2 else list(reversed(trainers))
+            for fw in order:
+                trainers[fw].run_epoch(epoch)
+        for t in trainers.values():
+            t.finish()
+        return write_report(out)
+
+    fixed = rc.global_batch_size or rc.batch_size if scaling == "strong" else None
+    if fixed is not None and fixed % max(devices):
+        raise MTCoreError(f"strong scaling: the global batch {fixed} must split evenly over {max(devices)} devices")
     prepared = prepare(rc, out)
-    trainers = {fw: Trainer(dataclasses.replace(rc, framework=fw), prepared, out / fw, progress=progress)
-                for fw in frameworks}
-    for t in trainers.values():
-        t.evaluate_initial()
-    for epoch in range(1, rc.epochs + 1):
-        order = list(trainers) if epoch % 2 else list(reversed(trainers))
-        for fw in order:
-            trainers[fw].run_epoch(epoch)
-    for t in trainers.values():
-        t.finish()
+    if "jax" in frameworks and rc.device == "cpu":
+        from mtcore.jax.parallel import set_cpu_devices
+
+        set_cpu_devices(max(devices))  # before JAX starts: its host devices are counted once
+    for n in devices:
+        for fw in frameworks:
+            run = dataclasses.replace(rc, framework=fw, devices=n, global_batch_size=fixed,
+                                      tokenizer=str(out / "tokenizer"))
+            directory = out / f"{fw}-{n}"
+            if fw == "torch" and n > 1:
+                from mtcore.torch.parallel import launch
+
+                launch(n, ["train", *run_arguments(run), "--out", str(directory), "--quiet"], log_dir=directory / "logs")
+                continue
+            trainer = Trainer(run, prepared, directory, progress=progress)
+            trainer.evaluate_initial()
+            for epoch in range(1, run.epochs + 1):
+                trainer.run_epoch(epoch)
+            trainer.finish()
     return write_report(out)
+
+
+def run_arguments(rc: RunConfig) -> list[str]:
+    """``rc`` as ``mtcore train`` options: what a launched rank is told."""
+    args = []
+    for f in dataclasses.fields(rc):
+        value = getattr(rc, f.name)
+        if value is not None:
+            args += ["--" + f.name.replace("_", "-"), str(value)]
+    return args

@@ -68,7 +68,7 @@ def test_compare_trains_both_frameworks_identically_and_reports(tmp_path):
     assert torch_run["initial"]["validation_loss"] == pytest.approx(jax_run["initial"]["validation_loss"], rel=1e-5)
     assert [e["steps"] for e in torch_run["epochs"]] == [e["steps"] for e in jax_run["epochs"]]
     assert sum(e["steps"] for e in torch_run["epochs"]) >= 20
-    assert all(d.startswith("cpu") for d in torch_run["run"]["devices"] + jax_run["run"]["devices"])
+    assert all(d.startswith("cpu") for d in torch_run["run"]["devices_used"] + jax_run["run"]["devices_used"])
     assert loss_agreement(runs, steps=20) < 0.01
     text = report.read_text()
     assert "faster than" in text and "spread" in text and "differ by at most" in text

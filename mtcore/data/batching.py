@@ -28,8 +28,12 @@ class PlannedBatch:
     @property
     def num_tokens(self) -> int:
         """Real source and target tokens: what tokens/s counts."""
-        real = self.rows >= 0
-        return int(self.batch.src_mask[real].sum() + self.batch.tgt_mask[real].sum())
+        return self.tokens_in(slice(None))
+
+    def tokens_in(self, rows: slice) -> int:
+        """Real tokens of the rows ``rows`` (one process's share of a global batch)."""
+        real = self.rows[rows] >= 0
+        return int(self.batch.src_mask[rows][real].sum() + self.batch.tgt_mask[rows][real].sum())
 
 
 @dataclass(frozen=True)

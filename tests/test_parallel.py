@@ -1,0 +1,296 @@
+"""Data parallel training is the same training: N devices on a global batch make the update one
+device makes on that batch, in both frameworks, in one process and across processes and "nodes"
+(all on this CPU: JAX host devices, gloo processes on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import PARALLEL_CFG, train_steps, uneven_batches
+
+from mtcore import MTCoreError, TrainConfig, backend
+from mtcore.parallel import World, global_batch_size
+
+HERE = Path(__file__).parent
+TCFG = TrainConfig(warmup_steps=1, eps=1e-6)  # see test_train: eps=1e-9 turns rounding noise into lr-sized steps
+TOLERANCE = 1e-5
+
+
+def test_world_splits_rows_by_process():
+    world = World(devices=4, processes=2, process=1)
+    assert world.local_devices == 2 and not world.main
+    assert world.rows(8) == slice(4, 8)
+    with pytest.raises(MTCoreError, match="cannot be split evenly over 4 devices"):
+        world.rows(6)
+    with pytest.raises(MTCoreError, match="3 device"):
+        World(devices=3, processes=2)
+    assert global_batch_size(2, 32, None) == 64
+    assert global_batch_size(2, 32, 48) == 48
+    with pytest.raises(MTCoreError, match="multiple of 4"):
+        global_batch_size(4, 32, 50)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """One device (JAX) on the whole global batches: the losses and weights everyone must match."""
+    pytest.importorskip("jax")
+    return train_steps(backend("jax"), PARALLEL_CFG, TCFG, uneven_batches(PARALLEL_CFG))
+
+
+def assert_same_training(got, want):
+    losses, tree = got
+    np.testing.assert_allclose(losses, want[0], rtol=1e-5)
+    worst = max(float(np.abs(tree[k] - want[1][k]).max()) for k in want[1])
+    assert worst < TOLERANCE, f"weights differ by {worst:.2e} after {len(losses)} steps"
+    moved = max(float(np.abs(tree[k] - init).max()) for k, init in _initial().items())
+    assert moved > 10 * TOLERANCE  # it trained: the comparison is not of untouched weights
+
+
+def _initial():
+    from mtcore.weights import init_tree
+
+    return init_tree(PARALLEL_CFG, 0)
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("devices", [2, 4])
+def test_jax_devices_in_one_process_train_as_one(reference, devices):
+    assert_same_training(train_steps(backend("jax", "cpu", devices=devices), PARALLEL_CFG, TCFG,
+                                     uneven_batches(PARALLEL_CFG)), reference)
+
+
+@pytest.mark.jax
+def test_jax_dropout_masks_do_not_depend_on_the_split():
+    cfg = PARALLEL_CFG.replace(dropout=0.3)
+    batches = uneven_batches(cfg)
+    one = train_steps(backend("jax"), cfg, TCFG, batches)
+    four = train_steps(backend("jax", "cpu", devices=4), cfg, TCFG, batches)
+    assert_same_training(four, one)
+
+
+@pytest.mark.jax
+def test_jax_devices_beyond_what_it_sees_is_one_line():
+    with pytest.raises(MTCoreError, match=r"--devices 64: jax sees 4 cpu device\(s\)"):
+        backend("jax", "cpu", devices=64)
+
+
+@pytest.mark.torch
+def test_torch_several_devices_need_torchrun():
+    with pytest.raises(MTCoreError, match="torchrun --nproc-per-node 2"):
+        backend("torch", "cpu", devices=2)
+
+
+# ---- across processes ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_together(commands: list[list[str]], timeout: float = 60) -> list[str]:
+    """Start every command at once, each in its own process group; wait for all, and kill every
+    group that is left (torchrun's workers included) whatever happens."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                              start_new_session=True) for c in commands]
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+@pytest.mark.torch
+@pytest.mark.jax
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")  # multi-process tests run one at a time, on one worker
+def test_torch_ddp_two_processes_train_as_one(reference, tmp_path):
+    out = tmp_path / "torch2.npz"
+    run_together([torchrun("--standalone", "--nproc-per-node", "2", str(HERE / "dist_worker.py"), "torch", str(out))])
+    got = np.load(out)
+    assert_same_training((list(got["losses"]), {k: got[k] for k in got.files if k != "losses"}), reference)
+
+
+@pytest.mark.torch
+@pytest.mark.jax
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_torch_two_nodes_on_loopback_train_as_one(reference, tmp_path):
+    out = tmp_path / "nodes.npz"
+    endpoint = f"127.0.0.1:{free_port()}"
+    node = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+            "--rdzv-id", "mtcore-test"]
+    run_together([torchrun(*node, "--node-rank", str(r), str(HERE / "dist_worker.py"), "torch", str(out))
+                  for r in range(2)])
+    got = np.load(out)
+    assert_same_training((list(got["losses"]), {k: got[k] for k in got.files if k != "losses"}), reference)
+
+
+@pytest.mark.jax
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_jax_two_processes_of_two_devices_train_as_one(reference, tmp_path):
+    out = tmp_path / "jax4.npz"
+    coordinator = f"127.0.0.1:{free_port()}"
+    run_together([[sys.executable, str(HERE / "dist_worker.py"), "jax", str(out), coordinator, "2", str(p), "4"]
+                  for p in range(2)])
+    got = np.load(out)
+    assert_same_training((list(got["losses"]), {k: got[k] for k in got.files if k != "losses"}), reference)
+
+
+# ---- the command line ----------------------------------------------------------------------------
+QUICK_RUN = ["--model", "tiny", "--synthetic-size", "400", "--validation", "32", "--test", "32",
+             "--eval-sentences", "8", "--batch-size", "16", "--quiet"]
+
+
+def mtcore_cli(*args: str, timeout: float = 120) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mtcore", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_cli_torch_two_ranks_write_rank_files(tmp_path):
+    out = tmp_path / "run"
+    stdout, stderr = finish(mtcore_cli("train", "--framework", "torch", "--devices", "2", "--epochs", "2",
+                                       "--out", str(out), *QUICK_RUN))
+    assert "torch: 2 epochs" in stdout, stdout + stderr[-3000:]
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["run"]["world"]["devices"] == 2
+    for epoch in (1, 2):
+        ranks = [json.loads((out / f"rank{r}_results_epoch{epoch}.json").read_text()) for r in range(2)]
+        assert [r["process"] for r in ranks] == [0, 1]
+        assert all(r["world_size"] == 2 and r["local_batch"] == 16 and r["global_batch"] == 32 for r in ranks)
+        assert {"training_time", "tokens_per_sec", "validation_loss", "bleu"} <= set(ranks[0])
+        # Each rank counts its own rows: together, every real token of the epoch once.
+        assert sum(r["tokens"] for r in ranks) == metrics["epochs"][epoch - 1]["tokens"]
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_a_rank_that_dies_stops_every_rank(tmp_path):
+    import json
+    import time
+
+    out = tmp_path / "run"
+    proc = mtcore_cli("train", "--framework", "torch", "--devices", "2", "--epochs", "50", "--out", str(out),
+                      *QUICK_RUN)
+    try:
+        first = out / "rank1_results_epoch1.json"
+        deadline = time.monotonic() + 90
+        while not first.is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert first.is_file(), "rank 1 never finished its first epoch"
+        os.kill(json.loads(first.read_text())["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        stdout, stderr = finish(proc, timeout=60)
+    finally:
+        finish(proc, timeout=1) if proc.poll() is None else None
+    assert time.monotonic() - killed < 30, "the other rank kept running"
+    assert proc.returncode != 0
+    assert "mtcore: error: rank 1 of 2 failed (killed by signal SIGKILL)" in stderr, stderr[-2000:]
+    status = json.loads((out / "metrics.json").read_text())["status"]
+    assert status.startswith("failed: rank 1") and "checkpoints/epoch-" in status, status
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_cli_devices_beyond_what_the_machine_has_is_one_line(tmp_path, framework):
+    from mtcore.threads import usable_cores
+
+    proc = mtcore_cli("train", "--framework", framework, "--devices", "1024", "--epochs", "1",
+                      "--out", str(tmp_path / "run"), *QUICK_RUN)
+    stdout, stderr = finish(proc)
+    assert proc.returncode == 2
+    assert stderr.strip().splitlines() == [
+        f"mtcore: error: --devices 1024 on CPU: this process may use {len(usable_cores())} core(s), one per CPU device"
+    ], stderr
+
+
+# One bucket (max_len 16): each new batch shape would compile again.
+SMALL_RUN = dict(synthetic_size=400, validation=16, test=16, eval_sentences=0, max_len=16, dropout=0.0)
+
+
+@pytest.mark.jax
+@pytest.mark.slow
+def test_checkpoints_resume_on_another_device_count(tmp_path):
+    """Two devices train an epoch; resumed on one device and on two, the next steps' losses agree."""
+    import shutil
+
+    from mtcore.run import RunConfig, Trainer, prepare
+
+    rc = RunConfig(framework="jax", devices=2, global_batch_size=16, epochs=1, **SMALL_RUN)
+    Trainer(rc, prepare(rc, tmp_path / "two"), tmp_path / "two", progress=False).run_epoch(1)
+    shutil.copytree(tmp_path / "two", tmp_path / "one")
+    losses = {}
+    for name, devices in (("two", 2), ("one", 1)):
+        again = RunConfig(framework="jax", devices=devices, global_batch_size=16, epochs=2, **SMALL_RUN)
+        out = tmp_path / name
+        trainer = Trainer(again, prepare(again, out, tokenizer_dir=out / "tokenizer"), out, progress=False,
+                          resume=True)
+        assert trainer.epoch == 1 and trainer.world.devices == devices
+        losses[name] = trainer.run_epoch(2)["step_losses"]
+    np.testing.assert_allclose(losses["one"], losses["two"], rtol=1e-5)
+
+
+@pytest.mark.torch
+@pytest.mark.jax
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_compare_at_one_and_two_devices_reports_scaling(tmp_path):
+    from mtcore.report import write_report
+    from mtcore.run import RunConfig, compare
+
+    rc = RunConfig(epochs=2, batch_size=8, **{**SMALL_RUN, "eval_sentences": 4})
+    report = compare(rc, tmp_path, frameworks=("torch", "jax"), devices=(1, 2), progress=False)
+    text = report.read_text()
+    assert "## Scaling" in text and "weak scaling" in text
+    for fw in ("torch", "jax"):
+        assert f"| {fw} | 1 |" in text and f"| {fw} | 2 |" in text
+        ranks = sorted(p.name for p in (tmp_path / f"{fw}-2").glob("rank*_results_epoch2.json"))
+        assert ranks == (["rank0_results_epoch2.json", "rank1_results_epoch2.json"] if fw == "torch"
+                         else ["rank0_results_epoch2.json"])
+    for plot in ("training_time_comparison.png", "tokens_per_second_comparison.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
+    # Weak scaling: two devices step on twice the rows, so half as many steps per epoch.
+    import json
+
+    steps = {n: json.loads((tmp_path / f"jax-{n}" / "metrics.json").read_text())["epochs"][0]["steps"] for n in (1, 2)}
+    assert steps[2] < steps[1]
+    # The rank files alone are enough to redraw the scaling part.
+    for metrics in tmp_path.glob("*/metrics.json"):
+        metrics.unlink()
+    again = write_report(tmp_path).read_text()
+    assert "rank files alone" in again and "| torch | 2 | 2 |" in again
