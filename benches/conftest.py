@@ -19,7 +19,7 @@ import pytest
 import mtcore
 from mtcore import threads
 from mtcore.config import PRESETS
-from mtcore.devices import DEVICE_KINDS, missing
+from mtcore.devices import DEVICE_KINDS, device_counts, missing
 from mtcore.errors import MTCoreError
 
 FRAMEWORKS = ("torch", "jax", "hf")
@@ -47,6 +47,7 @@ class Case:
     size: str  # a ModelConfig preset
     precision: str = "fp32"
     variant: str = ""  # torch: eager | compile; jax: scan | loop
+    devices: int | None = None  # data parallel over this many devices (the scaling bench)
 
     def __post_init__(self):
         if not self.variant:
@@ -57,6 +58,8 @@ class Case:
         parts = [self.framework, self.device, self.size, self.precision]
         if self.variant != DEFAULT_VARIANT[self.framework]:
             parts.append(self.variant)
+        if self.devices is not None:
+            parts.append(f"{self.devices}dev")
         return "-".join(parts)
 
     def model_config(self, **changes) -> mtcore.ModelConfig:
@@ -171,6 +174,8 @@ def _cases(kind: str, frameworks, devices, sizes) -> list:
                         Case(fw, device, size), Case(fw, device, size, variant="loop")]
                 elif kind == "decode":
                     cases.append(Case(fw, device, size))
+                elif kind == "scaling":
+                    cases += [Case(fw, device, size, devices=n) for n in scaling_counts(fw, device)]
             if kind == "train" and "hf" in frameworks:
                 cases.append(Case("hf", device, size))
     if kind == "depth":  # a property of layer stacking, measured on tiny layers
@@ -178,8 +183,30 @@ def _cases(kind: str, frameworks, devices, sizes) -> list:
     return cases
 
 
+def scaling_counts(framework: str, device: str) -> list[int]:
+    """1, 2 and every device the framework sees (on a CPU: a device per --threads cores)."""
+    return sorted({1, 2, max(_visible(framework, device), 1)})
+
+
+def _visible(framework: str, device: str) -> int:
+    if device == "cpu":
+        budget = threads.parse(_config.getoption("--threads")) if _config else None
+        return (os.cpu_count() or 1) // (budget or 1)
+    return device_counts(framework).get(device, 0)
+
+
 def _marks(case, kind: str) -> list:
     marks = []
+    if kind == "scaling":
+        # Worker processes, one case at a time: two cases' ranks would share the cores.
+        marks.append(pytest.mark.xdist_group("scaling"))
+        if case.devices > 1:
+            marks.append(pytest.mark.multidevice)
+            seen = _visible(case.framework, case.device)
+            if case.devices > seen:
+                what = "cores for one thread each" if case.device == "cpu" else f"{case.device.upper()}s"
+                marks.append(pytest.mark.skip(reason=f"{case.id}: needs {case.devices} devices; "
+                                                     f"{case.framework} sees {seen} ({what})"))
     if case.device in ("gpu", "tpu"):
         marks.append(getattr(pytest.mark, case.device))
     if case.size in ("base", "marian-en-hu") or case.variant == "compile":

@@ -1,0 +1,66 @@
+"""One process of ``test_train_step_scaling``: a train step of FRAMEWORK on DEVICES devices (weak
+scaling: each device holds the bench's batch of SIZE), stepped on command from the bench.
+
+Started as its own process (torch ranks by torchrun), so neither the bench process's thread
+budget nor its framework state leaks into it. It connects to the bench on 127.0.0.1:PORT, compiles
+and takes the first step, reports ``{"first_loss", "compile_s"}``, then for every ``step`` line runs
+one synced step and answers ``ok`` (every rank answers; the bench waits for all).
+
+    python benches/scaling_worker.py FRAMEWORK DEVICE DEVICES SIZE PRECISION THREADS PORT
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+import numpy as np
+
+
+def main(framework: str, device: str, devices: int, size: str, precision: str, threads_per_device: int,
+         port: int) -> None:
+    from mtcore import threads
+
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "cpu":
+        # The bench process may be pinned to one core: a worker starts from the whole machine.
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        if framework == "torch":  # one rank per device, each its share of the cores
+            threads.apply(threads_per_device, slot=local, slots=devices)
+        else:  # one process drives all its host devices
+            threads.apply(threads_per_device * devices)
+
+    import mtcore
+    from conftest import batch, weights
+
+    be = mtcore.backend(framework, device, devices=devices)
+    cfg, tcfg = mtcore.ModelConfig.preset(size), mtcore.TrainConfig(precision=precision)
+    one = batch(size)
+    # (N x B, S, T): every device gets the bench's batch, so the global loss is the one-device loss.
+    tiled = mtcore.Batch(*(np.tile(a, (devices, 1)) for a in one.arrays().values()))
+    data = be.device_batch(tiled, cfg)
+    state = be.init_train_state(be.from_numpy(cfg, weights(size)), tcfg)
+    step, compile_s, state, metrics = be.compile_train_step(cfg, tcfg, state, data, compile=False, fresh=False)
+    first_loss = float(be.sync(metrics["loss"]))
+
+    with socket.create_connection(("127.0.0.1", port), timeout=600) as conn:
+        stream = conn.makefile("rw")
+        stream.write(json.dumps({"process": be.world.process, "first_loss": first_loss, "compile_s": compile_s,
+                                 "world": be.world.as_dict()}) + "\n")
+        stream.flush()
+        for line in stream:
+            if line.strip() != "step":
+                break
+            state, metrics = step(state, data)
+            be.sync(metrics["loss"])
+            stream.write("ok\n")
+            stream.flush()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    framework, device, devices, size, precision, per_device, port = sys.argv[1:]
+    main(framework, device, int(devices), size, precision, int(per_device), int(port))
