@@ -95,16 +95,22 @@ def _under_torchrun() -> bool:
 
 
 def _join(rc) -> None:
-    """Before any framework starts: a torch rank takes its share of the cores; a JAX process joins
-    jax.distributed when asked to."""
+    """Before any framework starts: pin this process's CPU cores (a torch rank its share; with
+    --threads, T cores per device), and join jax.distributed when asked to."""
     import os
 
     from mtcore import threads
 
-    if rc.framework == "torch" and _under_torchrun() and rc.device == "cpu":
-        local, local_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        share = int(os.environ.get("MTCORE_RANK_THREADS", 0)) or max(1, len(threads.usable_cores()) // local_size)
-        threads.apply(min(share, len(threads.usable_cores())), slot=local, slots=local_size)
+    if rc.device == "cpu":
+        cores = len(threads.usable_cores())
+        if rc.framework == "torch" and _under_torchrun():
+            local, local_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+            share = rc.threads or int(os.environ.get("MTCORE_RANK_THREADS", 0)) or max(1, cores // local_size)
+            threads.apply(min(share, cores), slot=local, slots=local_size)
+        elif rc.threads:
+            # A JAX process drives its host devices on the cores it may use: T for each of them.
+            local_devices = rc.devices // (rc.num_processes or 1) if rc.framework == "jax" else 1
+            threads.apply(rc.threads * local_devices)
     if rc.framework == "jax" and (rc.coordinator or rc.num_processes):
         from mtcore.jax import parallel
 

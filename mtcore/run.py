@@ -85,6 +85,7 @@ class RunConfig:
     num_processes: int | None = option(None, "JAX: how many processes train together")
     process_id: int | None = option(None, "JAX: this process's index among them")
     tokenizer: str | None = option(None, "a saved tokenizer directory to use instead of training one")
+    threads: int | None = option(None, "CPU: cores per device, pinned (default: every core the process may use)")
 
     def __post_init__(self):
         def need(ok: bool, what: str) -> None:
@@ -500,27 +501,46 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
     fixed = rc.global_batch_size or rc.batch_size if scaling == "strong" else None
     if fixed is not None and fixed % max(devices):
         raise MTCoreError(f"strong scaling: the global batch {fixed} must split evenly over {max(devices)} devices")
-    prepared = prepare(rc, out)
-    if "jax" in frameworks and rc.device == "cpu":
-        from mtcore.jax.parallel import set_cpu_devices
+    threads = rc.threads
+    if rc.device == "cpu" and threads is None:
+        # On a CPU a device is a share of the cores: the same share at every device count, so one
+        # device is not a whole machine against N devices of half a machine each.
+        from mtcore.threads import usable_cores
 
-        set_cpu_devices(max(devices))  # before JAX starts: its host devices are counted once
+        threads = max(1, len(usable_cores()) // max(devices))
+    prepare(rc, out)  # the tokenizer every run uses, trained once
     for n in devices:
         for fw in frameworks:
-            run = dataclasses.replace(rc, framework=fw, devices=n, global_batch_size=fixed,
+            run = dataclasses.replace(rc, framework=fw, devices=n, global_batch_size=fixed, threads=threads,
                                       tokenizer=str(out / "tokenizer"))
-            directory = out / f"{fw}-{n}"
-            if fw == "torch" and n > 1:
-                from mtcore.torch.parallel import launch
-
-                launch(n, ["train", *run_arguments(run), "--out", str(directory), "--quiet"], log_dir=directory / "logs")
-                continue
-            trainer = Trainer(run, prepared, directory, progress=progress)
-            trainer.evaluate_initial()
-            for epoch in range(1, run.epochs + 1):
-                trainer.run_epoch(epoch)
-            trainer.finish()
+            # Each run in a process of its own: its own thread budget and framework start-up
+            # (XLA sizes its CPU pool and host devices once per process).
+            _train_in_a_process(run, out / f"{fw}-{n}")
     return write_report(out)
+
+
+def _train_in_a_process(rc: RunConfig, out: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    if rc.framework == "torch" and rc.devices > 1:
+        from mtcore.torch.parallel import launch
+
+        launch(rc.devices, ["train", *run_arguments(rc), "--out", str(out), "--quiet"], log_dir=out / "logs")
+        return
+    command = [sys.executable, "-m", "mtcore", "train", *run_arguments(rc), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode:
+        last = (err.strip().splitlines() or ["(no output)"])[-1]
+        raise MTCoreError(f"{rc.framework} on {rc.devices} device(s) failed: {last}")
 
 
 def run_arguments(rc: RunConfig) -> list[str]:

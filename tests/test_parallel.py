@@ -265,32 +265,44 @@ def test_checkpoints_resume_on_another_device_count(tmp_path):
     np.testing.assert_allclose(losses["one"], losses["two"], rtol=1e-5)
 
 
-@pytest.mark.torch
 @pytest.mark.jax
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")
 def test_compare_at_one_and_two_devices_reports_scaling(tmp_path):
+    """The experiment end to end (JAX here: torch's ranks and their files are tested above), each
+    run in a process of its own with one core per device."""
+    import json
+
     from mtcore.report import write_report
     from mtcore.run import RunConfig, compare
 
     rc = RunConfig(epochs=2, batch_size=8, **{**SMALL_RUN, "eval_sentences": 4})
-    report = compare(rc, tmp_path, frameworks=("torch", "jax"), devices=(1, 2), progress=False)
+    report = compare(rc, tmp_path, frameworks=("jax",), devices=(1, 2), progress=False)
     text = report.read_text()
     assert "## Scaling" in text and "weak scaling" in text
-    for fw in ("torch", "jax"):
-        assert f"| {fw} | 1 |" in text and f"| {fw} | 2 |" in text
-        ranks = sorted(p.name for p in (tmp_path / f"{fw}-2").glob("rank*_results_epoch2.json"))
-        assert ranks == (["rank0_results_epoch2.json", "rank1_results_epoch2.json"] if fw == "torch"
-                         else ["rank0_results_epoch2.json"])
+    assert "| jax | 1 | 1 | 8 |" in text and "| jax | 2 | 1 | 16 |" in text and "1 CPU core(s), a JAX host device" in text
     for plot in ("training_time_comparison.png", "tokens_per_second_comparison.png"):
         assert (tmp_path / plot).stat().st_size > 1000
+    runs = {n: json.loads((tmp_path / f"jax-{n}" / "metrics.json").read_text()) for n in (1, 2)}
     # Weak scaling: two devices step on twice the rows, so half as many steps per epoch.
-    import json
-
-    steps = {n: json.loads((tmp_path / f"jax-{n}" / "metrics.json").read_text())["epochs"][0]["steps"] for n in (1, 2)}
-    assert steps[2] < steps[1]
+    assert runs[2]["epochs"][0]["steps"] < runs[1]["epochs"][0]["steps"]
+    assert [len(r["threads"]["cores"]) for r in (json.loads((tmp_path / f"jax-{n}" / "rank0_results_epoch2.json")
+                                                            .read_text()) for n in (1, 2))] == [1, 2]
     # The rank files alone are enough to redraw the scaling part.
     for metrics in tmp_path.glob("*/metrics.json"):
         metrics.unlink()
     again = write_report(tmp_path).read_text()
-    assert "rank files alone" in again and "| torch | 2 | 2 |" in again
+    assert "rank files alone" in again and "| jax | 2 | 1 | 16 |" in again
+
+
+@pytest.mark.jax
+@pytest.mark.slow
+def test_strong_scaling_keeps_the_global_batch_and_the_losses(tmp_path):
+    from mtcore.run import RunConfig, Trainer, prepare
+
+    losses = {}
+    for n in (1, 2):
+        rc = RunConfig(framework="jax", devices=n, global_batch_size=8, epochs=1, **SMALL_RUN)
+        trainer = Trainer(rc, prepare(rc, tmp_path / str(n)), tmp_path / str(n), progress=False)
+        losses[n] = trainer.run_epoch(1)["step_losses"]
+    np.testing.assert_allclose(losses[2], losses[1], rtol=1e-5)
