@@ -29,7 +29,10 @@ def need(framework):
 
 # ---- quality -------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+# torch only, for the 12-minute test budget (JAX's run costs 90 s here, most of it compiling each
+# bucket's train, eval and decode programs): JAX's arithmetic on the same recipe is held to torch's
+# by test_compare_trains_both_frameworks_identically_and_reports and the decode parity tests.
+@pytest.mark.parametrize("framework", ["torch"])
 def test_defaults_learn_the_synthetic_corpus_to_bleu_90(framework, tmp_path):
     need(framework)
     # The defaults are the recipe: tiny, 4000 synthetic pairs, batch 32, 6 epochs, lr 3e-3.
@@ -44,12 +47,13 @@ def test_defaults_learn_the_synthetic_corpus_to_bleu_90(framework, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_small_on_real_en_hu_text_lowers_loss_and_raises_chrf(data_dir, tmp_path):
+def test_tiny_on_real_en_hu_text_lowers_loss_and_raises_chrf(data_dir, tmp_path):
     need("torch"), need("jax")
-    # One epoch (300 steps) of pairs up to 16 tokens with a 2000-piece vocabulary: about 40 s of torch
-    # and 80 s of jax here. Loss drops from 7.7 to 4.6; chrF roughly triples (1.9 -> 6).
-    rc = RunConfig(model="small", data=str(data_dir / "tatoeba"), epochs=1, batch_size=32, lr=2e-3,
-                   warmup_steps=100, max_len=16, vocab_size=2000, validation=200, test=200, eval_sentences=100)
+    # Three epochs (about 370 steps each) of pairs up to 16 tokens with a 2000-piece vocabulary:
+    # about 15-25 s an epoch per framework here. Loss drops from 7.6 to about 4.3; chrF more than
+    # doubles (4.0 -> 8.6-10).
+    rc = RunConfig(model="tiny", data=str(data_dir / "tatoeba"), epochs=3, batch_size=32, lr=5e-3,
+                   warmup_steps=100, max_len=16, vocab_size=2000, validation=100, test=50, eval_sentences=50)
     compare(rc, tmp_path, progress=False)
     for framework, m in load_runs(tmp_path).items():
         first, last = m["initial"], m["epochs"][-1]
