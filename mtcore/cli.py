@@ -86,6 +86,14 @@ def _check_devices(rc) -> None:
         cores = len(usable_cores())
         if rc.devices > cores:
             raise MTCoreError(f"--devices {rc.devices} on CPU: this process may use {cores} core(s), one per CPU device")
+    if rc.device == "gpu" and rc.framework == "torch" and rc.devices > 1 and not _under_torchrun():
+        # Checked before torchrun starts ranks that would each fail the same way.
+        from mtcore.devices import torch_devices
+
+        gpus = [d for d in torch_devices() if d.startswith("gpu")]
+        if rc.devices > len(gpus):
+            raise MTCoreError(f"--devices {rc.devices}: torch sees {len(gpus)} GPU(s){': ' if gpus else ''}"
+                              f"{', '.join(gpus)}")
 
 
 def _under_torchrun() -> bool:
