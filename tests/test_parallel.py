@@ -246,7 +246,8 @@ SMALL_RUN = dict(synthetic_size=400, validation=16, test=16, eval_sentences=0, m
 @pytest.mark.jax
 @pytest.mark.slow
 def test_checkpoints_resume_on_another_device_count(tmp_path):
-    """Two devices train an epoch; resumed on one device and on two, the next steps' losses agree."""
+    """Two devices train an epoch; resumed on one device and on two, the next steps' losses agree.
+    (The same global batch on 1 and 2 devices: this is also strong scaling's promise.)"""
     import shutil
 
     from mtcore.run import RunConfig, Trainer, prepare
@@ -293,16 +294,3 @@ def test_compare_at_one_and_two_devices_reports_scaling(tmp_path):
         metrics.unlink()
     again = write_report(tmp_path).read_text()
     assert "rank files alone" in again and "| jax | 2 | 1 | 16 |" in again
-
-
-@pytest.mark.jax
-@pytest.mark.slow
-def test_strong_scaling_keeps_the_global_batch_and_the_losses(tmp_path):
-    from mtcore.run import RunConfig, Trainer, prepare
-
-    losses = {}
-    for n in (1, 2):
-        rc = RunConfig(framework="jax", devices=n, global_batch_size=8, epochs=1, **SMALL_RUN)
-        trainer = Trainer(rc, prepare(rc, tmp_path / str(n)), tmp_path / str(n), progress=False)
-        losses[n] = trainer.run_epoch(1)["step_losses"]
-    np.testing.assert_allclose(losses[2], losses[1], rtol=1e-5)
