@@ -8,6 +8,7 @@ import json
 import sys
 
 from mtcore.errors import BackendUnavailable, MTCoreError
+from mtcore.parallel import under_torchrun
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -66,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     rc = _run_config(args)
     _check_devices(rc)
-    if rc.framework == "torch" and rc.devices > 1 and not _under_torchrun():
+    if rc.framework == "torch" and rc.devices > 1 and not under_torchrun():
         return _launch_torch(rc, args)
     _join(rc)
     metrics = train(rc, args.out, progress=not args.quiet, resume=args.resume)
@@ -82,11 +83,11 @@ def _check_devices(rc) -> None:
     frameworks themselves when they start."""
     from mtcore.threads import usable_cores
 
-    if rc.device == "cpu" and rc.devices > 1 and not _under_torchrun() and not rc.num_processes:
+    if rc.device == "cpu" and rc.devices > 1 and not under_torchrun() and not rc.num_processes:
         cores = len(usable_cores())
         if rc.devices > cores:
             raise MTCoreError(f"--devices {rc.devices} on CPU: this process may use {cores} core(s), one per CPU device")
-    if rc.device == "gpu" and rc.framework == "torch" and rc.devices > 1 and not _under_torchrun():
+    if rc.device == "gpu" and rc.framework == "torch" and rc.devices > 1 and not under_torchrun():
         # Checked before torchrun starts ranks that would each fail the same way.
         from mtcore.devices import torch_devices
 
@@ -94,12 +95,6 @@ def _check_devices(rc) -> None:
         if rc.devices > len(gpus):
             raise MTCoreError(f"--devices {rc.devices}: torch sees {len(gpus)} GPU(s){': ' if gpus else ''}"
                               f"{', '.join(gpus)}")
-
-
-def _under_torchrun() -> bool:
-    import os
-
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
 def _join(rc) -> None:
@@ -111,7 +106,7 @@ def _join(rc) -> None:
 
     if rc.device == "cpu":
         cores = len(threads.usable_cores())
-        if rc.framework == "torch" and _under_torchrun():
+        if rc.framework == "torch" and under_torchrun():
             local, local_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
             share = rc.threads or int(os.environ.get("MTCORE_RANK_THREADS", 0)) or max(1, cores // local_size)
             threads.apply(min(share, cores), slot=local, slots=local_size)

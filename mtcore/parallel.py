@@ -11,10 +11,16 @@ divided by the token count over all devices).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from mtcore.batch import Batch
 from mtcore.errors import MTCoreError
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun (or its elastic agent) started this process as one rank of a job."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,12 @@ def assert_same_training(got, want):
     assert moved > 10 * TOLERANCE  # it trained: the comparison is not of untouched weights
 
 
+def saved_training(path) -> tuple[list[float], dict[str, np.ndarray]]:
+    """What tests/dist_worker.py saved: step losses and trained weights."""
+    got = np.load(path)
+    return list(got["losses"]), {k: got[k] for k in got.files if k != "losses"}
+
+
 def _initial():
     from mtcore.weights import init_tree
 
@@ -94,6 +100,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kill ``proc``'s whole process group (torchrun's workers too) and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def run_together(commands: list[list[str]], timeout: float = 60) -> list[str]:
     """Start every command at once, each in its own process group; wait for all, and kill every
     group that is left (torchrun's workers included) whatever happens."""
@@ -104,11 +119,7 @@ def run_together(commands: list[list[str]], timeout: float = 60) -> list[str]:
         outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     finally:
         for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
+            kill_group(p)
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
     return outputs
@@ -125,8 +136,7 @@ def torchrun(*args: str) -> list[str]:
 def test_torch_ddp_two_processes_train_as_one(reference, tmp_path):
     out = tmp_path / "torch2.npz"
     run_together([torchrun("--standalone", "--nproc-per-node", "2", str(HERE / "dist_worker.py"), "torch", str(out))])
-    got = np.load(out)
-    assert_same_training((list(got["losses"]), {k: got[k] for k in got.files if k != "losses"}), reference)
+    assert_same_training(saved_training(out), reference)
 
 
 @pytest.mark.torch
@@ -140,8 +150,7 @@ def test_torch_two_nodes_on_loopback_train_as_one(reference, tmp_path):
             "--rdzv-id", "mtcore-test"]
     run_together([torchrun(*node, "--node-rank", str(r), str(HERE / "dist_worker.py"), "torch", str(out))
                   for r in range(2)])
-    got = np.load(out)
-    assert_same_training((list(got["losses"]), {k: got[k] for k in got.files if k != "losses"}), reference)
+    assert_same_training(saved_training(out), reference)
 
 
 @pytest.mark.jax
@@ -152,8 +161,7 @@ def test_jax_two_processes_of_two_devices_train_as_one(reference, tmp_path):
     coordinator = f"127.0.0.1:{free_port()}"
     run_together([[sys.executable, str(HERE / "dist_worker.py"), "jax", str(out), coordinator, "2", str(p), "4"]
                   for p in range(2)])
-    got = np.load(out)
-    assert_same_training((list(got["losses"]), {k: got[k] for k in got.files if k != "losses"}), reference)
+    assert_same_training(saved_training(out), reference)
 
 
 # ---- the command line ----------------------------------------------------------------------------
@@ -170,11 +178,7 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
     try:
         return proc.communicate(timeout=timeout)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        kill_group(proc)
 
 
 @pytest.mark.torch

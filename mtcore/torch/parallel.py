@@ -18,15 +18,11 @@ import torch
 import torch.distributed as dist
 
 from mtcore.errors import MTCoreError
-from mtcore.parallel import World
+from mtcore.parallel import World, under_torchrun
 
 # How long a collective waits for a rank that went silent before every rank fails. A rank that
 # dies is noticed sooner: torchrun's agent stops the others as soon as one process exits.
 TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("MTCORE_DIST_TIMEOUT", 300)))
-
-
-def under_torchrun() -> bool:
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
 def init(device_kind: str, devices: int) -> tuple[World, torch.device]:
