@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from math import ceil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,6 +216,10 @@ def _marks(case, kind: str) -> list:
     # sizes; train steps of mtcore's two implementations, decoding, and the paired headline.
     if kind in ("train", "decode", "paired") and case.default and case.size in DEFAULT_SIZES and case.framework != "hf":
         marks.append(pytest.mark.quick)
+        # The pull-request gate's subset (scripts/bench_gate.py): each framework's own numbers.
+        # The paired bench is a torch-vs-JAX comparison, not a property of one tree.
+        if kind != "paired":
+            marks.append(pytest.mark.gate)
     # The two slowest families share a process each under `-n 2 --dist loadgroup`: torch.compile
     # cases reuse the kernels the first of them built, and the unrolled-loop compiles (minutes at
     # 24 layers on a CPU) do not queue behind them.
@@ -256,7 +261,8 @@ def pytest_configure(config):
     _config = config
     config.addinivalue_line("markers", "cases(kind): parametrise a bench over the cases of that kind")
     config.addinivalue_line("markers", "xdist_group(name): keep these cases on one process under --dist loadgroup")
-    config.addinivalue_line("markers", "quick: the quick subset, what the regression gate tracks (pytest benches -m quick)")
+    config.addinivalue_line("markers", "quick: the quick subset: the gate's, and the paired headline (pytest benches -m quick)")
+    config.addinivalue_line("markers", "gate: what the pull-request regression gate runs on base and head (scripts/bench_gate.py)")
     try:
         frameworks, devices, _ = _selection(config)
         budget = threads.parse(config.getoption("--threads"))
@@ -428,6 +434,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "hardware": hardware(),
         "threads": thread_budget().as_dict(),
         "transformers": mtcore.devices.info()["transformers"],
+        # Which tree's mtcore these benches measured: the gate runs them against a base checkout too.
+        "source": str(Path(mtcore.__file__).resolve().parent.parent),
     }
 
 

@@ -184,6 +184,65 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    from mtcore import regression
+
+    result = regression.compare(args.base, args.head, threshold=args.threshold, floor=args.floor, alpha=args.alpha)
+    text = regression.markdown(result)
+    if result.regressed and args.allow_regression:
+        text += "\nThe regression is allowed (--allow-regression: the pull request's perf-regression-ok label).\n"
+    print(text, end="")
+    regression.step_summary(text)
+    if args.json:
+        regression.write_json(result, args.json)
+    return 1 if result.regressed and not args.allow_regression else 0
+
+
+def cmd_bench_history(args: argparse.Namespace) -> int:
+    from mtcore import regression
+
+    if args.add:
+        print(f"stored: {regression.store(args.add, args.dir, commit=args.commit)}")
+    history = regression.load_history(args.dir)
+    lines = []
+    for fp_id, runs in history.items():
+        drifted = regression.drift(runs, fp_id, window=args.window, threshold=args.drift)
+        lines.append(f"{fp_id}: {len(runs)} runs, latest {regression.short_commit(runs[-1])}; "
+                     + (f"{len(drifted)} drifted" if drifted else "no drift")
+                     + (" (fewer than 4 runs: drift needs 3 before the latest)" if len(runs) < 4 else ""))
+        for d in drifted:
+            lines.append(f"  DRIFT {d.benchmark}: median {d.latest * 1e3:.2f} ms is {d.ratio:.2f}x the rolling "
+                         f"median {d.baseline * 1e3:.2f} ms of the {d.runs} runs before it")
+    for path in regression.plot_history(history, args.out or args.dir):
+        lines.append(f"plot: {path}")
+    print("\n".join(lines) or f"{args.dir}: no runs")
+    return 0
+
+
+def cmd_bench_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mtcore import regression
+
+    bigger, smaller = regression.export(regression.load_run(args.run))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, entries in (("bigger_is_better.json", bigger), ("smaller_is_better.json", smaller)):
+        (out / name).write_text(json.dumps(entries, indent=1, allow_nan=False))
+        print(f"{out / name}: {len(entries)} values")
+    return 0
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a fraction (0.1) or a percentage (10%)") from None
+    if not 0 <= number < 10:
+        raise argparse.ArgumentTypeError(f"{value!r} is out of range")
+    return number
+
+
 def _add_run_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One option per ``RunConfig`` field (its default, help and choices), so a new run option is
     declared once, in ``mtcore/run.py``."""
@@ -235,7 +294,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rewrite report.md and the plots of a compare directory")
     p.add_argument("dir")
     p.set_defaults(func=cmd_report)
+    _add_bench_commands(sub)
     return parser
+
+
+def _add_bench_commands(sub) -> None:
+    from mtcore import regression as r
+
+    p = sub.add_parser("bench-compare", help="paired base/head pytest-benchmark runs: regressions, as a markdown table; "
+                                             "exit 1 on a regression, 2 on runs that cannot be compared")
+    p.add_argument("--base", nargs="+", required=True, metavar="JSON", help="the base's runs, in the order they ran")
+    p.add_argument("--head", nargs="+", required=True, metavar="JSON",
+                   help="the head's runs: head_i is paired with base_i")
+    p.add_argument("--threshold", type=_fraction, default=r.TIME_THRESHOLD,
+                   help=f"time and tokens/s: the median pair ratio must be worse than this (default: {r.TIME_THRESHOLD * 100:g}%%)")
+    p.add_argument("--floor", type=_fraction, default=r.TIME_FLOOR,
+                   help=f"... and every pair worse than this (default: {r.TIME_FLOOR * 100:g}%%)")
+    p.add_argument("--alpha", type=float, default=r.ALPHA,
+                   help="... and the Mann-Whitney U test on the pooled rounds below this p (default: %(default)s)")
+    p.add_argument("--allow-regression", action="store_true",
+                   help="report a regression but exit 0 (an intended slowdown: the perf-regression-ok label)")
+    p.add_argument("--json", metavar="PATH", help="also write the verdicts as JSON")
+    p.set_defaults(func=cmd_bench_compare)
+    p = sub.add_parser("bench-history", help="plots of runs over commits per hardware fingerprint, and drift of the latest")
+    p.add_argument("dir", help="HISTORY/<fingerprint>/<commit>.json, the bench-history branch's layout")
+    p.add_argument("--add", metavar="JSON", help="first store this run under its fingerprint and commit")
+    p.add_argument("--commit", help="with --add: the commit (default: the run's commit_info.id)")
+    p.add_argument("--out", help="where the PNGs go (default: DIR)")
+    p.add_argument("--window", type=int, default=r.WINDOW, help="rolling median over this many runs (default: %(default)s)")
+    p.add_argument("--drift", type=_fraction, default=r.DRIFT,
+                   help=f"flag a latest median this much slower than the rolling one (default: {r.DRIFT * 100:g}%%)")
+    p.set_defaults(func=cmd_bench_history)
+    p = sub.add_parser("bench-export", help="github-action-benchmark's customBiggerIsBetter / customSmallerIsBetter JSON")
+    p.add_argument("run", help="a pytest-benchmark JSON file")
+    p.add_argument("--out", required=True, help="directory for bigger_is_better.json and smaller_is_better.json")
+    p.set_defaults(func=cmd_bench_export)
 
 
 def main(argv: list[str] | None = None) -> int:

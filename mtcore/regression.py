@@ -1,0 +1,529 @@
+"""Did the head make a benchmark slower than the base? pytest-benchmark JSON runs of both, compared
+pair by pair, with the statistics that keep a noisy shared machine from crying wolf.
+
+Runs are paired (base_i, head_i) as the gate ran them, interleaved: base, head, head, base, base,
+head. Drift between pairs cancels out of each pair's ratio; a benchmark regresses only when
+
+- the median of its per-pair ratios is worse than ``1 + threshold``,
+- *every* pair is worse than ``1 + floor`` (one slow pair is drift, not a change), and
+- for timed metrics, a one-sided Mann-Whitney U test on the pooled rounds gives ``p < ALPHA``
+  (asv's second condition; it asks the rounds, not only the medians).
+
+What each metric means and how it is gated is in ``METRICS``; the thresholds are calibrated by A/A
+runs on a 2-core VM (README, "Regression gate"). Also here: the hardware fingerprint runs are
+keyed and refused by, the history of runs over commits (``bench-history``) and the export for
+github-action-benchmark's charts (``bench-export``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtcore.errors import MTCoreError
+
+# Calibrated on this project's 2-core VM (README "Regression gate"): over 10 A/A comparisons the
+# median pair ratio of a step time never passed TIME_THRESHOLD and no benchmark had all three
+# pairs past TIME_FLOOR in the same direction together with the median past the threshold.
+TIME_THRESHOLD = 0.10
+TIME_FLOOR = 0.03
+ALPHA = 0.002  # asv's p-value for its Mann-Whitney U test
+DRIFT = 0.15  # bench-history: the latest run against the rolling median of the last WINDOW
+WINDOW = 20
+
+
+class BadRuns(MTCoreError):
+    """Runs that cannot be compared: unreadable, not pytest-benchmark JSON, other hardware."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number per benchmark and run, and how a change of it is judged."""
+
+    key: str
+    label: str
+    unit: str
+    smaller_is_better: bool
+    threshold: float | None  # None: reported, never gated
+    floor: float = 0.0
+    min_value: float = 0.0  # both sides below this: too small to judge (compile seconds near 0)
+    ranked: bool = False  # a Mann-Whitney U test on the rounds
+    applies: Callable[[dict], bool] = lambda extra: True
+
+
+def _deterministic_memory(extra: dict) -> bool:
+    # XLA's account of a compiled program is a property of the program: the same every run.
+    # torch's CUDA allocator peak is close to it; a CPU process's RSS is not gated at all.
+    return str(extra.get("memory_kind", "")).startswith(("XLA compiled", "CUDA allocator"))
+
+
+METRICS = (
+    Metric("time", "time", "s", True, TIME_THRESHOLD, TIME_FLOOR, ranked=True),
+    Metric("tokens_per_s", "tokens/s", "tokens/s", False, TIME_THRESHOLD, TIME_FLOOR, ranked=True),
+    # Deterministic, so tight: the same bytes in every run, any growth is real.
+    Metric("memory_bytes", "memory", "bytes", True, 0.01, 0.01, applies=_deterministic_memory),
+    # One compile per run and process, and compile times wander: loose, and only past a second.
+    Metric("compile_s", "compile", "s", True, 0.5, 0.2, min_value=1.0),
+    Metric("mfu", "MFU", "", False, None),
+    Metric("achieved_flops", "FLOP/s", "FLOP/s", False, None),
+)
+METRIC = {m.key: m for m in METRICS}
+
+
+# ---- reading runs ----------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One pytest-benchmark JSON file."""
+
+    path: Path
+    machine_info: dict
+    commit_info: dict
+    datetime: str
+    benchmarks: dict[str, dict]  # fullname -> pytest-benchmark's entry
+
+    @property
+    def fingerprint(self) -> dict:
+        return fingerprint(self.machine_info)
+
+    @property
+    def threads(self) -> dict:
+        t = (self.machine_info.get("mtcore") or {}).get("threads") or {}
+        return {k: t.get(k) for k in ("threads", "pinned") if k in t}
+
+
+def load_run(path: str | Path) -> Run:
+    """Read and check one pytest-benchmark JSON file; BadRuns names the file and what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise BadRuns(f"{path}: cannot read it ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise BadRuns(f"{path}: not JSON ({getattr(e, 'msg', e)}{where})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) or not isinstance(
+            data.get("machine_info"), dict):
+        raise BadRuns(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list and 'machine_info')")
+    benchmarks = {}
+    for entry in data["benchmarks"]:
+        name = entry.get("fullname") if isinstance(entry, dict) else None
+        stats = entry.get("stats") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not isinstance(stats, dict):
+            raise BadRuns(f"{path}: not a pytest-benchmark JSON file (a benchmark without 'fullname' and 'stats')")
+        samples = stats.get("data")
+        if not isinstance(samples, list) or not samples or not all(_finite(x) for x in samples):
+            raise BadRuns(f"{path}: {name} has no raw samples (stats.data); write runs with --benchmark-json, "
+                          "or add --benchmark-save-data to --benchmark-autosave")
+        benchmarks[name] = entry
+    if not benchmarks:
+        raise BadRuns(f"{path}: no timed benchmark in it (was it run with --benchmark-disable?)")
+    return Run(path, data["machine_info"], data.get("commit_info") or {}, str(data.get("datetime", "")), benchmarks)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fingerprint(machine_info: dict) -> dict:
+    """What a run's speed depends on and a commit does not change: the CPU model and core count,
+    the accelerators and the framework versions. Runs compare only within one fingerprint."""
+    cpu = machine_info.get("cpu") or {}
+    hardware = (machine_info.get("mtcore") or {}).get("hardware") or {}
+    frameworks = hardware.get("frameworks") or {}
+    return {
+        "cpu": cpu.get("brand_raw") or machine_info.get("processor") or "unknown CPU",
+        "cores": hardware.get("cpu_count") or cpu.get("count"),
+        "accelerators": {fw: info.get("accelerators", []) for fw, info in sorted(frameworks.items())},
+        "versions": {fw: info.get("versions", {}) for fw, info in sorted(frameworks.items())},
+    }
+
+
+def fingerprint_id(fp: dict) -> str:
+    """A directory name for a fingerprint: readable, and unique through a hash of all of it."""
+    accelerators = sorted({a.split(" ", 1)[-1] for devices in fp["accelerators"].values() for a in devices})
+    words = [fp["cpu"], f"{fp['cores']}c", *accelerators]
+    slug = re.sub(r"[^a-z0-9]+", "-", " ".join(str(w) for w in words).lower()).strip("-")[:60].rstrip("-")
+    digest = hashlib.sha1(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{slug}-{digest}"
+
+
+def _describe(fp: dict) -> str:
+    versions = "; ".join(f"{fw} " + ", ".join(f"{k} {v}" for k, v in sorted(vs.items()))
+                         for fw, vs in fp["versions"].items())
+    accelerators = sorted({a for devices in fp["accelerators"].values() for a in devices})
+    return f"{fp['cpu']}, {fp['cores']} cores, accelerators: {', '.join(accelerators) or 'none'}; {versions}"
+
+
+def check_comparable(runs: list[Run]) -> None:
+    """One fingerprint and one thread budget across the runs, else BadRuns naming the odd one."""
+    first = runs[0]
+    for run in runs[1:]:
+        if run.fingerprint != first.fingerprint:
+            differs = [k for k in first.fingerprint if first.fingerprint[k] != run.fingerprint[k]]
+            raise BadRuns(f"{run.path}: DIFFERENT HARDWARE from {first.path} (differs: {', '.join(differs)}; "
+                          f"{_describe(run.fingerprint)} vs {_describe(first.fingerprint)}): refusing to compare")
+        if run.threads != first.threads:
+            raise BadRuns(f"{run.path}: a different thread budget from {first.path} ({run.threads} vs "
+                          f"{first.threads}): refusing to compare")
+
+
+# ---- values of one benchmark in one run ------------------------------------------------------
+def value(entry: dict, metric: Metric) -> float | None:
+    """The metric's value in one run, or None where the run has none (or it does not apply)."""
+    extra = entry.get("extra_info") or {}
+    if metric.key == "time":
+        return float(statistics.median(entry["stats"]["data"]))
+    if not metric.applies(extra):
+        return None
+    v = extra.get(metric.key)
+    return float(v) if _finite(v) else None
+
+
+def samples(entry: dict, metric: Metric) -> list[float] | None:
+    """Per-round values for the rank test: the rounds' times, or tokens over each round's time."""
+    data = entry["stats"]["data"]
+    if metric.key == "time":
+        return [float(x) for x in data]
+    rate = (entry.get("extra_info") or {}).get(metric.key)
+    if metric.key == "tokens_per_s" and _finite(rate):
+        tokens = rate * statistics.median(data)
+        return [tokens / x for x in data if x > 0]
+    return None
+
+
+# ---- comparing -------------------------------------------------------------------------------
+@dataclass
+class Change:
+    """One metric of one benchmark, base runs against head runs."""
+
+    metric: Metric
+    base: list[float | None]
+    head: list[float | None]
+    p: float | None = None
+    verdict: str = "ok"  # regressed | faster | ok | not gated | no value | too small
+    ratios: list[float] = field(default_factory=list)  # head / base per pair
+
+    @property
+    def worse(self) -> list[float]:
+        """Per-pair factors where above 1 is worse, whichever way the metric points."""
+        return [r if self.metric.smaller_is_better else 1 / r for r in self.ratios]
+
+    @property
+    def median_ratio(self) -> float | None:
+        return statistics.median(self.ratios) if self.ratios else None
+
+
+def judge(metric: Metric, base: list[dict], head: list[dict], alpha: float = ALPHA,
+          threshold: float | None = None, floor: float | None = None) -> Change:
+    change = Change(metric, [value(e, metric) for e in base], [value(e, metric) for e in head])
+    if any(v is None for v in change.base + change.head):
+        change.verdict = "no value"
+        return change
+    if any(v <= 0 for v in change.base + change.head):
+        change.verdict = "no value"
+        return change
+    change.ratios = [h / b for b, h in zip(change.base, change.head, strict=True)]
+    if metric.threshold is None:
+        change.verdict = "not gated"
+        return change
+    if max(change.base + change.head) < metric.min_value:
+        change.verdict = "too small"
+        return change
+    threshold = metric.threshold if threshold is None or metric.key not in ("time", "tokens_per_s") else threshold
+    floor = metric.floor if floor is None or metric.key not in ("time", "tokens_per_s") else floor
+    worse = change.worse
+    p_worse = p_better = None
+    if metric.ranked:
+        p_worse, p_better = _rank_test(metric, base, head)
+    if statistics.median(worse) > 1 + threshold and min(worse) > 1 + floor and (p_worse is None or p_worse < alpha):
+        change.verdict, change.p = "regressed", p_worse
+    elif (statistics.median(worse) < 1 / (1 + threshold) and max(worse) < 1 / (1 + floor)
+          and (p_better is None or p_better < alpha)):
+        change.verdict, change.p = "faster", p_better
+    else:
+        change.p = p_worse
+    return change
+
+
+def _rank_test(metric: Metric, base: list[dict], head: list[dict]) -> tuple[float | None, float | None]:
+    """One-sided Mann-Whitney U p-values (head worse, head better) on the pooled rounds."""
+    from scipy.stats import mannwhitneyu
+
+    pooled_base, pooled_head = [], []
+    for b, h in zip(base, head, strict=True):
+        sb, sh = samples(b, metric), samples(h, metric)
+        if sb is None or sh is None:
+            return None, None
+        pooled_base += sb
+        pooled_head += sh
+    larger = mannwhitneyu(pooled_head, pooled_base, alternative="greater").pvalue
+    smaller = mannwhitneyu(pooled_head, pooled_base, alternative="less").pvalue
+    return (float(larger), float(smaller)) if metric.smaller_is_better else (float(smaller), float(larger))
+
+
+@dataclass
+class Comparison:
+    base: list[Run]
+    head: list[Run]
+    rows: dict[str, list[Change]]  # benchmark fullname -> one Change per metric
+    groups: dict[str, str]
+    new: list[str]
+    removed: list[str]
+    incomplete: list[str]
+    threshold: float
+    floor: float
+    alpha: float
+
+    @property
+    def regressed(self) -> dict[str, list[Change]]:
+        return {name: [c for c in changes if c.verdict == "regressed"] for name, changes in self.rows.items()
+                if any(c.verdict == "regressed" for c in changes)}
+
+
+def compare(base_paths: list[str | Path], head_paths: list[str | Path], threshold: float = TIME_THRESHOLD,
+            floor: float = TIME_FLOOR, alpha: float = ALPHA) -> Comparison:
+    if not base_paths or not head_paths:
+        raise BadRuns("give at least one --base and one --head file")
+    if len(base_paths) != len(head_paths):
+        raise BadRuns(f"{len(base_paths)} base files but {len(head_paths)} head files: runs are compared in pairs "
+                      "(base_i, head_i), so give as many of each, in the order they ran")
+    if not 0 <= floor <= threshold:
+        raise BadRuns(f"--floor {floor} must be between 0 and --threshold {threshold}")
+    base, head = [load_run(p) for p in base_paths], [load_run(p) for p in head_paths]
+    check_comparable(base + head)
+    in_all_base = set.intersection(*(set(r.benchmarks) for r in base))
+    in_all_head = set.intersection(*(set(r.benchmarks) for r in head))
+    in_any = set.union(*(set(r.benchmarks) for r in base + head))
+    rows, groups = {}, {}
+    for name in sorted(in_all_base & in_all_head):
+        b, h = [r.benchmarks[name] for r in base], [r.benchmarks[name] for r in head]
+        rows[name] = [judge(m, b, h, alpha, threshold, floor) for m in METRICS]
+        groups[name] = h[0].get("group") or ""
+    any_base = set.union(*(set(r.benchmarks) for r in base))
+    any_head = set.union(*(set(r.benchmarks) for r in head))
+    new = sorted(in_all_head - any_base)
+    removed = sorted(in_all_base - any_head)
+    incomplete = sorted(in_any - set(rows) - set(new) - set(removed))
+    return Comparison(base, head, rows, groups, new, removed, incomplete, threshold, floor, alpha)
+
+
+# ---- the report ------------------------------------------------------------------------------
+def _ratio_cell(change: Change) -> str:
+    if change.verdict == "no value":
+        return "-"
+    ratios = change.ratios
+    cell = f"{change.median_ratio:.3f}" + (f" ({min(ratios):.3f}-{max(ratios):.3f})" if len(ratios) > 1 else "")
+    if change.verdict == "regressed":
+        return f"**{cell} worse**"
+    if change.verdict == "faster":
+        return f"{cell} better"
+    return cell
+
+
+def _mfu_cell(change: Change) -> str:
+    if change.verdict == "no value":
+        return "-"
+    return f"{statistics.median(change.base):.1%} → {statistics.median(change.head):.1%}"
+
+
+def markdown(c: Comparison) -> str:
+    n = len(c.base)
+    fp = c.head[0].fingerprint
+    lines = [
+        f"## mtcore bench-compare: {n} base run{'s' * (n > 1)} against {n} head run{'s' * (n > 1)}, paired",
+        "",
+        f"Hardware `{fingerprint_id(fp)}`: {_describe(fp)}; thread budget {c.head[0].threads or 'not recorded'}.",
+        "",
+        f"A metric regresses when the median of its per-pair head/base ratios is worse than {1 + c.threshold:.2f}, "
+        f"every pair is worse than {1 + c.floor:.2f}, and a one-sided Mann-Whitney U test on the pooled rounds "
+        f"gives p < {c.alpha:g} (time, tokens/s); JAX's compiled memory: 1.01 in every pair; compile seconds: "
+        "1.5 median, 1.2 every pair, past 1 s. MFU is reported, not gated. Cells: median pair ratio head/base "
+        "(lowest-highest pair).",
+        "",
+    ]
+    if n < 3:
+        lines += [f"Only {n} pair{'s' * (n > 1)}: every pair agreeing means little with so few; the gate runs 3.", ""]
+    lines += ["| benchmark | time | tokens/s | memory | compile | MFU | verdict |", "|---|---|---|---|---|---|---|"]
+    for name, changes in c.rows.items():
+        by = {ch.metric.key: ch for ch in changes}
+        regressed = [ch.metric.label for ch in changes if ch.verdict == "regressed"]
+        faster = [ch.metric.label for ch in changes if ch.verdict == "faster"]
+        verdict = ("**REGRESSED**: " + ", ".join(regressed)) if regressed else (
+            "better: " + ", ".join(faster) if faster else "ok")
+        lines.append(f"| `{name}` | {_ratio_cell(by['time'])} | {_ratio_cell(by['tokens_per_s'])} | "
+                     f"{_ratio_cell(by['memory_bytes'])} | {_ratio_cell(by['compile_s'])} | {_mfu_cell(by['mfu'])} | "
+                     f"{verdict} |")
+    lines.append("")
+    for label, names in (("New (in every head run, in no base run; not compared)", c.new),
+                         ("Removed (in every base run, in no head run)", c.removed),
+                         ("Missing from some runs (a failed or deselected bench; not compared)", c.incomplete)):
+        if names:
+            lines += [f"{label}: " + ", ".join(f"`{x}`" for x in names), ""]
+    regressed = c.regressed
+    if regressed:
+        lines.append(f"**{len(regressed)} benchmark{'s' * (len(regressed) > 1)} regressed:**")
+        for name, changes in regressed.items():
+            for ch in changes:
+                p = f", p={ch.p:.1e}" if ch.p is not None else ""
+                lines.append(f"- `{name}` {ch.metric.label}: head/base {ch.median_ratio:.3f} "
+                             f"(pairs {', '.join(f'{r:.3f}' for r in ch.ratios)}{p})")
+    else:
+        lines.append(f"No regression in {len(c.rows)} benchmarks.")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(c: Comparison, path: str | Path) -> None:
+    """The verdicts, for a workflow or a dashboard to read."""
+    out = {
+        "base": [str(r.path) for r in c.base], "head": [str(r.path) for r in c.head],
+        "fingerprint": fingerprint_id(c.head[0].fingerprint), "threshold": c.threshold, "floor": c.floor,
+        "alpha": c.alpha, "regressed": sorted(c.regressed), "new": c.new, "removed": c.removed,
+        "incomplete": c.incomplete,
+        "benchmarks": {name: {ch.metric.key: {"verdict": ch.verdict, "ratios": ch.ratios, "p": ch.p}
+                              for ch in changes} for name, changes in c.rows.items()},
+    }
+    Path(path).write_text(json.dumps(out, indent=1))
+
+
+# ---- history and export ----------------------------------------------------------------------
+def store(run_path: str | Path, history: str | Path, commit: str | None = None) -> Path:
+    """Copy a run into ``HISTORY/<fingerprint id>/<commit>.json``."""
+    run = load_run(run_path)
+    commit = commit or run.commit_info.get("id")
+    if not commit or not re.fullmatch(r"[0-9a-fA-F]{7,64}", str(commit)):
+        raise BadRuns(f"{run_path}: no commit id in its commit_info (run inside a git checkout, or give --commit)")
+    dest = Path(history) / fingerprint_id(run.fingerprint) / f"{commit}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_path, dest)
+    return dest
+
+
+def load_history(history: str | Path) -> dict[str, list[Run]]:
+    """{fingerprint id: runs oldest first}; a file that cannot be read is BadRuns."""
+    history = Path(history)
+    if not history.is_dir():
+        raise BadRuns(f"{history}: no such directory")
+    out = {}
+    for fp_dir in sorted(p for p in history.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        runs = [load_run(p) for p in fp_dir.glob("*.json")]
+        if runs:
+            out[fp_dir.name] = sorted(runs, key=lambda r: (r.commit_info.get("time") or r.datetime, r.datetime))
+    return out
+
+
+@dataclass
+class Drift:
+    fingerprint: str
+    benchmark: str
+    latest: float
+    baseline: float
+    runs: int
+
+    @property
+    def ratio(self) -> float:
+        return self.latest / self.baseline
+
+
+def drift(runs: list[Run], fp_id: str, window: int = WINDOW, threshold: float = DRIFT) -> list[Drift]:
+    """Benchmarks whose latest median step time is past ``1 + threshold`` times the median of the
+    previous ``window`` runs' medians (at least 3 of them) on the same fingerprint."""
+    if len(runs) < 4:
+        return []
+    latest, previous = runs[-1], runs[-1 - window:-1]
+    out = []
+    for name, entry in latest.benchmarks.items():
+        before = [value(r.benchmarks[name], METRIC["time"]) for r in previous if name in r.benchmarks]
+        if len(before) < 3:
+            continue
+        now, baseline = value(entry, METRIC["time"]), statistics.median(before)
+        if now > (1 + threshold) * baseline:
+            out.append(Drift(fp_id, name, now, baseline, len(before)))
+    return out
+
+
+def short_commit(run: Run) -> str:
+    return str(run.commit_info.get("id") or Path(run.path).stem)[:8]
+
+
+def plot_history(history: dict[str, list[Run]], out: str | Path) -> list[Path]:
+    """One PNG per fingerprint and bench group: median time with its IQR band, and tokens/s, per
+    benchmark over commits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for fp_id, runs in history.items():
+        groups: dict[str, set[str]] = {}
+        for run in runs:
+            for name, entry in run.benchmarks.items():
+                groups.setdefault(entry.get("group") or "ungrouped", set()).add(name)
+        for group, names in sorted(groups.items()):
+            fig, (ax_t, ax_r) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+            for name in sorted(names):
+                xs = [i for i, r in enumerate(runs) if name in r.benchmarks]
+                stats = [runs[i].benchmarks[name]["stats"] for i in xs]
+                median = [statistics.median(s["data"]) * 1e3 for s in stats]
+                label = name.split("[", 1)[-1].rstrip("]") if "[" in name else name
+                line, = ax_t.plot(xs, median, marker="o", ms=3, label=label)
+                if all(_finite(s.get("q1")) and _finite(s.get("q3")) for s in stats):
+                    ax_t.fill_between(xs, [s["q1"] * 1e3 for s in stats], [s["q3"] * 1e3 for s in stats],
+                                      color=line.get_color(), alpha=0.2, lw=0)
+                rate = [(i, (runs[i].benchmarks[name].get("extra_info") or {}).get("tokens_per_s")) for i in xs]
+                rate = [(i, v) for i, v in rate if _finite(v)]
+                if rate:
+                    ax_r.plot([i for i, _ in rate], [v for _, v in rate], marker="o", ms=3, color=line.get_color())
+            ax_t.set_ylabel("median time (ms), IQR band")
+            ax_r.set_ylabel("tokens/s")
+            ax_t.set_title(f"{group}\n{fp_id}", fontsize=10)
+            ax_t.legend(fontsize=7, loc="best")
+            ax_r.set_xticks(range(len(runs)), [short_commit(r) for r in runs], rotation=60, fontsize=7)
+            ax_r.set_xlabel("commit (oldest first)")
+            for ax in (ax_t, ax_r):
+                ax.grid(alpha=0.3)
+            fig.tight_layout()
+            path = Path(out) / fp_id / (re.sub(r"[^A-Za-z0-9.-]+", "_", group).strip("_") + ".png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def export(run: Run) -> tuple[list[dict], list[dict]]:
+    """github-action-benchmark's ``customBiggerIsBetter`` and ``customSmallerIsBetter`` entries:
+    tokens/s and MFU, median time. A missing value is left out, never written as null (the
+    action would chart it as 0)."""
+    bigger, smaller = [], []
+    fp = fingerprint_id(run.fingerprint)
+    for name, entry in sorted(run.benchmarks.items()):
+        stats, extra = entry["stats"], entry.get("extra_info") or {}
+        median = statistics.median(stats["data"])
+        note = f"{len(stats['data'])} rounds; hardware {fp}; threads {run.threads}"
+        iqr = stats.get("iqr")
+        smaller.append({"name": f"{name} time", "unit": "ms", "value": median * 1e3,
+                        **({"range": f"IQR {iqr * 1e3:.3f} ms"} if _finite(iqr) else {}), "extra": note})
+        if _finite(extra.get("tokens_per_s")):
+            bigger.append({"name": f"{name} tokens/s", "unit": "tokens/s", "value": float(extra["tokens_per_s"]),
+                           "extra": note})
+        if _finite(extra.get("mfu")):
+            bigger.append({"name": f"{name} MFU", "unit": "%", "value": 100 * float(extra["mfu"]), "extra": note})
+    return bigger, smaller
+
+
+def step_summary(text: str) -> None:
+    """Append to the GitHub job summary when running under Actions."""
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if path:
+        with open(path, "a") as f:
+            f.write(text + "\n")

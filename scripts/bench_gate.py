@@ -1,0 +1,139 @@
+"""The pull-request performance gate: the head's benches against the base's and the head's mtcore,
+interleaved base, head, head, base, base, head on one machine, then ``mtcore bench-compare``.
+
+    python scripts/bench_gate.py --base origin/main            # what the workflow runs
+    python scripts/bench_gate.py --base HEAD                    # an A/A run: the gate's own noise
+    python scripts/bench_gate.py --base HEAD --head-plugin tests/perf/slower_step.py   # a real slowdown
+
+The base is checked out in a git worktree; the head's ``benches/``, ``conftest.py`` and
+``pytest.ini`` are copied into it, so both trees are measured by the same benches and only
+``mtcore/`` differs. Every session runs the ``gate`` subset (train step and decode, tiny and small,
+fp32, default variants) on one pinned core (``--threads 1``: torch, XLA and BLAS pools of one),
+writing ``--benchmark-json`` files into ``--out``.
+
+Exit status: bench-compare's (0 no regression, 1 regression, 2 runs that cannot be compared); 1 when
+the head's benches fail; 0 with a warning when the base cannot run the head's benches (the gate is
+skipped, not failed: the change may be the benches themselves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS = ("benches", "conftest.py", "pytest.ini")
+# One pinned core per session, the same pools for every library: the gate's numbers are per core.
+PINNED_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+SESSION_ARGS = ["-m", "gate", "--threads", "1", "-q", "-p", "no:cacheprovider", "--benchmark-max-time", "1"]
+
+
+def warn(message: str) -> None:
+    prefix = "::warning title=performance gate skipped::" if os.environ.get("GITHUB_ACTIONS") else "WARNING: "
+    print(prefix + message, flush=True)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write(f"## Performance gate skipped\n\n{message}\n")
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def session(tree: Path, json_path: Path, plugin: Path | None, extra: list[str]) -> tuple[int, float]:
+    """One pytest session of the gate subset in ``tree`` (its mtcore is imported: ``python -m``
+    puts the working directory first on sys.path). Returns (exit status, seconds)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | PINNED_ENV
+    args = [sys.executable, "-m", "pytest", "benches", *SESSION_ARGS, "--benchmark-json", str(json_path), *extra]
+    if plugin is not None:
+        env["PYTHONPATH"] = str(plugin.parent)
+        args += ["-p", plugin.stem]
+    start = time.perf_counter()
+    with open(json_path.with_suffix(".log"), "w") as log:
+        rc = subprocess.run(args, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    return rc, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, help="the base commit or ref (a PR's base sha)")
+    parser.add_argument("--out", type=Path, default=Path("gate"), help="where the JSON runs and logs go (default: gate)")
+    parser.add_argument("--pairs", type=int, default=3, help="base/head pairs (default: %(default)s)")
+    parser.add_argument("--head-plugin", type=Path,
+                        help="a pytest plugin loaded in the head's sessions only (calibration: tests/perf/slower_step.py)")
+    parser.add_argument("--allow-regression", action="store_true", help="report a regression but exit 0")
+    parser.add_argument("pytest_args", nargs="*", help="more pytest arguments for every session (after --)")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    plugin = args.head_plugin.resolve() if args.head_plugin else None
+    try:
+        commit = git("rev-parse", "--verify", f"{args.base}^{{commit}}")
+    except subprocess.CalledProcessError as e:
+        print(f"bench_gate: --base {args.base}: not a commit here ({e.stderr.strip()})", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="mtcore-gate-") as tmp:
+        base = Path(tmp) / "base"
+        git("worktree", "add", "--detach", str(base), commit)
+        try:
+            return _gate(base, commit, out, args, plugin)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
+            subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
+
+
+def _gate(base: Path, commit: str, out: Path, args, plugin: Path | None) -> int:
+    for name in HARNESS:  # the head's benches measure both trees
+        target = base / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copyfile)(ROOT / name, target)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | PINNED_ENV
+    collect = subprocess.run([sys.executable, "-m", "pytest", "benches", "--collect-only", "-q", "-m", "gate",
+                              "-p", "no:cacheprovider"], cwd=base, env=env, capture_output=True, text=True)
+    if collect.returncode != 0:
+        tail = " | ".join((collect.stdout + collect.stderr).strip().splitlines()[-5:])
+        warn(f"the base {commit[:12]} cannot collect the head's benches (pytest exit {collect.returncode}): {tail}")
+        return 0
+    runs: dict[str, list[Path]] = {"base": [], "head": []}
+    print(f"gate: base {commit[:12]} vs head {git('rev-parse', '--short=12', 'HEAD')} (+ working tree), "
+          f"{args.pairs} pairs, interleaved; JSON and logs in {out}", flush=True)
+    for i in range(args.pairs):
+        order = ("base", "head") if i % 2 == 0 else ("head", "base")
+        for side in order:
+            path = out / f"{side}-{i + 1}.json"
+            rc, seconds = session(base if side == "base" else ROOT, path,
+                                  plugin if side == "head" else None, args.pytest_args)
+            print(f"  {side} {i + 1}/{args.pairs}: {seconds:.0f} s, pytest exit {rc}", flush=True)
+            if rc != 0 and side == "base":
+                warn(f"the base {commit[:12]} failed the head's benches (pytest exit {rc}; {path.with_suffix('.log')})")
+                return 0
+            if rc != 0:
+                print(f"bench_gate: the head's benches failed (pytest exit {rc}); see {path.with_suffix('.log')}",
+                      file=sys.stderr)
+                return 1
+            source = json.loads(path.read_text())["machine_info"].get("mtcore", {}).get("source")
+            tree = base if side == "base" else ROOT
+            if source is not None and Path(source).resolve() != tree.resolve():
+                print(f"bench_gate: the {side} session measured the mtcore in {source}, not {tree}", file=sys.stderr)
+                return 2
+            runs[side].append(path)
+    compare = [sys.executable, "-m", "mtcore.cli", "bench-compare", "--base", *map(str, runs["base"]),
+               "--head", *map(str, runs["head"]), "--json", str(out / "verdicts.json")]
+    if args.allow_regression:
+        compare.append("--allow-regression")
+    return subprocess.run(compare, cwd=ROOT).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
