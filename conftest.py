@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# pytester: the tests run pytest-benchmark sessions of their own (tests/test_bench_compare.py).
+pytest_plugins = ["pytester"]
+
 try:
     from hypothesis import HealthCheck, settings
 

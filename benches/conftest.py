@@ -272,6 +272,8 @@ def pytest_configure(config):
         _budget = threads.apply(budget, slot=int(worker.removeprefix("gw") or 0), slots=slots)
     except MTCoreError as e:
         _stop(str(e))
+    if any(config.getoption(o) for o in ("benchmark_autosave", "benchmark_save", "benchmark_compare")):
+        _store_by_fingerprint()
     if not _given(config, "--benchmark-max-time"):
         config.option.benchmark_max_time = str(MAX_TIME_S)
     if not _given(config, "--benchmark-min-rounds"):
@@ -295,6 +297,22 @@ def pytest_configure(config):
             if not seen:
                 reasons = "; ".join(missing(fw, device) for fw in frameworks)
                 _stop(f"--device {device}: no selected framework sees a {device.upper()} ({reasons})")
+
+
+def _store_by_fingerprint() -> None:
+    """Save and compare runs under ``.benchmarks/<hardware fingerprint>/`` (CPU model and cores,
+    accelerators, framework versions: mtcore.regression.fingerprint) instead of pytest-benchmark's
+    ``Linux-CPython-3.11-64bit``, which a GPU box and a laptop share: a GPU run is then never the
+    baseline of a CPU run. pytest-benchmark builds its storage from this function when it
+    configures, after this hook."""
+    import pytest_benchmark.session
+    from cpuinfo import get_cpu_info
+
+    from mtcore.regression import fingerprint, fingerprint_id
+
+    info = {"cpu": {"brand_raw": get_cpu_info().get("brand_raw")}, "mtcore": {"hardware": hardware()}}
+    key = fingerprint_id(fingerprint(info))
+    pytest_benchmark.session.get_machine_id = lambda: key
 
 
 def _given(config, flag: str) -> bool:
@@ -475,9 +493,9 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
         return None
     hardware_changes = _differences(saved.get("hardware"), current.get("hardware"))
     if hardware_changes:
-        plain_warning(
-            "MTCORE: the compared run was measured on DIFFERENT HARDWARE (differs: "
-            f"{', '.join(hardware_changes)}). Time differences are not regressions.")
+        _stop(f"the compared run ({compared_benchmark.get('commit_info', {}).get('id', '?')[:12]}) was measured on "
+              f"DIFFERENT HARDWARE (differs: {', '.join(hardware_changes)}): refusing to compare; its time differences "
+              "are not regressions (runs are stored per hardware fingerprint, .benchmarks/<fingerprint>/)")
     budget_changes = _differences(saved.get("threads"), current.get("threads"), "threads.")
     if any(key in ("threads.threads", "threads.pinned") for key in budget_changes):
         plain_warning(

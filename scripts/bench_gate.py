@@ -4,6 +4,7 @@ interleaved base, head, head, base, base, head on one machine, then ``mtcore ben
     python scripts/bench_gate.py --base origin/main            # what the workflow runs
     python scripts/bench_gate.py --base HEAD                    # an A/A run: the gate's own noise
     python scripts/bench_gate.py --base HEAD --head-plugin tests/perf/slower_step.py   # a real slowdown
+    python scripts/bench_gate.py --once run.json                # the subset once (main's history)
 
 The base is checked out in a git worktree; the head's ``benches/``, ``conftest.py`` and
 ``pytest.ini`` are copied into it, so both trees are measured by the same benches and only
@@ -64,7 +65,8 @@ def session(tree: Path, json_path: Path, plugin: Path | None, extra: list[str]) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="the base commit or ref (a PR's base sha)")
+    parser.add_argument("--base", help="the base commit or ref (a PR's base sha)")
+    parser.add_argument("--once", type=Path, metavar="JSON", help="no base: one session of this tree, into JSON")
     parser.add_argument("--out", type=Path, default=Path("gate"), help="where the JSON runs and logs go (default: gate)")
     parser.add_argument("--pairs", type=int, default=3, help="base/head pairs (default: %(default)s)")
     parser.add_argument("--head-plugin", type=Path,
@@ -72,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-regression", action="store_true", help="report a regression but exit 0")
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments for every session (after --)")
     args = parser.parse_args(argv)
+    if args.once:
+        rc, seconds = session(ROOT, args.once.resolve(), None, args.pytest_args)
+        print(f"gate subset: {seconds:.0f} s, pytest exit {rc}; {args.once} (log: {args.once.with_suffix('.log')})")
+        return rc
+    if not args.base:
+        parser.error("give --base (or --once)")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     plugin = args.head_plugin.resolve() if args.head_plugin else None
@@ -128,11 +136,12 @@ def _gate(base: Path, commit: str, out: Path, args, plugin: Path | None) -> int:
                 print(f"bench_gate: the {side} session measured the mtcore in {source}, not {tree}", file=sys.stderr)
                 return 2
             runs[side].append(path)
-    compare = [sys.executable, "-m", "mtcore.cli", "bench-compare", "--base", *map(str, runs["base"]),
-               "--head", *map(str, runs["head"]), "--json", str(out / "verdicts.json")]
-    if args.allow_regression:
-        compare.append("--allow-regression")
-    return subprocess.run(compare, cwd=ROOT).returncode
+    # The installed mtcore (the head's, installed from this checkout) judges.
+    from mtcore.cli import main as mtcore
+
+    compare = ["bench-compare", "--base", *map(str, runs["base"]), "--head", *map(str, runs["head"]),
+               "--json", str(out / "verdicts.json")]
+    return mtcore(compare + (["--allow-regression"] if args.allow_regression else []))
 
 
 if __name__ == "__main__":

@@ -60,9 +60,13 @@ def test_autosave_then_compare(tmp_path):
     assert "0001" in out and "DIFFERENT" not in out, out[-3000:]
     assert "machine_info is different" not in out and "machine_info differs" not in out, out[-3000:]
 
-    # Pretend the saved run came from another machine, and was ten times faster: one line says
-    # what differs, and the compare gate fails the run (exit 1) with one line, not a traceback.
-    data["machine_info"]["mtcore"]["hardware"]["cpu_count"] = 96
+    # Saved under the hardware fingerprint, not pytest-benchmark's OS-Python folder.
+    from mtcore.regression import fingerprint, fingerprint_id
+
+    assert saved[0].parent.name == fingerprint_id(fingerprint(data["machine_info"]))
+
+    # Pretend the saved run was ten times faster, with another thread budget now: one line says the
+    # budget differs, and the compare gate fails the run (exit 1) with one line, not a traceback.
     for row in data["benchmarks"]:
         for key in ("min", "max", "mean", "median"):
             row["stats"][key] /= 10
@@ -71,10 +75,18 @@ def test_autosave_then_compare(tmp_path):
                             "--benchmark-compare-fail=median:15%", select=torch_only)
     out = other.stdout + other.stderr
     assert other.returncode == 1, out[-3000:]
-    assert "DIFFERENT HARDWARE (differs: cpu_count)" in out, out[-3000:]
     assert "DIFFERENT THREAD BUDGET" in out and "machine_info is different" not in out, out[-3000:]
     assert "mtcore benches: performance has regressed past --benchmark-compare-fail" in out, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
+
+    # A run from other hardware (copied into this fingerprint's folder): refused, exit 2, one line.
+    data["machine_info"]["mtcore"]["hardware"]["cpu_count"] = 96
+    saved[0].write_text(json.dumps(data))
+    refused = _pytest_benches(cwd, "--rounds", "3", storage, "--benchmark-compare", select=torch_only)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 2, out[-3000:]
+    assert "DIFFERENT HARDWARE (differs: cpu_count): refusing to compare" in out, out[-3000:]
+    assert "Traceback" not in out and "passed" not in out, out[-3000:]
 
 
 @pytest.mark.parametrize("args, message", [
