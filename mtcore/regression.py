@@ -225,18 +225,19 @@ class Change:
 def judge(metric: Metric, base: list[dict], head: list[dict], alpha: float = ALPHA,
           threshold: float | None = None, floor: float | None = None) -> Change:
     change = Change(metric, [value(e, metric) for e in base], [value(e, metric) for e in head])
-    if any(v is None for v in change.base + change.head):
+    values = change.base + change.head
+    if any(v is None for v in values):
         change.verdict = "no value"
         return change
-    if any(v <= 0 for v in change.base + change.head):
+    if max(values) < metric.min_value:
+        change.verdict = "too small"
+        return change
+    if any(v <= 0 for v in values):
         change.verdict = "no value"
         return change
     change.ratios = [h / b for b, h in zip(change.base, change.head, strict=True)]
     if metric.threshold is None:
         change.verdict = "not gated"
-        return change
-    if max(change.base + change.head) < metric.min_value:
-        change.verdict = "too small"
         return change
     threshold = metric.threshold if threshold is None or metric.key not in ("time", "tokens_per_s") else threshold
     floor = metric.floor if floor is None or metric.key not in ("time", "tokens_per_s") else floor
@@ -256,7 +257,10 @@ def judge(metric: Metric, base: list[dict], head: list[dict], alpha: float = ALP
 
 def _rank_test(metric: Metric, base: list[dict], head: list[dict]) -> tuple[float | None, float | None]:
     """One-sided Mann-Whitney U p-values (head worse, head better) on the pooled rounds."""
-    from scipy.stats import mannwhitneyu
+    try:
+        from scipy.stats import mannwhitneyu
+    except ImportError:
+        raise MTCoreError("bench-compare's rank test needs scipy: pip install 'mtcore[test]'") from None
 
     pooled_base, pooled_head = [], []
     for b, h in zip(base, head, strict=True):
@@ -320,6 +324,8 @@ def compare(base_paths: list[str | Path], head_paths: list[str | Path], threshol
 def _ratio_cell(change: Change) -> str:
     if change.verdict == "no value":
         return "-"
+    if change.verdict == "too small":
+        return f"under {change.metric.min_value:g} {change.metric.unit}"
     ratios = change.ratios
     cell = f"{change.median_ratio:.3f}" + (f" ({min(ratios):.3f}-{max(ratios):.3f})" if len(ratios) > 1 else "")
     if change.verdict == "regressed":
@@ -359,7 +365,7 @@ def markdown(c: Comparison) -> str:
         faster = [ch.metric.label for ch in changes if ch.verdict == "faster"]
         verdict = ("**REGRESSED**: " + ", ".join(regressed)) if regressed else (
             "better: " + ", ".join(faster) if faster else "ok")
-        lines.append(f"| `{name}` | {_ratio_cell(by['time'])} | {_ratio_cell(by['tokens_per_s'])} | "
+        lines.append(f"| `{name.rsplit('::', 1)[-1]}` | {_ratio_cell(by['time'])} | {_ratio_cell(by['tokens_per_s'])} | "
                      f"{_ratio_cell(by['memory_bytes'])} | {_ratio_cell(by['compile_s'])} | {_mfu_cell(by['mfu'])} | "
                      f"{verdict} |")
     lines.append("")
