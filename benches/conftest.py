@@ -344,7 +344,24 @@ def timed(benchmark, fn, rounds: int | None, warmup_rounds: int = 2, min_rounds:
                       ceil(float(_config.getoption("benchmark_max_time")) / max(one, 1e-9)))
     if on_start is not None:
         on_start()
-    return benchmark.pedantic(fn, rounds=n, iterations=1, warmup_rounds=0)
+    before = speed_probe()
+    result = benchmark.pedantic(fn, rounds=n, iterations=1, warmup_rounds=0)
+    # How fast this core was just before and just after the rounds, on a fixed workload: the
+    # machine's own drift, recorded next to the rounds it may have moved (never gated on).
+    benchmark.extra_info["probe_s"] = [before, speed_probe()]
+    return result
+
+
+def speed_probe(reps: int = 9) -> float:
+    """Median seconds of one fixed float32 matmul (512 x 512, ~3 ms on one core), on the
+    thread budget's BLAS pool: a yardstick of the core's speed at this moment."""
+    a = np.random.default_rng(0).standard_normal((512, 512), dtype=np.float32)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as e:
         print(f"bench_gate: --base {args.base}: not a commit here ({e.stderr.strip()})", file=sys.stderr)
         return 2
+    # A cancelled job (SIGTERM) still removes the worktree and stops the session it was running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="mtcore-gate-") as tmp:
         base = Path(tmp) / "base"
         git("worktree", "add", "--detach", str(base), commit)
