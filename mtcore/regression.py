@@ -96,7 +96,7 @@ class Run:
 
     @property
     def threads(self) -> dict:
-        t = (self.machine_info.get("mtcore") or {}).get("threads") or {}
+        t = _dict(_dict(self.machine_info.get("mtcore")).get("threads"))
         return {k: t.get(k) for k in ("threads", "pinned") if k in t}
 
 
@@ -126,7 +126,7 @@ def load_run(path: str | Path) -> Run:
         benchmarks[name] = entry
     if not benchmarks:
         raise BadRuns(f"{path}: no timed benchmark in it (was it run with --benchmark-disable?)")
-    return Run(path, data["machine_info"], data.get("commit_info") or {}, str(data.get("datetime", "")), benchmarks)
+    return Run(path, data["machine_info"], _dict(data.get("commit_info")), str(data.get("datetime", "")), benchmarks)
 
 
 def _finite(x: Any) -> bool:
@@ -136,15 +136,20 @@ def _finite(x: Any) -> bool:
 def fingerprint(machine_info: dict) -> dict:
     """What a run's speed depends on and a commit does not change: the CPU model and core count,
     the accelerators and the framework versions. Runs compare only within one fingerprint."""
-    cpu = machine_info.get("cpu") or {}
-    hardware = (machine_info.get("mtcore") or {}).get("hardware") or {}
-    frameworks = hardware.get("frameworks") or {}
+    cpu = _dict(machine_info.get("cpu"))
+    hardware = _dict(_dict(machine_info.get("mtcore")).get("hardware"))
+    frameworks = {fw: _dict(info) for fw, info in _dict(hardware.get("frameworks")).items()}
     return {
-        "cpu": cpu.get("brand_raw") or machine_info.get("processor") or "unknown CPU",
+        "cpu": str(cpu.get("brand_raw") or machine_info.get("processor") or "unknown CPU"),
         "cores": hardware.get("cpu_count") or cpu.get("count"),
-        "accelerators": {fw: info.get("accelerators", []) for fw, info in sorted(frameworks.items())},
-        "versions": {fw: info.get("versions", {}) for fw, info in sorted(frameworks.items())},
+        "accelerators": {fw: list(info.get("accelerators") or []) for fw, info in sorted(frameworks.items())},
+        "versions": {fw: _dict(info.get("versions")) for fw, info in sorted(frameworks.items())},
     }
+
+
+def _dict(x: Any) -> dict:
+    """``x`` where it is a dict, else empty: a hand-edited machine_info must not crash the reading."""
+    return x if isinstance(x, dict) else {}
 
 
 def fingerprint_id(fp: dict) -> str:
@@ -179,7 +184,7 @@ def check_comparable(runs: list[Run]) -> None:
 # ---- values of one benchmark in one run ------------------------------------------------------
 def value(entry: dict, metric: Metric) -> float | None:
     """The metric's value in one run, or None where the run has none (or it does not apply)."""
-    extra = entry.get("extra_info") or {}
+    extra = _dict(entry.get("extra_info"))
     if metric.key == "time":
         return float(statistics.median(entry["stats"]["data"]))
     if not metric.applies(extra):
@@ -193,7 +198,7 @@ def samples(entry: dict, metric: Metric) -> list[float] | None:
     data = entry["stats"]["data"]
     if metric.key == "time":
         return [float(x) for x in data]
-    rate = (entry.get("extra_info") or {}).get(metric.key)
+    rate = _dict(entry.get("extra_info")).get(metric.key)
     if metric.key == "tokens_per_s" and _finite(rate):
         tokens = rate * statistics.median(data)
         return [tokens / x for x in data if x > 0]
@@ -485,7 +490,7 @@ def plot_history(history: dict[str, list[Run]], out: str | Path) -> list[Path]:
                 if all(_finite(s.get("q1")) and _finite(s.get("q3")) for s in stats):
                     ax_t.fill_between(xs, [s["q1"] * 1e3 for s in stats], [s["q3"] * 1e3 for s in stats],
                                       color=line.get_color(), alpha=0.2, lw=0)
-                rate = [(i, (runs[i].benchmarks[name].get("extra_info") or {}).get("tokens_per_s")) for i in xs]
+                rate = [(i, _dict(runs[i].benchmarks[name].get("extra_info")).get("tokens_per_s")) for i in xs]
                 rate = [(i, v) for i, v in rate if _finite(v)]
                 if rate:
                     ax_r.plot([i for i, _ in rate], [v for _, v in rate], marker="o", ms=3, color=line.get_color())
@@ -513,7 +518,7 @@ def export(run: Run) -> tuple[list[dict], list[dict]]:
     bigger, smaller = [], []
     fp = fingerprint_id(run.fingerprint)
     for name, entry in sorted(run.benchmarks.items()):
-        stats, extra = entry["stats"], entry.get("extra_info") or {}
+        stats, extra = entry["stats"], _dict(entry.get("extra_info"))
         median = statistics.median(stats["data"])
         note = f"{len(stats['data'])} rounds; hardware {fp}; threads {run.threads}"
         iqr = stats.get("iqr")

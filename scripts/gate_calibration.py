@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -76,6 +77,20 @@ def main() -> int:
         top = max(worst, key=lambda w: abs(w[0] - 1))
         print(f"  {short(name):45} gate medians {min(med):.3f}-{max(med):.3f}; worst gate median {top[0]:.3f} "
               f"(pairs {top[1]:.3f}-{top[2]:.3f})")
+    print("\nA/A pair ratios, raw and divided by the speed probe's (extra_info probe_s, a fixed matmul before and "
+          "after the rounds): spread as the std of log ratios over all pairs")
+    for name in sorted(aa[0][0][0].benchmarks):
+        raw, normed = [], []
+        for base, head in aa:
+            for b, h in zip(base, head, strict=True):
+                eb, eh = b.benchmarks[name], h.benchmarks[name]
+                ratio = r.value(eh, r.METRIC["time"]) / r.value(eb, r.METRIC["time"])
+                raw.append(math.log(ratio))
+                pb, ph = (eb.get("extra_info") or {}).get("probe_s"), (eh.get("extra_info") or {}).get("probe_s")
+                if pb and ph:
+                    normed.append(math.log(ratio / (statistics.mean(ph) / statistics.mean(pb))))
+        spread = f"{statistics.pstdev(normed):.3f}" if len(normed) > 1 else "-"
+        print(f"  {short(name):45} raw {statistics.pstdev(raw):.3f}, probe-normalised {spread} ({len(raw)} pairs)")
     if slow:
         print("\nslower-step gates: the train steps' median pair ratio (the real slowdown, measured)")
         for name in sorted(n for n in slow[0][0][0].benchmarks if "train_step" in n):

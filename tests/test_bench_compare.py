@@ -201,8 +201,10 @@ def test_runs_of_other_hardware_are_refused(tmp_path, capsys, other, says):
     ("[1, 2]", "not a pytest-benchmark JSON file"),
     ('{"machine_info": {}, "benchmarks": [{"fullname": "t", "stats": {"median": 1}}]}', "no raw samples"),
     ('{"machine_info": {}, "benchmarks": []}', "no timed benchmark"),
+    ('{"machine_info": {"cpu": 3, "mtcore": []}, "benchmarks": [{"fullname": "t", "stats": {"data": [1.0]}}]}',
+     "DIFFERENT HARDWARE"),
     (None, "cannot read it"),
-], ids=["not-json", "benchmarks-not-a-list", "a-list", "no-samples", "no-benchmarks", "missing"])
+], ids=["not-json", "benchmarks-not-a-list", "a-list", "no-samples", "no-benchmarks", "odd-machine-info", "missing"])
 def test_bad_files_are_one_line_and_exit_2(tmp_path, capsys, content, says):
     base, head = pairs(tmp_path, [1.0] * 3, [1.0] * 3)
     bad = tmp_path / "bad.json"
