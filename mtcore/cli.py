@@ -199,21 +199,21 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_history(args: argparse.Namespace) -> int:
-    from mtcore import regression
+    from mtcore import history
 
     if args.add:
-        print(f"stored: {regression.store(args.add, args.dir, commit=args.commit)}")
-    history = regression.load_history(args.dir)
+        print(f"stored: {history.store(args.add, args.dir, commit=args.commit)}")
+    by_fingerprint = history.load_history(args.dir)
     lines = []
-    for fp_id, runs in history.items():
-        drifted = regression.drift(runs, fp_id, window=args.window, threshold=args.drift)
-        lines.append(f"{fp_id}: {len(runs)} runs, latest {regression.short_commit(runs[-1])}; "
+    for fp_id, runs in by_fingerprint.items():
+        drifted = history.drift(runs, fp_id, window=args.window, threshold=args.drift)
+        lines.append(f"{fp_id}: {len(runs)} runs, latest {history.short_commit(runs[-1])}; "
                      + (f"{len(drifted)} drifted" if drifted else "no drift")
                      + (" (fewer than 4 runs: drift needs 3 before the latest)" if len(runs) < 4 else ""))
         for d in drifted:
             lines.append(f"  DRIFT {d.benchmark}: median {d.latest * 1e3:.2f} ms is {d.ratio:.2f}x the rolling "
                          f"median {d.baseline * 1e3:.2f} ms of the {d.runs} runs before it")
-    for path in regression.plot_history(history, args.out or args.dir):
+    for path in history.plot_history(by_fingerprint, args.out or args.dir):
         lines.append(f"plot: {path}")
     print("\n".join(lines) or f"{args.dir}: no runs")
     return 0
@@ -222,9 +222,9 @@ def cmd_bench_history(args: argparse.Namespace) -> int:
 def cmd_bench_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mtcore import regression
+    from mtcore import history, regression
 
-    bigger, smaller = regression.export(regression.load_run(args.run))
+    bigger, smaller = history.export(regression.load_run(args.run))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, entries in (("bigger_is_better.json", bigger), ("smaller_is_better.json", smaller)):
@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench_commands(sub) -> None:
+    from mtcore import history as h
     from mtcore import regression as r
 
     p = sub.add_parser("bench-compare", help="paired base/head pytest-benchmark runs: regressions, as a markdown table; "
@@ -321,9 +322,9 @@ def _add_bench_commands(sub) -> None:
     p.add_argument("--add", metavar="JSON", help="first store this run under its fingerprint and commit")
     p.add_argument("--commit", help="with --add: the commit (default: the run's commit_info.id)")
     p.add_argument("--out", help="where the PNGs go (default: DIR)")
-    p.add_argument("--window", type=int, default=r.WINDOW, help="rolling median over this many runs (default: %(default)s)")
-    p.add_argument("--drift", type=_fraction, default=r.DRIFT,
-                   help=f"flag a latest median this much slower than the rolling one (default: {r.DRIFT * 100:g}%%)")
+    p.add_argument("--window", type=int, default=h.WINDOW, help="rolling median over this many runs (default: %(default)s)")
+    p.add_argument("--drift", type=_fraction, default=h.DRIFT,
+                   help=f"flag a latest median this much slower than the rolling one (default: {h.DRIFT * 100:g}%%)")
     p.set_defaults(func=cmd_bench_history)
     p = sub.add_parser("bench-export", help="github-action-benchmark's customBiggerIsBetter / customSmallerIsBetter JSON")
     p.add_argument("run", help="a pytest-benchmark JSON file")

@@ -1,4 +1,4 @@
-"""mtcore bench-compare / bench-history / bench-export on pytest-benchmark JSON written here:
+"""mtcore bench-compare / bench-history / bench-export (mtcore.regression, mtcore.history) on pytest-benchmark JSON written here:
 A/A noise, real slowdowns, outlier pairs, memory, tokens/s, missing values, new and removed
 benchmarks, other hardware and files that are not runs at all. Offline, no framework needed."""
 
