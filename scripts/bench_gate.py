@@ -6,10 +6,15 @@ interleaved base, head, head, base, base, head on one machine, then ``mtcore ben
     python scripts/bench_gate.py --base HEAD --head-plugin tests/perf/slower_step.py   # a real slowdown
     python scripts/bench_gate.py --once run.json                # the subset once (main's history)
 
-The base is checked out in a git worktree; the head's ``benches/``, ``conftest.py`` and
-``pytest.ini`` are copied into it, so both trees are measured by the same benches and only
-``mtcore/`` differs. Every session runs the ``gate`` subset (train step and decode, tiny and small,
-fp32, default variants) on one pinned core (``--threads 1``: torch, XLA and BLAS pools of one),
+Base and head are checked out side by side, ``TMP/base`` and ``TMP/head`` (git worktrees; the head
+also gets this checkout's uncommitted ``mtcore/``), and this checkout's ``benches/``,
+``conftest.py`` and ``pytest.ini`` are copied into both: the same benches measure both trees, only
+``mtcore/`` differs, and both run from the same kind of path. (With the head in the checkout and
+the base in a worktree, two A/A gates here had the head's train steps faster in all 8 medians,
+by 2-20%; the cause is not pinned down, the symmetry removes it whatever it is.)
+
+Every session runs the ``gate`` subset (train step and decode, tiny and small, fp32, default
+variants) on one pinned core (``--threads 1``: torch, XLA and BLAS pools of one),
 writing ``--benchmark-json`` files into ``--out``.
 
 Exit status: bench-compare's (0 no regression, 1 regression, 2 runs that cannot be compared); 1 when
@@ -92,23 +97,34 @@ def main(argv: list[str] | None = None) -> int:
     # A cancelled job (SIGTERM) still removes the worktree and stops the session it was running.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="mtcore-gate-") as tmp:
-        base = Path(tmp) / "base"
-        git("worktree", "add", "--detach", str(base), commit)
+        trees = {"base": Path(tmp) / "base", "head": Path(tmp) / "head"}
         try:
-            return _gate(base, commit, out, args, plugin)
+            git("worktree", "add", "--detach", str(trees["base"]), commit)
+            git("worktree", "add", "--detach", str(trees["head"]), "HEAD")
+            return _gate(trees, commit, out, args, plugin)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
+            for tree in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
             subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
 
 
-def _gate(base: Path, commit: str, out: Path, args, plugin: Path | None) -> int:
-    for name in HARNESS:  # the head's benches measure both trees
-        target = base / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copyfile)(ROOT / name, target)
+def _replace(source: Path, target: Path) -> None:
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        shutil.copyfile(source, target)
+
+
+def _gate(trees: dict[str, Path], commit: str, out: Path, args, plugin: Path | None) -> int:
+    base = trees["base"]
+    _replace(ROOT / "mtcore", trees["head"] / "mtcore")  # the head as it is here, committed or not
+    for tree in trees.values():
+        for name in HARNESS:  # this checkout's benches measure both trees
+            _replace(ROOT / name, tree / name)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | PINNED_ENV
     collect = subprocess.run([sys.executable, "-m", "pytest", "benches", "--collect-only", "-q", "-m", "gate",
                               "-p", "no:cacheprovider"], cwd=base, env=env, capture_output=True, text=True)
@@ -123,8 +139,7 @@ def _gate(base: Path, commit: str, out: Path, args, plugin: Path | None) -> int:
         order = ("base", "head") if i % 2 == 0 else ("head", "base")
         for side in order:
             path = out / f"{side}-{i + 1}.json"
-            rc, seconds = session(base if side == "base" else ROOT, path,
-                                  plugin if side == "head" else None, args.pytest_args)
+            rc, seconds = session(trees[side], path, plugin if side == "head" else None, args.pytest_args)
             print(f"  {side} {i + 1}/{args.pairs}: {seconds:.0f} s, pytest exit {rc}", flush=True)
             if rc != 0 and side == "base":
                 warn(f"the base {commit[:12]} failed the head's benches (pytest exit {rc}; {path.with_suffix('.log')})")
@@ -134,9 +149,9 @@ def _gate(base: Path, commit: str, out: Path, args, plugin: Path | None) -> int:
                       file=sys.stderr)
                 return 1
             source = json.loads(path.read_text())["machine_info"].get("mtcore", {}).get("source")
-            tree = base if side == "base" else ROOT
-            if source is not None and Path(source).resolve() != tree.resolve():
-                print(f"bench_gate: the {side} session measured the mtcore in {source}, not {tree}", file=sys.stderr)
+            if source is not None and Path(source).resolve() != trees[side].resolve():
+                print(f"bench_gate: the {side} session measured the mtcore in {source}, not {trees[side]}",
+                      file=sys.stderr)
                 return 2
             runs[side].append(path)
     # The installed mtcore (the head's, installed from this checkout) judges.
