@@ -29,10 +29,11 @@ from typing import Any
 
 from mtcore.errors import MTCoreError
 
-# Calibrated on this project's 2-core VM (README "Regression gate"): over 10 A/A comparisons the
-# median pair ratio of a step time never passed TIME_THRESHOLD and no benchmark had all three
-# pairs past TIME_FLOOR in the same direction together with the median past the threshold.
-TIME_THRESHOLD = 0.10
+# From A/A gates on this project's 2-core VM (README "Regression gate", scripts/gate_calibration.py):
+# at 10% a decode benchmark of an unchanged tree was flagged in one gate of two (its pairs 1.05-1.15,
+# separate processes land 10-30% apart here); 15% flagged nothing in those gates, and the 30%
+# slower-step fixture still failed the gate. Provisional: fewer A/A gates than the 10 it needs.
+TIME_THRESHOLD = 0.15
 TIME_FLOOR = 0.03
 ALPHA = 0.002  # asv's p-value for its Mann-Whitney U test
 
