@@ -29,11 +29,12 @@ from typing import Any
 
 from mtcore.errors import MTCoreError
 
-# From A/A gates on this project's 2-core VM (README "Regression gate", scripts/gate_calibration.py):
-# at 10% a decode benchmark of an unchanged tree was flagged in one gate of two (its pairs 1.05-1.15,
-# separate processes land 10-30% apart here); 15% flagged nothing in those gates, and the 30%
-# slower-step fixture still failed the gate. Provisional: fewer A/A gates than the 10 it needs.
-TIME_THRESHOLD = 0.15
+# From the gates run on this project's 2-core VM (README "Regression gate", scripts/gate_calibration.py;
+# separate processes land 10-30% apart here): at 10% and at 15% an unchanged decode benchmark was
+# flagged (pairs 1.05-1.15 in an A/A gate, 1.11-1.25 in a slower-step gate); at 20% nothing unchanged
+# was flagged in 4 gates and the ~30% slower-step fixture still failed both of its gates.
+# Provisional: 2 A/A and 2 slowdown gates, not the 10 each it needs.
+TIME_THRESHOLD = 0.20
 TIME_FLOOR = 0.03
 ALPHA = 0.002  # asv's p-value for its Mann-Whitney U test
 

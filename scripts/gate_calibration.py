@@ -118,7 +118,7 @@ def main() -> int:
 
     print(f"\ninjected slowdown s (A/A heads' rounds x (1 + s)), at {r.TIME_THRESHOLD:.0%} / {r.TIME_FLOOR:.0%}: "
           "benchmarks caught")
-    for s in (0.05, 0.10, 0.12, 0.15, 0.20, 0.25, 0.30):
+    for s in (0.10, 0.20, 0.25, 0.30, 0.40, 0.50):
         caught = [verdicts(b, h, r.TIME_THRESHOLD, r.TIME_FLOOR, 1 + s) for b, h in aa]
         total = sum(len(b[0].benchmarks) for b, _ in aa)
         per = {}
