@@ -442,6 +442,7 @@ def check_first_loss(case: Case, loss: float) -> None:
 
 
 # ---- stored and printed results --------------------------------------------------------------
+@cache  # device discovery, asked for by the storage key at configure and by machine_info at the end
 def hardware() -> dict:
     """The hardware fingerprint results depend on: CPU model and cores, and per framework its
     versions and the devices it sees. Nothing that varies between runs on one machine (the

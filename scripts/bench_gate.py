@@ -55,10 +55,15 @@ def git(*args: str, cwd: Path = ROOT) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
+def _env() -> dict[str, str]:
+    """This process's environment, pinned, without a PYTHONPATH that would pick another mtcore."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | PINNED_ENV
+
+
 def session(tree: Path, json_path: Path, plugin: Path | None, extra: list[str]) -> tuple[int, float]:
     """One pytest session of the gate subset in ``tree`` (its mtcore is imported: ``python -m``
     puts the working directory first on sys.path). Returns (exit status, seconds)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | PINNED_ENV
+    env = _env()
     args = [sys.executable, "-m", "pytest", "benches", *SESSION_ARGS, "--benchmark-json", str(json_path), *extra]
     if plugin is not None:
         env["PYTHONPATH"] = str(plugin.parent)
@@ -125,7 +130,7 @@ def _gate(trees: dict[str, Path], commit: str, out: Path, args, plugin: Path | N
     for tree in trees.values():
         for name in HARNESS:  # this checkout's benches measure both trees
             _replace(ROOT / name, tree / name)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | PINNED_ENV
+    env = _env()
     collect = subprocess.run([sys.executable, "-m", "pytest", "benches", "--collect-only", "-q", "-m", "gate",
                               "-p", "no:cacheprovider"], cwd=base, env=env, capture_output=True, text=True)
     if collect.returncode != 0:
