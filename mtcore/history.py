@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtcore.regression import METRIC, BadRuns, Run, _dict, _finite, fingerprint_id, load_run, value
+from mtcore.regression import METRIC, BadRuns, Run, as_dict, fingerprint_id, finite, load_run, value
 
 DRIFT = 0.15  # the latest median against the rolling median of the last WINDOW runs
 WINDOW = 20
@@ -98,11 +98,11 @@ def plot_history(history: dict[str, list[Run]], out: str | Path) -> list[Path]:
                 median = [statistics.median(s["data"]) * 1e3 for s in stats]
                 label = name.split("[", 1)[-1].rstrip("]") if "[" in name else name
                 line, = ax_t.plot(xs, median, marker="o", ms=3, label=label)
-                if all(_finite(s.get("q1")) and _finite(s.get("q3")) for s in stats):
+                if all(finite(s.get("q1")) and finite(s.get("q3")) for s in stats):
                     ax_t.fill_between(xs, [s["q1"] * 1e3 for s in stats], [s["q3"] * 1e3 for s in stats],
                                       color=line.get_color(), alpha=0.2, lw=0)
-                rate = [(i, _dict(runs[i].benchmarks[name].get("extra_info")).get("tokens_per_s")) for i in xs]
-                rate = [(i, v) for i, v in rate if _finite(v)]
+                rate = [(i, as_dict(runs[i].benchmarks[name].get("extra_info")).get("tokens_per_s")) for i in xs]
+                rate = [(i, v) for i, v in rate if finite(v)]
                 if rate:
                     ax_r.plot([i for i, _ in rate], [v for _, v in rate], marker="o", ms=3, color=line.get_color())
             ax_t.set_ylabel("median time (ms), IQR band")
@@ -129,15 +129,15 @@ def export(run: Run) -> tuple[list[dict], list[dict]]:
     bigger, smaller = [], []
     fp = fingerprint_id(run.fingerprint)
     for name, entry in sorted(run.benchmarks.items()):
-        stats, extra = entry["stats"], _dict(entry.get("extra_info"))
+        stats, extra = entry["stats"], as_dict(entry.get("extra_info"))
         median = statistics.median(stats["data"])
         note = f"{len(stats['data'])} rounds; hardware {fp}; threads {run.threads}"
         iqr = stats.get("iqr")
         smaller.append({"name": f"{name} time", "unit": "ms", "value": median * 1e3,
-                        **({"range": f"IQR {iqr * 1e3:.3f} ms"} if _finite(iqr) else {}), "extra": note})
-        if _finite(extra.get("tokens_per_s")):
+                        **({"range": f"IQR {iqr * 1e3:.3f} ms"} if finite(iqr) else {}), "extra": note})
+        if finite(extra.get("tokens_per_s")):
             bigger.append({"name": f"{name} tokens/s", "unit": "tokens/s", "value": float(extra["tokens_per_s"]),
                            "extra": note})
-        if _finite(extra.get("mfu")):
+        if finite(extra.get("mfu")):
             bigger.append({"name": f"{name} MFU", "unit": "%", "value": 100 * float(extra["mfu"]), "extra": note})
     return bigger, smaller

@@ -94,7 +94,7 @@ class Run:
 
     @property
     def threads(self) -> dict:
-        t = _dict(_dict(self.machine_info.get("mtcore")).get("threads"))
+        t = as_dict(as_dict(self.machine_info.get("mtcore")).get("threads"))
         return {k: t.get(k) for k in ("threads", "pinned") if k in t}
 
 
@@ -118,34 +118,35 @@ def load_run(path: str | Path) -> Run:
         if not isinstance(name, str) or not isinstance(stats, dict):
             raise BadRuns(f"{path}: not a pytest-benchmark JSON file (a benchmark without 'fullname' and 'stats')")
         samples = stats.get("data")
-        if not isinstance(samples, list) or not samples or not all(_finite(x) for x in samples):
+        if not isinstance(samples, list) or not samples or not all(finite(x) for x in samples):
             raise BadRuns(f"{path}: {name} has no raw samples (stats.data); write runs with --benchmark-json, "
                           "or add --benchmark-save-data to --benchmark-autosave")
         benchmarks[name] = entry
     if not benchmarks:
         raise BadRuns(f"{path}: no timed benchmark in it (was it run with --benchmark-disable?)")
-    return Run(path, data["machine_info"], _dict(data.get("commit_info")), str(data.get("datetime", "")), benchmarks)
+    return Run(path, data["machine_info"], as_dict(data.get("commit_info")), str(data.get("datetime", "")), benchmarks)
 
 
-def _finite(x: Any) -> bool:
+def finite(x: Any) -> bool:
+    """A real number (not bool, NaN or inf): JSON from other tools may hold any of them."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def fingerprint(machine_info: dict) -> dict:
     """What a run's speed depends on and a commit does not change: the CPU model and core count,
     the accelerators and the framework versions. Runs compare only within one fingerprint."""
-    cpu = _dict(machine_info.get("cpu"))
-    hardware = _dict(_dict(machine_info.get("mtcore")).get("hardware"))
-    frameworks = {fw: _dict(info) for fw, info in _dict(hardware.get("frameworks")).items()}
+    cpu = as_dict(machine_info.get("cpu"))
+    hardware = as_dict(as_dict(machine_info.get("mtcore")).get("hardware"))
+    frameworks = {fw: as_dict(info) for fw, info in as_dict(hardware.get("frameworks")).items()}
     return {
         "cpu": str(cpu.get("brand_raw") or machine_info.get("processor") or "unknown CPU"),
         "cores": hardware.get("cpu_count") or cpu.get("count"),
         "accelerators": {fw: list(info.get("accelerators") or []) for fw, info in sorted(frameworks.items())},
-        "versions": {fw: _dict(info.get("versions")) for fw, info in sorted(frameworks.items())},
+        "versions": {fw: as_dict(info.get("versions")) for fw, info in sorted(frameworks.items())},
     }
 
 
-def _dict(x: Any) -> dict:
+def as_dict(x: Any) -> dict:
     """``x`` where it is a dict, else empty: a hand-edited machine_info must not crash the reading."""
     return x if isinstance(x, dict) else {}
 
@@ -182,13 +183,13 @@ def check_comparable(runs: list[Run]) -> None:
 # ---- values of one benchmark in one run ------------------------------------------------------
 def value(entry: dict, metric: Metric) -> float | None:
     """The metric's value in one run, or None where the run has none (or it does not apply)."""
-    extra = _dict(entry.get("extra_info"))
+    extra = as_dict(entry.get("extra_info"))
     if metric.key == "time":
         return float(statistics.median(entry["stats"]["data"]))
     if not metric.applies(extra):
         return None
     v = extra.get(metric.key)
-    return float(v) if _finite(v) else None
+    return float(v) if finite(v) else None
 
 
 def samples(entry: dict, metric: Metric) -> list[float] | None:
@@ -196,8 +197,8 @@ def samples(entry: dict, metric: Metric) -> list[float] | None:
     data = entry["stats"]["data"]
     if metric.key == "time":
         return [float(x) for x in data]
-    rate = _dict(entry.get("extra_info")).get(metric.key)
-    if metric.key == "tokens_per_s" and _finite(rate):
+    rate = as_dict(entry.get("extra_info")).get(metric.key)
+    if metric.key == "tokens_per_s" and finite(rate):
         tokens = rate * statistics.median(data)
         return [tokens / x for x in data if x > 0]
     return None
