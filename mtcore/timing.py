@@ -6,8 +6,11 @@ both frameworks queue work asynchronously, and timing the queueing would flatter
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -83,9 +86,17 @@ def torch_fresh_compile_env() -> str:
     torch._dynamo.reset()
     # An empty directory is enough to make this compile fresh; the caches stay on, so later
     # compiles of the same graph in this process (not timed as compiles) may reuse its work.
-    cache = tempfile.mkdtemp(prefix="mtcore-inductor-")
+    # Each is a few MB: one parent per process, removed at exit, so benches do not fill /tmp.
+    cache = tempfile.mkdtemp(dir=_inductor_root())
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     return cache
+
+
+@functools.cache
+def _inductor_root() -> str:
+    root = tempfile.mkdtemp(prefix="mtcore-inductor-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
 # ---- hardware peak -----------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -47,3 +49,26 @@ def test_ratio_stats_rejects_no_pairs():
     with pytest.raises(ValueError, match="no pairs"):
         ratio_stats([], [])
 
+
+
+def test_fresh_inductor_caches_are_removed_when_the_process_exits(tmp_path):
+    # Each fresh torch.compile gets an empty cache directory (a few MB once used); a bench
+    # session makes dozens. They must not outlive the process.
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from mtcore.timing import torch_fresh_compile_env\n"
+        "a, b = torch_fresh_compile_env(), torch_fresh_compile_env()\n"
+        "assert a != b and not os.listdir(a) and os.environ['TORCHINDUCTOR_CACHE_DIR'] == b\n"
+        "open(os.path.join(b, 'kernel.py'), 'w').close()\n"
+        "print(os.path.dirname(a), os.path.dirname(b))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    parents = set(out.stdout.split())
+    assert len(parents) == 1 and parents.pop().startswith(str(tmp_path))
+    # (torch keeps its own default cache, torchinductor_USER, beside: not ours to remove)
+    assert list(tmp_path.glob("mtcore-*")) == []
