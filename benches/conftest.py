@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from turns import Turns
 
 import mtcore
 from mtcore import threads
@@ -253,11 +254,15 @@ def _stop(message: str) -> None:
 
 _budget: threads.ThreadBudget | None = None
 _config = None
+# The regression gate's base and head sessions take turns round by round (benches/turns.py);
+# alone, this does nothing.
+_turns = Turns()
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
 def pytest_configure(config):
     global _budget, _config
+    _turns.start()  # a gate session works only in its turns, start-up included
     _config = config
     config.addinivalue_line("markers", "cases(kind): parametrise a bench over the cases of that kind")
     config.addinivalue_line("markers", "xdist_group(name): keep these cases on one process under --dist loadgroup")
@@ -345,7 +350,8 @@ def timed(benchmark, fn, rounds: int | None, warmup_rounds: int = 2, min_rounds:
     if on_start is not None:
         on_start()
     before = speed_probe()
-    result = benchmark.pedantic(fn, rounds=n, iterations=1, warmup_rounds=0)
+    # ``setup`` runs untimed before every round: in the gate, the partner session's round runs then.
+    result = benchmark.pedantic(fn, setup=_turns.swap, rounds=n, iterations=1, warmup_rounds=0)
     # How fast this core was just before and just after the rounds, on a fixed workload: the
     # machine's own drift, recorded next to the rounds it may have moved (never gated on).
     benchmark.extra_info["probe_s"] = [before, speed_probe()]
@@ -532,6 +538,11 @@ def _fmt(value, scale=1.0, digits=1, suffix=""):
 
 
 _session = None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    _turns.finish()  # the gate's partner session runs alone from here
 
 
 def pytest_sessionstart(session):

@@ -1,5 +1,6 @@
 """The pull-request performance gate: the head's benches against the base's and the head's mtcore,
-interleaved base, head, head, base, base, head on one machine, then ``mtcore bench-compare``.
+base and head sessions taking turns round by round on one core, three pairs, then
+``mtcore bench-compare``.
 
     python scripts/bench_gate.py --base origin/main            # what the workflow runs
     python scripts/bench_gate.py --base HEAD                    # an A/A run: the gate's own noise
@@ -14,8 +15,13 @@ the base in a worktree, two A/A gates here had the head's train steps faster in 
 by 2-20%; the cause is not pinned down, the symmetry removes it whatever it is.)
 
 Every session runs the ``gate`` subset (train step and decode, tiny and small, fp32, default
-variants) on one pinned core (``--threads 1``: torch, XLA and BLAS pools of one),
-writing ``--benchmark-json`` files into ``--out``.
+variants) on one pinned core (``--threads 1``: torch, XLA and BLAS pools of one), writing
+``--benchmark-json`` files into ``--out``. A pair's two sessions run at once on that same core but
+never together: they take turns through two pipes (``benches/turns.py``), handing over before every
+timed round, so base and head rounds alternate and a slow spell of the machine hits both alike. The
+side that holds the first turn alternates between pairs (base, head, base). Run one after the other,
+whole sessions of an unchanged tree landed up to 30-40% apart here on short steps (a step's rounds
+switch between two speeds for seconds at a time), more than the regressions worth catching.
 
 Exit status: bench-compare's (0 no regression, 1 regression, 2 runs that cannot be compared); 1 when
 the head's benches fail; 0 with a warning when the base cannot run the head's benches (the gate is
@@ -60,18 +66,61 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | PINNED_ENV
 
 
-def session(tree: Path, json_path: Path, plugin: Path | None, extra: list[str]) -> tuple[int, float]:
-    """One pytest session of the gate subset in ``tree`` (its mtcore is imported: ``python -m``
-    puts the working directory first on sys.path). Returns (exit status, seconds)."""
+def _command(json_path: Path, plugin: Path | None, extra: list[str]) -> tuple[list[str], dict[str, str]]:
+    """One pytest session of the gate subset, in the tree it is started in (whose mtcore is imported:
+    ``python -m`` puts the working directory first on sys.path)."""
     env = _env()
     args = [sys.executable, "-m", "pytest", "benches", *SESSION_ARGS, "--benchmark-json", str(json_path), *extra]
     if plugin is not None:
         env["PYTHONPATH"] = str(plugin.parent)
         args += ["-p", plugin.stem]
+    return args, env
+
+
+def session(tree: Path, json_path: Path, plugin: Path | None, extra: list[str]) -> tuple[int, float]:
+    """One session alone. Returns (exit status, seconds)."""
+    args, env = _command(json_path, plugin, extra)
     start = time.perf_counter()
     with open(json_path.with_suffix(".log"), "w") as log:
         rc = subprocess.run(args, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     return rc, time.perf_counter() - start
+
+
+def pair(sessions: list[tuple[Path, Path, Path | None]], extra: list[str]) -> list[tuple[int, float]]:
+    """Two sessions at once, taking turns round by round (benches/turns.py): each holds the turn in
+    turn, the first gets the first one. Returns (exit status, seconds) of each."""
+    first_in, to_first = os.pipe()
+    second_in, to_second = os.pipe()
+    os.write(to_first, b"t")  # the first turn
+    procs, logs = [], []
+    start = time.perf_counter()
+    try:
+        for (tree, json_path, plugin), fds in zip(sessions, ((first_in, to_second), (second_in, to_first)), strict=True):
+            args, env = _command(json_path, plugin, extra)
+            env["MTCORE_TURNS"] = f"{fds[0]},{fds[1]}"
+            logs.append(open(json_path.with_suffix(".log"), "w"))  # noqa: SIM115 (closed below)
+            procs.append(subprocess.Popen(args, cwd=tree, env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
+                                          pass_fds=fds))
+        # Only the sessions may hold the pipes: a session sees its partner finish as end of file.
+        for fd in (first_in, to_first, second_in, to_second):
+            os.close(fd)
+        done = []
+        for proc in procs:
+            rc = proc.wait()
+            done.append((rc, time.perf_counter() - start))
+        return done
+    finally:
+        for proc in procs:  # a cancelled gate (SIGTERM) stops its sessions too
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for log in logs:
+            log.close()
+        for fd in (first_in, to_first, second_in, to_second):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,13 +188,18 @@ def _gate(trees: dict[str, Path], commit: str, out: Path, args, plugin: Path | N
         return 0
     runs: dict[str, list[Path]] = {"base": [], "head": []}
     print(f"gate: base {commit[:12]} vs head {git('rev-parse', '--short=12', 'HEAD')} (+ working tree), "
-          f"{args.pairs} pairs, interleaved; JSON and logs in {out}", flush=True)
+          f"{args.pairs} pairs taking turns; JSON and logs in {out}", flush=True)
     for i in range(args.pairs):
         order = ("base", "head") if i % 2 == 0 else ("head", "base")
-        for side in order:
-            path = out / f"{side}-{i + 1}.json"
-            rc, seconds = session(trees[side], path, plugin if side == "head" else None, args.pytest_args)
-            print(f"  {side} {i + 1}/{args.pairs}: {seconds:.0f} s, pytest exit {rc}", flush=True)
+        paths = {side: out / f"{side}-{i + 1}.json" for side in order}
+        results = pair([(trees[side], paths[side], plugin if side == "head" else None) for side in order],
+                       args.pytest_args)
+        result = dict(zip(order, results, strict=True))
+        print(f"  pair {i + 1}/{args.pairs}, taking turns, {order[0]} first: "
+              + ", ".join(f"{side} {result[side][1]:.0f} s (pytest exit {result[side][0]})" for side in order),
+              flush=True)
+        for side in ("head", "base"):  # broken benches fail the gate, even where the base broke too
+            rc, path = result[side][0], paths[side]
             if rc != 0 and side == "base":
                 warn(f"the base {commit[:12]} failed the head's benches (pytest exit {rc}; {path.with_suffix('.log')})")
                 return 0

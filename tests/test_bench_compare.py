@@ -4,7 +4,9 @@ benchmarks, other hardware and files that are not runs at all. Offline, no frame
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -300,21 +302,31 @@ def test_timed_twice_through_benchmark_json(pytester, tmp_path, capsys, monkeypa
 
 def _gate_repo(root: Path, work: int) -> Path:
     """A git repository shaped like mtcore's, small enough to gate in seconds: the real gate
-    script, an ``mtcore`` whose ``WORK`` sets how much a bench does, one bench in the gate subset."""
+    script and turn taking, an ``mtcore`` whose ``WORK`` sets how much a bench does, one bench in
+    the gate subset that logs each round's side and time to ``$ROUNDS_LOG``."""
     import shutil
     import subprocess
 
+    here = Path(__file__).resolve().parent.parent
     (root / "scripts").mkdir(parents=True)
-    shutil.copy(Path(__file__).resolve().parent.parent / "scripts" / "bench_gate.py", root / "scripts")
+    shutil.copy(here / "scripts" / "bench_gate.py", root / "scripts")
     (root / "mtcore").mkdir()
     (root / "mtcore" / "__init__.py").write_text(f"WORK = {work}\n")
     (root / "benches").mkdir()
+    shutil.copy(here / "benches" / "turns.py", root / "benches")
     (root / "benches" / "conftest.py").write_text(
+        "from turns import Turns\n\nTURNS = Turns()\n\n\n"
         "def pytest_addoption(parser):\n    parser.addoption('--threads')\n\n\n"
-        "def pytest_configure(config):\n    config.addinivalue_line('markers', 'gate: the gate subset')\n")
+        "def pytest_configure(config):\n    TURNS.start()\n"
+        "    config.addinivalue_line('markers', 'gate: the gate subset')\n\n\n"
+        "def pytest_unconfigure(config):\n    TURNS.finish()\n")
     (root / "benches" / "test_work.py").write_text(
-        "import pytest\nfrom mtcore import WORK\n\n\n@pytest.mark.gate\ndef test_work(benchmark):\n"
-        "    benchmark(lambda: sum(i * i for i in range(WORK)))\n")
+        "import os\nimport time\n\nimport pytest\nfrom conftest import TURNS\nfrom mtcore import WORK\n\n\n"
+        "def work():\n    sum(i * i for i in range(WORK))\n"
+        "    with open(os.environ['ROUNDS_LOG'], 'a') as f:\n"
+        "        f.write(f'{os.getcwd()} {time.monotonic()}\\n')\n\n\n"
+        "@pytest.mark.gate\ndef test_work(benchmark):\n"
+        "    benchmark.pedantic(work, setup=TURNS.swap, rounds=20)\n")
     (root / "conftest.py").write_text("")
     (root / "pytest.ini").write_text("[pytest]\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
@@ -329,19 +341,24 @@ def _gate(root: Path, *args: str):
     import sys
 
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("PYTEST_", "GITHUB_"))}
-    return subprocess.run([sys.executable, "scripts/bench_gate.py", "--base", "HEAD", "--out", "gate", *args, "--",
-                           "--benchmark-max-time", "0.1", "--benchmark-min-rounds", "20"],
+    env["ROUNDS_LOG"] = str(root / "rounds.log")
+    return subprocess.run([sys.executable, "scripts/bench_gate.py", "--base", "HEAD", "--out", "gate", *args],
                           cwd=root, capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.mark.slow
-def test_gate_interleaves_base_and_head_and_catches_a_slower_head(tmp_path):
+def test_gate_takes_turns_between_base_and_head_and_catches_a_slower_head(tmp_path):
     root = _gate_repo(tmp_path / "repo", work=20_000)
     (root / "mtcore" / "__init__.py").write_text("WORK = 80_000\n")  # the head: four times the work
     done = _gate(root)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
-    sides = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ") and "pytest exit" in line]
-    assert sides == ["base", "head", "head", "base", "base", "head"]
+    assert re.findall(r"taking turns, (\w+) first", done.stdout) == ["base", "head", "base"]
+    # Each pair's 40 rounds alternate between the trees: no two rounds of one side in a row.
+    sides = [Path(line.split()[0]).name for line in (root / "rounds.log").read_text().splitlines()]
+    assert len(sides) == 120 and set(sides) == {"base", "head"}
+    for i in range(0, 120, 40):
+        assert all(a != b for a, b in itertools.pairwise(sides[i:i + 40])), sides[i:i + 40]
+    assert [sides[0], sides[40], sides[80]] == ["base", "head", "base"]
     assert "**REGRESSED**: time" in done.stdout
     assert sorted(p.name for p in (root / "gate").glob("*.json")) == [
         "base-1.json", "base-2.json", "base-3.json", "head-1.json", "head-2.json", "head-3.json", "verdicts.json"]
@@ -351,9 +368,10 @@ def test_gate_interleaves_base_and_head_and_catches_a_slower_head(tmp_path):
     import sys
 
     assert len(subprocess.run(["git", "worktree", "list"], cwd=root, capture_output=True, text=True).stdout.splitlines()) == 1
-    # main's history: the subset once, no base.
+    # main's history: the subset once, no base, no partner.
     once = subprocess.run([sys.executable, "scripts/bench_gate.py", "--once", "run.json"], cwd=root,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                              "ROUNDS_LOG": str(tmp_path / "once.log")})
     assert once.returncode == 0, once.stdout[-2000:]
     assert [b["name"] for b in json.loads((root / "run.json").read_text())["benchmarks"]] == ["test_work"]
 
