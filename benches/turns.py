@@ -2,7 +2,7 @@
 head so that the machine's slow spells hit both alike.
 
 On the 2-core VM the gate was calibrated on, a benchmark's rounds switch between two speeds (e.g. a
-28 ms step runs at 55 ms for tens of seconds, then recovers), so whole sessions run one after the
+28 ms step runs at 55 ms for seconds at a time, then recovers), so whole sessions run one after the
 other landed 30-40% apart on an unchanged tree. ``scripts/bench_gate.py`` therefore starts base and
 head together, pinned to the same core, joined by two pipes (``MTCORE_TURNS=IN_FD,OUT_FD``): only the
 session holding the turn runs; before each timed round it hands the turn over and waits for it back.
@@ -22,6 +22,18 @@ ENV = "MTCORE_TURNS"
 # A partner silent this long is taken as gone (a crash that left the pipe open): run alone.
 TIMEOUT_S = 900.0
 _READY, _TURN = b"r", b"t"
+
+
+def connect() -> tuple[list[tuple[str, tuple[int, int]]], list[int]]:
+    """The pipes between two sessions: for each, its ``MTCORE_TURNS`` value and the two descriptors
+    to pass it; the first session holds the first turn. Returns those and all four descriptors,
+    which the caller closes once both sessions have started (then a session sees its partner
+    finish as end of file)."""
+    first_in, to_first = os.pipe()
+    second_in, to_second = os.pipe()
+    os.write(to_first, _TURN)
+    ends = ((first_in, to_second), (second_in, to_first))
+    return [(f"{inbox},{outbox}", (inbox, outbox)) for inbox, outbox in ends], [first_in, to_first, second_in, to_second]
 
 
 class Turns:

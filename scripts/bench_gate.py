@@ -42,6 +42,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benches"))
+import turns  # noqa: E402 (the harness's turn-taking protocol, which both sessions speak)
+
 HARNESS = ("benches", "conftest.py", "pytest.ini")
 # One pinned core per session, the same pools for every library: the gate's numbers are per core.
 PINNED_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -89,21 +92,19 @@ def session(tree: Path, json_path: Path, plugin: Path | None, extra: list[str]) 
 def pair(sessions: list[tuple[Path, Path, Path | None]], extra: list[str]) -> list[tuple[int, float]]:
     """Two sessions at once, taking turns round by round (benches/turns.py): each holds the turn in
     turn, the first gets the first one. Returns (exit status, seconds) of each."""
-    first_in, to_first = os.pipe()
-    second_in, to_second = os.pipe()
-    os.write(to_first, b"t")  # the first turn
+    ends, fds = turns.connect()
     procs, logs = [], []
     start = time.perf_counter()
     try:
-        for (tree, json_path, plugin), fds in zip(sessions, ((first_in, to_second), (second_in, to_first)), strict=True):
+        for (tree, json_path, plugin), (spec, passed) in zip(sessions, ends, strict=True):
             args, env = _command(json_path, plugin, extra)
-            env["MTCORE_TURNS"] = f"{fds[0]},{fds[1]}"
+            env[turns.ENV] = spec
             logs.append(open(json_path.with_suffix(".log"), "w"))  # noqa: SIM115 (closed below)
             procs.append(subprocess.Popen(args, cwd=tree, env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
-                                          pass_fds=fds))
+                                          pass_fds=passed))
         # Only the sessions may hold the pipes: a session sees its partner finish as end of file.
-        for fd in (first_in, to_first, second_in, to_second):
-            os.close(fd)
+        while fds:
+            os.close(fds.pop())
         done = []
         for proc in procs:
             rc = proc.wait()
@@ -116,11 +117,8 @@ def pair(sessions: list[tuple[Path, Path, Path | None]], extra: list[str]) -> li
                 proc.wait()
         for log in logs:
             log.close()
-        for fd in (first_in, to_first, second_in, to_second):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        for fd in fds:  # left open only when starting a session failed
+            os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:

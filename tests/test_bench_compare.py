@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import statistics
 from pathlib import Path
@@ -340,7 +341,7 @@ def _gate(root: Path, *args: str):
     import subprocess
     import sys
 
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("PYTEST_", "GITHUB_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "GITHUB_"))}
     env["ROUNDS_LOG"] = str(root / "rounds.log")
     return subprocess.run([sys.executable, "scripts/bench_gate.py", "--base", "HEAD", "--out", "gate", *args],
                           cwd=root, capture_output=True, text=True, timeout=300, env=env)
@@ -370,8 +371,8 @@ def test_gate_takes_turns_between_base_and_head_and_catches_a_slower_head(tmp_pa
     assert len(subprocess.run(["git", "worktree", "list"], cwd=root, capture_output=True, text=True).stdout.splitlines()) == 1
     # main's history: the subset once, no base, no partner.
     once = subprocess.run([sys.executable, "scripts/bench_gate.py", "--once", "run.json"], cwd=root,
-                          capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
-                                                                              "ROUNDS_LOG": str(tmp_path / "once.log")})
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ROUNDS_LOG": str(tmp_path / "once.log")})
     assert once.returncode == 0, once.stdout[-2000:]
     assert [b["name"] for b in json.loads((root / "run.json").read_text())["benchmarks"]] == ["test_work"]
 
