@@ -350,15 +350,9 @@ def timed(benchmark, fn, rounds: int | None, warmup_rounds: int = 2, min_rounds:
     if on_start is not None:
         on_start()
     before = speed_probe()
-    # ``setup`` runs untimed before every round. In the gate the partner session's round runs then,
-    # on this core, so one more untimed call follows it: a timed round then comes after a call of its
-    # own, with its caches, as one training step follows another, not after the partner's work.
-    def setup():
-        _turns.swap()
-        if _turns.paired:
-            fn()
-
-    result = benchmark.pedantic(fn, setup=setup, rounds=n, iterations=1, warmup_rounds=0)
+    # ``setup`` runs untimed before every round: in the gate, the partner session's round, then one
+    # more call of ``fn`` (benches/turns.py). Alone, nothing.
+    result = benchmark.pedantic(fn, setup=_turns.before_round(fn), rounds=n, iterations=1, warmup_rounds=0)
     # How fast this core was just before and just after the rounds, on a fixed workload: the
     # machine's own drift, recorded next to the rounds it may have moved (never gated on).
     benchmark.extra_info["probe_s"] = [before, speed_probe()]

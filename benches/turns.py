@@ -71,6 +71,19 @@ class Turns:
         self._send(_TURN)
         self._receive()
 
+    def before_round(self, fn):
+        """pytest-benchmark's ``setup`` for the rounds of ``fn``: hand the turn over, then, while
+        paired, one untimed call of ``fn``. The partner's round has just run on this core; the extra
+        call makes the timed round follow a call of its own, caches warm, as one training step
+        follows another, instead of paying for the partner's work."""
+
+        def setup() -> None:
+            self.swap()
+            if self.paired:
+                fn()
+
+        return setup
+
     def finish(self) -> None:
         """This session is done: the partner's next wait ends at once (end of file)."""
         self._alone()

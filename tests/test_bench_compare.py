@@ -386,3 +386,25 @@ def test_a_base_that_cannot_collect_the_heads_benches_skips_the_gate(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "WARNING: the base" in done.stdout and "cannot collect the head's benches" in done.stdout
     assert "ImportError" in done.stdout or "NEW" in done.stdout
+
+
+def test_a_paired_round_begins_with_an_untimed_call_after_the_hand_over():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benches"))
+    from turns import Turns
+
+    inbox, partner_out = os.pipe()  # what the partner sends this session
+    partner_in, outbox = os.pipe()  # what this session sends the partner
+    turns = Turns(f"{inbox},{outbox}")
+    calls = []
+    setup = turns.before_round(lambda: calls.append("call"))
+    os.write(partner_out, b"tt")  # the partner hands the turn back twice
+    setup()
+    setup()
+    assert calls == ["call", "call"] and os.read(partner_in, 8) == b"tt"  # one hand-over, one call a round
+    os.close(partner_out)  # the partner has finished: alone, no extra call, nothing sent
+    setup()
+    assert calls == ["call", "call"] and not turns.paired
+    os.close(partner_in)
+    assert Turns("").before_round(lambda: calls.append("call"))() is None and len(calls) == 2  # no gate: nothing
