@@ -37,7 +37,7 @@ bench-quick: install  ## the quick subset the regression gate tracks, saved (a c
 bench-check: install  ## the quick subset against the last saved run: fails on a slower median
 	$(call pytest,benches -m quick --benchmark-autosave --benchmark-compare --benchmark-compare-fail=$(FAIL))
 
-bench-gate: install  ## the pull-request gate here: BASE and this tree taking turns, 3 pairs, then mtcore bench-compare (~11 min)
+bench-gate: install  ## the pull-request gate here: BASE and this tree taking turns, 3 pairs, then mtcore bench-compare (~10 min)
 	$(PY) scripts/bench_gate.py --base $(BASE) --out gate
 
 test: install  ## the tests (the 15 slowest listed at the end)

@@ -101,8 +101,8 @@ def main() -> int:
 
     print("\nthreshold / floor: A/A false alarms, slower-step gates caught, decodes flagged in slower-step gates "
           "(not slowed: false alarms too)")
-    for threshold in (0.05, 0.08, 0.10, 0.15, 0.20):
-        for floor in (0.0, 0.03, 0.05):
+    for threshold in (0.10, 0.15, 0.20, 0.25):
+        for floor in (0.03, 0.05, 0.10):
             if floor > threshold:
                 continue
             alarms = [verdicts(b, h, threshold, floor) for b, h in aa]
@@ -121,7 +121,7 @@ def main() -> int:
 
     print(f"\ninjected slowdown s (A/A heads' rounds x (1 + s)), at {r.TIME_THRESHOLD:.0%} / {r.TIME_FLOOR:.0%}: "
           "benchmarks caught")
-    for s in (0.10, 0.20, 0.25, 0.30, 0.40, 0.50):
+    for s in (0.10, 0.15, 0.20, 0.25, 0.30, 0.40):
         caught = [verdicts(b, h, r.TIME_THRESHOLD, r.TIME_FLOOR, 1 + s) for b, h in aa]
         total = sum(len(b[0].benchmarks) for b, _ in aa)
         per = {}
