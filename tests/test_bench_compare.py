@@ -388,10 +388,9 @@ def test_a_base_that_cannot_collect_the_heads_benches_skips_the_gate(tmp_path):
     assert "ImportError" in done.stdout or "NEW" in done.stdout
 
 
-def test_a_paired_round_begins_with_an_untimed_call_after_the_hand_over():
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benches"))
+def test_a_paired_round_begins_with_an_untimed_call_after_the_hand_over(monkeypatch):
+    # benches/ on sys.path for this test only: it also holds a conftest.py, which must not shadow others.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benches"))
     from turns import Turns
 
     inbox, partner_out = os.pipe()  # what the partner sends this session
