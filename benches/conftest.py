@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from allocator import keep_freed_memory
 from turns import Turns
 
 import mtcore
@@ -254,6 +255,7 @@ def _stop(message: str) -> None:
 
 _budget: threads.ThreadBudget | None = None
 _config = None
+_allocator: dict = {}
 # The regression gate's base and head sessions take turns round by round (benches/turns.py);
 # alone, this does nothing.
 _turns = Turns()
@@ -261,9 +263,12 @@ _turns = Turns()
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
 def pytest_configure(config):
-    global _budget, _config
+    global _budget, _config, _allocator
     _turns.start()  # a gate session works only in its turns, start-up included
     _config = config
+    # Before the frameworks start their threads and allocate: freed memory stays in the process,
+    # so no round pays for the previous one's page faults (benches/allocator.py).
+    _allocator = keep_freed_memory()
     config.addinivalue_line("markers", "cases(kind): parametrise a bench over the cases of that kind")
     config.addinivalue_line("markers", "xdist_group(name): keep these cases on one process under --dist loadgroup")
     config.addinivalue_line("markers", "quick: the quick subset: the gate's, and the paired headline (pytest benches -m quick)")
@@ -476,6 +481,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["mtcore"] = {
         "hardware": hardware(),
         "threads": thread_budget().as_dict(),
+        "allocator": _allocator,
         "transformers": mtcore.devices.info()["transformers"],
         # Which tree's mtcore these benches measured: the gate runs them against a base checkout too.
         "source": str(Path(mtcore.__file__).resolve().parent.parent),
@@ -574,6 +580,9 @@ def _summary(terminalreporter, config):
     tr = terminalreporter
     tr.section("mtcore: throughput, MFU, memory, compile (pytest-benchmark's extra_info)")
     tr.write_line(f"thread budget: {_budget.describe()} (--threads)")
+    settings = _allocator.get("mallopt")
+    tr.write_line(f"allocator: {_allocator.get('allocator')}" + (
+        f", freed memory kept in the process (mallopt {settings})" if isinstance(settings, dict) else ""))
     header = (f"{'benchmark':58} {'median ms':>10} {'IQR %':>6} {'rounds':>6} {'tokens/s':>10} "
               f"{'TFLOP/s':>8} {'MFU':>7} {'mem MB':>8} {'compile s':>9}")
     tr.write_line(header)
