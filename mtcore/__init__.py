@@ -3,13 +3,14 @@ compare them. Importing mtcore imports neither framework."""
 
 from mtcore.backend import Backend, available, backend
 from mtcore.batch import Batch, random_batch
-from mtcore.config import PRESETS, ModelConfig, TrainConfig
+from mtcore.config import PRESETS, GenerateConfig, ModelConfig, TrainConfig
 from mtcore.errors import BackendUnavailable, MTCoreError
 
 __all__ = [
     "Backend",
     "BackendUnavailable",
     "Batch",
+    "GenerateConfig",
     "MTCoreError",
     "ModelConfig",
     "PRESETS",

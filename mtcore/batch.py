@@ -141,7 +141,7 @@ def random_batch(
 
 
 def check_source(
-    cfg: ModelConfig, src_ids, src_mask, max_len: int, num_beams: int
+    cfg: ModelConfig, src_ids, src_mask, max_len: int, num_beams: int, early_stopping: bool | str = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validated ``(src_ids, src_mask)`` int32 arrays for ``generate``; the mask defaults to
     ``src_ids != pad``."""
@@ -157,6 +157,8 @@ def check_source(
         raise MTCoreError(f"max_len must be an int in [1, {cfg.max_len}], got {max_len!r}")
     if not (isinstance(num_beams, int) and num_beams >= 1):
         raise MTCoreError(f"num_beams must be an int >= 1, got {num_beams!r}")
+    if early_stopping not in (True, False, "never"):
+        raise MTCoreError(f"early_stopping must be True, False or 'never' (as in Hugging Face), got {early_stopping!r}")
     src_ids, src_mask = src_ids.astype(np.int32), src_mask.astype(np.int32)
     # Validate as a batch with a one-token dummy target.
     ids, mask = np.full((len(src_ids), 1), cfg.eos_id, np.int32), np.ones((len(src_ids), 1), np.int32)

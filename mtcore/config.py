@@ -278,3 +278,55 @@ class TrainConfig:
         """Learning rate of the update that follows ``step`` completed updates."""
         n = step + 1
         return self.learning_rate * min(n / self.warmup_steps, math.sqrt(self.warmup_steps / n))
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """``generate``'s settings, as a Hugging Face checkpoint's generation config gives them. mtcore
+    always decodes as a Marian checkpoint asks (pad never generated, eos forced at the length
+    limit); a checkpoint that asks for anything else is refused rather than decoded differently."""
+
+    max_len: int = 64  # output positions, eos included: HF's max_length less the decoder start token
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``backend.generate``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_hf(cls, path: str | os.PathLike, cfg: ModelConfig | None = None) -> GenerateConfig:
+        """Read ``generation_config.json`` (else the generation keys of ``config.json``) in a local
+        checkpoint directory; ``cfg`` (default: ``ModelConfig.from_hf(path)``) checks the token ids."""
+        cfg = cfg or ModelConfig.from_hf(path)
+        raw: dict[str, Any] = {}
+        for name in ("config.json", "generation_config.json"):  # the second wins, as in transformers
+            file = os.path.join(os.fspath(path), name)
+            if os.path.exists(file):
+                try:
+                    with open(file) as f:
+                        raw.update(json.load(f))
+                except (OSError, ValueError) as e:
+                    raise MTCoreError(f"{file}: not a readable JSON file ({e})") from None
+        where = os.path.join(os.fspath(path), "generation_config.json")
+        unsupported = {
+            "do_sample": (False, None), "num_beam_groups": (1, None), "no_repeat_ngram_size": (0, None),
+            "repetition_penalty": (1.0, None), "min_length": (0, None), "num_return_sequences": (1, None),
+            "forced_eos_token_id": (cfg.eos_id, [cfg.eos_id], None),
+            "bad_words_ids": ([[cfg.pad_id]], None), "forced_bos_token_id": (None,),
+            "renormalize_logits": (False, None), "diversity_penalty": (0.0, None),
+        }
+        for key, allowed in unsupported.items():
+            if raw.get(key) not in allowed:
+                raise MTCoreError(f"{where}: {key}={raw[key]!r} is not supported (mtcore decodes as Marian does: "
+                                  f"{key}={allowed[0]!r})")
+        max_length = raw.get("max_length", cls.max_len + 1)
+        if "max_new_tokens" in raw and raw["max_new_tokens"] is not None:
+            max_length = raw["max_new_tokens"] + 1
+        try:
+            return cls(max_len=min(int(max_length) - 1, cfg.max_len), num_beams=int(raw.get("num_beams") or 1),
+                       length_penalty=float(raw.get("length_penalty", 1.0)),
+                       early_stopping=raw.get("early_stopping", False))
+        except (TypeError, ValueError) as e:
+            raise MTCoreError(f"{where}: {e}") from None

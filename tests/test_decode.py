@@ -8,7 +8,7 @@ from helpers import CONFIGS, hf_model, random_tree
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mtcore import random_batch
+from mtcore import GenerateConfig, random_batch
 from mtcore.jax import decode as jax_decode
 
 pytestmark = [pytest.mark.torch, pytest.mark.jax]
@@ -37,8 +37,7 @@ def test_greedy_torch_jax_hf_agree(backends, cfg, seed):
     hf = hf_model(cfg, tree).generate(
         input_ids=torch.from_numpy(batch.src_ids).long(),
         attention_mask=torch.from_numpy(batch.src_mask).long(),
-        num_beams=1, do_sample=False, max_new_tokens=MAX_LEN,
-        bad_words_ids=[[cfg.pad_id]], forced_eos_token_id=None,
+        num_beams=1, do_sample=False, max_new_tokens=MAX_LEN, bad_words_ids=[[cfg.pad_id]],
     )[:, 1:].numpy()  # drop the start token
     hf = np.pad(hf, ((0, 0), (0, MAX_LEN - hf.shape[1])), constant_values=cfg.pad_id)
     np.testing.assert_array_equal(outs["torch"], hf)
@@ -56,25 +55,6 @@ def test_beam_search_agrees_across_frameworks(backends, cfg, seed):
     }
     np.testing.assert_array_equal(outs["torch"], outs["jax"])
     _check_well_formed(cfg, outs["torch"], MAX_LEN)
-
-
-@pytest.mark.parametrize("framework", ["torch", "jax"])
-def test_one_beam_is_greedy(backends, framework):
-    cfg = CONFIGS[0]
-    be = backends[framework]
-    params = be.from_numpy(cfg, random_tree(cfg, 5))
-    batch = random_batch(cfg, 3, 7, 1, seed=5)
-    greedy = be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN)
-    # beam_search with one beam, called directly (generate routes num_beams=1 to greedy).
-    if framework == "jax":
-        beam = np.asarray(jax_decode.beam_search(params, batch.src_ids, batch.src_mask, cfg=cfg, max_len=MAX_LEN, num_beams=1))
-    else:
-        import torch
-
-        from mtcore.torch import decode as torch_decode
-
-        beam = torch_decode.beam_search(params, torch.from_numpy(batch.src_ids), torch.from_numpy(batch.src_mask), MAX_LEN, 1).numpy()
-    np.testing.assert_array_equal(beam, greedy)
 
 
 def _sequence_logprob(be, params, cfg, src_ids, src_mask, out):
@@ -134,3 +114,99 @@ def test_generation_stops_at_eos(backends):
             out = be.generate(be.from_numpy(cfg, tree), cfg, batch.src_ids, max_len=6, num_beams=beams)
             assert out[:, 0].tolist() == [cfg.eos_id] * 2
             assert (out[:, 1:] == cfg.pad_id).all()
+
+
+# (num_beams, length_penalty, early_stopping) of the checkpoints below: greedy, HF's default beam
+# search, and its other two stopping rules with a penalty that favours long or short outputs.
+SETTINGS = [(1, 1.0, False), (3, 1.0, False), (3, 2.0, "never"), (4, 0.5, True)]
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"beams{s[0]}-lp{s[1]}-es{s[2]}")
+@given(cfg=st.sampled_from(CONFIGS[:2]), seed=st.integers(0, 2**16), eos_bias=st.sampled_from([0.0, 4.0, 6.0]))
+def test_generate_is_hf_generate_with_the_checkpoints_own_settings(backends, tmp_path_factory, settings, cfg, seed,
+                                                                   eos_bias):
+    """A saved random Marian checkpoint whose generation config sets the length limit, the beams,
+    the length penalty and early stopping: mtcore, reading those settings from the directory, gives
+    what ``MarianMTModel.generate`` gives with no arguments but the source. Random weights rarely
+    say eos, so most rows run into the length limit (where eos is forced); ``eos_bias`` makes eos
+    likely enough that hypotheses also finish early, among the candidates and in the finished set."""
+    import torch
+    from transformers import MarianMTModel
+
+    num_beams, length_penalty, early_stopping = settings
+    tree = random_tree(cfg, seed)
+    tree["final_logits_bias"][cfg.eos_id] += eos_bias
+    path = tmp_path_factory.mktemp("marian")
+    model = hf_model(cfg, tree)
+    model.generation_config.update(max_length=MAX_LEN + 1, num_beams=num_beams, length_penalty=length_penalty,
+                                   early_stopping=early_stopping, bad_words_ids=[[cfg.pad_id]],
+                                   forced_eos_token_id=cfg.eos_id, decoder_start_token_id=cfg.decoder_start_id)
+    model.save_pretrained(path)
+    batch = random_batch(cfg, 3, 7, 1, seed=seed)
+    with torch.no_grad():
+        hf = MarianMTModel.from_pretrained(path).eval().generate(
+            input_ids=torch.from_numpy(batch.src_ids).long(), attention_mask=torch.from_numpy(batch.src_mask).long(),
+        )[:, 1:].numpy()  # drop the start token
+    hf = np.pad(hf, ((0, 0), (0, MAX_LEN - hf.shape[1])), constant_values=cfg.pad_id)
+    gen = GenerateConfig.from_hf(path)
+    assert gen == GenerateConfig(MAX_LEN, num_beams, length_penalty, early_stopping)
+    for name, be in backends.items():
+        out = be.generate(be.load_hf(path), cfg, batch.src_ids, batch.src_mask, **gen.kwargs())
+        np.testing.assert_array_equal(out, hf, err_msg=f"{name} {settings}")
+        _check_well_formed(cfg, out, MAX_LEN)
+    # Rows that reach the limit end with the forced eos.
+    assert all(row[-1] in (cfg.eos_id, cfg.pad_id) for row in hf)
+
+
+def test_rows_that_reach_the_length_limit_end_with_eos(backends):
+    cfg = CONFIGS[0]
+    tree = random_tree(cfg, 2)
+    tree["final_logits_bias"][cfg.eos_id] = -1e4  # eos never chosen freely: every row runs to the limit
+    batch = random_batch(cfg, 2, 5, 1)
+    for name, be in backends.items():
+        for beams in (1, 3):
+            out = be.generate(be.from_numpy(cfg, tree), cfg, batch.src_ids, max_len=6, num_beams=beams)
+            assert (out[:, -1] == cfg.eos_id).all() and (out[:, :-1] != cfg.eos_id).all(), (name, beams, out)
+
+
+@pytest.mark.parametrize("text, error", [
+    ('{"do_sample": true}', "do_sample=True is not supported"),
+    ('{"forced_eos_token_id": 5}', "forced_eos_token_id=5 is not supported"),
+    ('{"num_beams": "many"}', "invalid literal"),
+    ("{not json", "not a readable JSON file"),
+])
+def test_generation_settings_mtcore_cannot_follow_are_refused(tmp_path, text, error):
+    from mtcore import MTCoreError
+
+    cfg = CONFIGS[0]
+    (tmp_path / "generation_config.json").write_text(text)
+    with pytest.raises(MTCoreError, match=error):
+        GenerateConfig.from_hf(tmp_path, cfg)
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_beam_search_is_hfs_on_many_rows_that_finish_early(backends, framework):
+    """HF's candidate and finished-set rules matter only where hypotheses end before the limit
+    and compete: with eos made likely, 320 rows (one compiled shape), each equal to HF's."""
+    import torch
+
+    cfg, be = CONFIGS[0], backends[framework]
+    early = 0
+    for seed in range(5):
+        for eos_bias in (6.0, 8.0):
+            tree = random_tree(cfg, seed)
+            tree["final_logits_bias"][cfg.eos_id] += eos_bias
+            batch = random_batch(cfg, 32, 7, 1, seed=seed)
+            model = hf_model(cfg, tree)
+            model.generation_config.update(bad_words_ids=[[cfg.pad_id]], forced_eos_token_id=cfg.eos_id)
+            with torch.no_grad():
+                hf = model.generate(input_ids=torch.from_numpy(batch.src_ids).long(),
+                                    attention_mask=torch.from_numpy(batch.src_mask).long(),
+                                    num_beams=3, max_length=MAX_LEN + 1)[:, 1:].numpy()
+            hf = np.pad(hf, ((0, 0), (0, MAX_LEN - hf.shape[1])), constant_values=cfg.pad_id)
+            out = be.generate(be.from_numpy(cfg, tree), cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN, num_beams=3)
+            np.testing.assert_array_equal(out, hf, err_msg=f"seed {seed}, eos bias {eos_bias}")
+            early += int((hf[:, :-1] == cfg.eos_id).any(1).sum())
+    assert early >= 50, f"only {early} of 320 rows finished before the limit: the test lost its point"

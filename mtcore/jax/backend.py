@@ -240,14 +240,18 @@ class JaxBackend:
         max_len: int = 64,
         num_beams: int = 1,
         length_penalty: float = 1.0,
+        early_stopping: bool | str = False,
     ) -> np.ndarray:
-        src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams)
+        """``(B, max_len)`` int32 token ids, decoded as Hugging Face's ``generate`` does with a Marian
+        checkpoint's own settings (``GenerateConfig.from_hf`` reads them: pass ``**gen.kwargs()``)."""
+        src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams, early_stopping)
         ids, mask = jax.device_put((src_ids, src_mask), self.jax_device)
         if num_beams == 1:
             out = decode.greedy(params, ids, mask, cfg=cfg, max_len=max_len)
         else:
             out = decode.beam_search(
-                params, ids, mask, cfg=cfg, max_len=max_len, num_beams=num_beams, length_penalty=float(length_penalty)
+                params, ids, mask, cfg=cfg, max_len=max_len, num_beams=num_beams, length_penalty=float(length_penalty),
+                early_stopping=early_stopping,
             )
         return np.asarray(out, np.int32)
 
@@ -255,7 +259,13 @@ class JaxBackend:
         """Nothing to do: dropout keys derive from the train state's key and step."""
 
     def sync(self, value: Any = None) -> Any:
-        """Wait for ``value``'s computation (JAX is asynchronous per array); returns ``value``."""
+        """Wait for ``value``'s computation, or without one for all work queued in this process,
+        as ``torch.cuda.synchronize()`` does (JAX is asynchronous per array: a user timing
+        ``step(); sync()`` must not measure the dispatch alone); returns ``value``."""
+        if value is None:
+            jax.block_until_ready(jax.live_arrays())
+            jax.effects_barrier()
+            return None
         return jax.block_until_ready(value)
 
     def devices(self) -> list[str]:

@@ -97,9 +97,10 @@ class TorchBackend:
             state.model = parallel.wrap(params, self.device)
         return state
 
-    def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, compile: bool = False):
+    def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, compile: bool | str = False):
         """``step(state, batch)`` on a global ``Batch`` (this rank takes its rows) or on tensors
-        from ``device_batch``. ``compile``: forward and loss through ``torch.compile``."""
+        from ``device_batch``. ``compile``: forward and loss through ``torch.compile`` (a string:
+        its mode, e.g. "reduce-overhead" for CUDA graphs)."""
         many = self.world.devices > 1
         step = train.make_train_step(cfg, tcfg, compile=compile, world_size=self.world.devices,
                                      sum_over_ranks=parallel.sum_over_ranks if many else None)
@@ -109,7 +110,7 @@ class TorchBackend:
 
         return train_step
 
-    def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool = False,
+    def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool | str = False,
                            fresh: bool = True):
         """``(step, seconds, state, metrics)`` after the first update: the seconds are its call's
         (with ``compile``: ``torch.compile`` plus that update; from scratch with ``fresh``, else
@@ -185,15 +186,18 @@ class TorchBackend:
         max_len: int = 64,
         num_beams: int = 1,
         length_penalty: float = 1.0,
+        early_stopping: bool | str = False,
     ) -> np.ndarray:
-        src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams)
+        """``(B, max_len)`` int32 token ids, decoded as Hugging Face's ``generate`` does with a Marian
+        checkpoint's own settings (``GenerateConfig.from_hf`` reads them: pass ``**gen.kwargs()``)."""
+        src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams, early_stopping)
         params.eval()
         ids = torch.from_numpy(src_ids).to(self.device)
         mask = torch.from_numpy(src_mask).to(self.device)
         if num_beams == 1:
             out = decode.greedy(params, ids, mask, max_len)
         else:
-            out = decode.beam_search(params, ids, mask, max_len, num_beams, length_penalty)
+            out = decode.beam_search(params, ids, mask, max_len, num_beams, length_penalty, early_stopping)
         return out.cpu().numpy().astype(np.int32)
 
     def reseed(self, seed: int) -> None:
@@ -270,14 +274,16 @@ class HFBackend(TorchBackend):
         return super().compile_train_step(cfg, tcfg, state, batch)
 
     def generate(self, params: HFMarian, cfg: ModelConfig, src_ids, src_mask=None, *, max_len=64, num_beams=1,
-                 length_penalty=1.0) -> np.ndarray:
-        src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams)
+                 length_penalty=1.0, early_stopping=False) -> np.ndarray:
+        src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams, early_stopping)
         params.eval()
         with torch.no_grad():
+            # A Marian checkpoint's generation settings, stated: a model built from a config alone
+            # may not carry them.
             out = params.hf.generate(
                 input_ids=torch.from_numpy(src_ids).to(self.device),
                 attention_mask=torch.from_numpy(src_mask).to(self.device),
-                num_beams=num_beams, do_sample=False, max_new_tokens=max_len, length_penalty=length_penalty,
-                bad_words_ids=[[cfg.pad_id]], forced_eos_token_id=None,
+                num_beams=num_beams, do_sample=False, max_length=max_len + 1, length_penalty=length_penalty,
+                early_stopping=early_stopping, bad_words_ids=[[cfg.pad_id]], forced_eos_token_id=cfg.eos_id,
             )[:, 1:].cpu().numpy()
         return np.pad(out, ((0, 0), (0, max_len - out.shape[1])), constant_values=cfg.pad_id).astype(np.int32)

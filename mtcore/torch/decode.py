@@ -1,4 +1,20 @@
-"""Greedy and beam-search decoding in PyTorch with a key/value cache. Mirrors ``mtcore/jax/decode.py``."""
+"""Greedy and beam-search decoding in PyTorch with a key/value cache. Mirrors ``mtcore/jax/decode.py``.
+
+Both follow Hugging Face's ``generate`` for a Marian checkpoint with its own settings: pad is never
+generated (its ``bad_words_ids``), the last position is forced to eos when the length limit is
+reached (``forced_eos_token_id``), and beam search is HF's: ``2 * num_beams`` candidates per step,
+the best ``num_beams`` unfinished ones run on, finished ones enter a set of the ``num_beams`` best
+by ``sum log p / length ** length_penalty``, and the search ends when no running beam can beat
+that set (``early_stopping``: False, True or "never", as in HF). The masks (-1e9) and the order of
+operations are HF's, so ties and rounding break the same way.
+
+The cache is static: allocated once for ``max_len`` positions and written in place, with the
+position a device tensor, so every step runs the same shapes. The loop runs to ``max_len`` with
+finished rows masked, as JAX's ``while_loop`` does; the host asks whether to stop (a sync with
+the device) every token on a CPU, where it costs nothing, and every ``SYNC_EVERY`` tokens on an
+accelerator, where each ask stalls the queue (PyTorch's performance tuning guide: avoid
+unnecessary CPU-GPU synchronization). Steps past the end change nothing, so the output is the same.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +23,24 @@ import torch
 from mtcore.config import ModelConfig
 from mtcore.torch.model import Transformer, init_cache
 
+MASKED = -1.0e9  # HF's score for a candidate that may not be chosen
+SYNC_EVERY = 8  # tokens between "stop?" checks on an accelerator
 
-def _next_logprobs(cfg: ModelConfig, logits: torch.Tensor) -> torch.Tensor:
-    # The pad id doubles as the decoder start token: never a word to emit.
+
+def _next_logprobs(cfg: ModelConfig, logits: torch.Tensor, i: int, max_len: int) -> torch.Tensor:
+    """Log-probabilities of the token at position ``i`` ``(N, V)``, as HF's logits processors
+    leave them: pad banned (it doubles as the decoder start token), eos forced at the last position."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     logp[:, cfg.pad_id] = -torch.inf
+    if i == max_len - 1:
+        logp.fill_(-torch.inf)[:, cfg.eos_id] = 0.0
     return logp
+
+
+def _stop(go: torch.Tensor, i: int) -> bool:
+    """Whether to leave the loop, asked only where asking is cheap (see the module's docstring)."""
+    every = 1 if go.device.type == "cpu" else SYNC_EVERY
+    return (i + 1) % every == 0 and not bool(go)
 
 
 @torch.no_grad()
@@ -22,17 +50,23 @@ def greedy(model: Transformer, src_ids: torch.Tensor, src_mask: torch.Tensor, ma
     b = src_ids.shape[0]
     enc = model.encode(src_ids, src_mask)  # (B, S, D)
     cache = init_cache(cfg, b, max_len, enc.dtype, enc.device)
+    positions = torch.arange(max_len, device=enc.device)  # a view per step: no host-to-device copy
     token = torch.full((b,), cfg.decoder_start_id, dtype=torch.long, device=enc.device)
     out = torch.full((b, max_len), cfg.pad_id, dtype=torch.long, device=enc.device)
     done = torch.zeros(b, dtype=torch.bool, device=enc.device)
     for i in range(max_len):
-        logp = _next_logprobs(cfg, model.decode_step(token, i, cache, enc, src_mask))  # (B, V)
-        token = torch.where(done, cfg.pad_id, logp.argmax(-1))
+        logits, cache = model.decode_step(token, positions[i], cache, enc, src_mask)
+        token = torch.where(done, cfg.pad_id, _next_logprobs(cfg, logits, i, max_len).argmax(-1))
         out[:, i] = token
         done |= token == cfg.eos_id
-        if bool(done.all()):
+        if _stop(~done.all(), i):
             break
     return out
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, j]]`` for ``x`` ``(B, N, ...)`` and ``index`` ``(B, M)``: ``(B, M, ...)``."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], index]
 
 
 @torch.no_grad()
@@ -43,38 +77,62 @@ def beam_search(
     max_len: int,
     num_beams: int = 4,
     length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
 ) -> torch.Tensor:
-    """``(B, max_len)`` best hypothesis per row by ``sum log p / length ** length_penalty``."""
+    """``(B, max_len)`` the best finished hypothesis per row."""
     cfg = model.cfg
-    b, k = src_ids.shape[0], num_beams
+    b, k, v = src_ids.shape[0], num_beams, cfg.vocab_size
+    keep = 2 * k  # candidates per row: k may end at once and k still run on
     dev = src_ids.device
     enc = model.encode(src_ids, src_mask).repeat_interleave(k, 0)  # (B*K, S, D)
     src_mask = src_mask.repeat_interleave(k, 0)  # (B*K, S)
+    in_top_k = torch.arange(keep, device=dev) < k  # (2K,): only the best k candidates may finish
     cache = init_cache(cfg, b * k, max_len, enc.dtype, enc.device)
+    positions = torch.arange(max_len, device=dev)
     token = torch.full((b * k,), cfg.decoder_start_id, dtype=torch.long, device=dev)
-    seqs = torch.full((b, k, max_len), cfg.pad_id, dtype=torch.long, device=dev)
-    scores = torch.full((b, k), -torch.inf, device=dev)
-    scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    done = torch.zeros((b, k), dtype=torch.bool, device=dev)
-    finished_row = torch.full((cfg.vocab_size,), -torch.inf, device=dev)
-    finished_row[cfg.pad_id] = 0.0  # a finished hypothesis only grows padding, at no cost
+    running = torch.full((b, k, max_len), cfg.pad_id, dtype=torch.long, device=dev)
+    running_scores = torch.full((b, k), MASKED, device=dev)
+    running_scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    seqs, scores = running.clone(), torch.full((b, k), MASKED, device=dev)
+    finished = torch.zeros((b, k), dtype=torch.bool, device=dev)
+    improvable = torch.ones((b, 1), dtype=torch.bool, device=dev)
     for i in range(max_len):
-        logp = _next_logprobs(cfg, model.decode_step(token, i, cache, enc, src_mask))
-        logp = logp.view(b, k, -1)  # (B, K, V)
-        logp = torch.where(done[..., None], finished_row, logp)
-        scores, flat = (scores[..., None] + logp).view(b, -1).topk(k, dim=-1)  # (B, K)
-        beam, token = flat // cfg.vocab_size, flat % cfg.vocab_size
-        rows = (torch.arange(b, device=dev)[:, None] * k + beam).view(-1)  # (B*K,)
-        for layer in cache:
-            for name in layer:
-                if name in ("k", "v"):
-                    layer[name] = layer[name].index_select(0, rows)
-        seqs = seqs.gather(1, beam[..., None].expand(-1, -1, max_len))
-        seqs[:, :, i] = token
-        done = done.gather(1, beam) | (token == cfg.eos_id)
-        token = token.view(-1)
-        if bool(done.all()):
+        logits, cache = model.decode_step(token, positions[i], cache, enc, src_mask)
+        logp = _next_logprobs(cfg, logits, i, max_len).view(b, k, v) + running_scores[..., None]  # (B, K, V)
+        cand_scores, flat = logp.view(b, k * v).topk(keep, dim=-1)  # (B, 2K)
+        beam, cand_token = flat // v, flat % v
+        cand_seqs = _gather(running, beam)  # (B, 2K, T)
+        cand_seqs[:, :, i] = cand_token
+        ends = (cand_token == cfg.eos_id) | (i + 1 >= max_len)  # (B, 2K)
+
+        # The best k candidates that did not end run on.
+        run_scores = cand_scores + ends.float() * MASKED
+        chosen = run_scores.topk(k, dim=-1).indices  # (B, K)
+        running, running_scores = _gather(cand_seqs, chosen), _gather(run_scores, chosen)
+        rows = (torch.arange(b, device=dev)[:, None] * k + _gather(beam, chosen)).view(-1)  # (B*K,)
+        # Cache arrays are (L, B*K, ...): reorder the hypotheses' self-attention history, in place.
+        for name in ("k", "v"):
+            cache[name].copy_(cache[name].index_select(1, rows))
+
+        # Candidates among the best k that ended enter the finished set, length-normalised.
+        just_finished = ends & in_top_k
+        fin_scores = cand_scores / ((i + 1) ** length_penalty)
+        full = finished.all(-1, keepdim=True) & (early_stopping is True)
+        fin_scores += full.float() * MASKED
+        fin_scores += (~improvable).float() * MASKED
+        fin_scores += (~just_finished).float() * MASKED
+        best = torch.cat([scores, fin_scores], 1).topk(k, dim=-1).indices
+        seqs = _gather(torch.cat([seqs, cand_seqs], 1), best)
+        scores = _gather(torch.cat([scores, fin_scores], 1), best)
+        finished = _gather(torch.cat([finished, just_finished], 1), best)
+
+        # Can a running beam still beat the worst finished one? (HF's heuristic.)
+        length = max_len if (early_stopping == "never" and length_penalty > 0.0) else i + 1
+        best_running = running_scores[:, :1] / (length**length_penalty)
+        worst_finished = torch.where(finished, scores.min(1, keepdim=True).values, MASKED)
+        improvable = improvable & (best_running > worst_finished).any(-1, keepdim=True)
+        go = improvable.any() & ~(finished.all() & (early_stopping is True)) & ~ends.all()
+        token = _gather(cand_token, chosen).view(-1)
+        if _stop(go, i):
             break
-    lengths = (seqs != cfg.pad_id).sum(-1).clamp_min(1).float()  # (B, K)
-    best = (scores / lengths**length_penalty).argmax(-1)  # (B,)
-    return seqs[torch.arange(b, device=dev), best]
+    return seqs[:, 0]

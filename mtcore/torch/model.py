@@ -14,8 +14,21 @@ from mtcore.weights import sinusoidal_positions
 ACTIVATIONS = {"swish": F.silu, "relu": F.relu, "gelu": F.gelu}
 
 # A decoding cache per layer: self-attention keys/values written step by step, and the
-# cross-attention keys/values of the source, computed at the first step.
+# cross-attention keys/values of the source, computed at the first step. The decoder's cache
+# stacks them over layers (``init_cache``), as the JAX one does.
 LayerCache = dict[str, torch.Tensor]
+
+
+def _layer_norm(cfg: ModelConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(cfg.d_model, eps=1e-5)
+
+
+def _init_weights(module: nn.Module) -> None:
+    # Marian/BART initialisation: N(0, 0.02) weights, zero biases.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
 
 
 class MlpBlock(nn.Module):
@@ -41,14 +54,18 @@ class Attention(nn.Module):
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        return x.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, H, T, Dh)
+        return x.view(b, t, self.num_heads, d // self.num_heads)  # (B, T, H, Dh)
 
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.heads(self.k_proj(x)), self.heads(self.v_proj(x))  # (B, H, S, Dh) each
+        return self.heads(self.k_proj(x)), self.heads(self.v_proj(x))  # (B, S, H, Dh) each
 
     def forward(self, x, k, v, mask=None, is_causal=False) -> torch.Tensor:
-        q = self.heads(self.q_proj(x))  # (B, H, T, Dh)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        q = self.heads(self.q_proj(x))  # (B, T, H, Dh)
+        # SDPA takes (B, H, T, Dh): transposed views, the last axis stays contiguous (what its
+        # fused kernels need), so nothing is copied.
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=is_causal
+        )  # (B, H, T, Dh)
         b, _, t, _ = o.shape
         return self.out_proj(o.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)
 
@@ -80,25 +97,25 @@ class DecoderLayer(nn.Module):
         self.final_layer_norm = _layer_norm(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, y, enc, src_mask, cache: LayerCache | None = None, index: int | None = None):
-        """Whole target sequence (``cache`` None) or one step at position ``index``, updating
-        ``cache`` in place."""
+    def forward(self, y, enc, src_mask, cache: LayerCache | None, index: torch.Tensor | None):
+        """Whole target sequence (``cache`` None) or one step at position ``index`` (a 0-d tensor:
+        one program for every position); returns the updated cache as the second output."""
         k, v = self.self_attn.project_kv(y)
         if cache is None:
             a = self.self_attn(y, k, v, is_causal=True)
             ck, cv = self.encoder_attn.project_kv(enc)
         else:
-            cache["k"][:, :, index : index + 1] = k
-            cache["v"][:, :, index : index + 1] = v
-            seen = (torch.arange(cache["k"].shape[2], device=y.device) <= index)[None, None, None, :]  # (1, 1, 1, Tmax)
-            a = self.self_attn(y, cache["k"], cache["v"], mask=seen)
-            if "ck" not in cache:
-                cache["ck"], cache["cv"] = self.encoder_attn.project_kv(enc)
-            ck, cv = cache["ck"], cache["cv"]
+            # In place: the cache keeps its buffers from step to step (what a CUDA graph replays).
+            k = cache["k"].index_copy_(1, index.view(1), k.to(cache["k"].dtype))  # (B, Tmax, H, Dh)
+            v = cache["v"].index_copy_(1, index.view(1), v.to(cache["v"].dtype))
+            seen = (torch.arange(k.shape[1], device=y.device) <= index)[None, None, None, :]  # (1, 1, 1, Tmax)
+            a = self.self_attn(y, k, v, mask=seen)
+            ck, cv = (cache["ck"], cache["cv"]) if "ck" in cache else self.encoder_attn.project_kv(enc)
+            cache = {"k": k, "v": v, "ck": ck, "cv": cv}
         y = self.self_attn_layer_norm(y + self.dropout(a))
         y = self.encoder_attn_layer_norm(y + self.dropout(self.encoder_attn(y, ck, cv, mask=src_mask)))
         y = self.final_layer_norm(y + self.dropout(self.mlp(y)))
-        return y
+        return y, cache
 
 
 class Encoder(nn.Module):
@@ -117,10 +134,18 @@ class Decoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
 
-    def forward(self, y, enc, src_mask, cache: list[LayerCache] | None = None, index: int | None = None):
+    def forward(self, y, enc, src_mask, cache: LayerCache | None = None, index: torch.Tensor | None = None):
+        """``(y, cache)``: the cache's arrays are stacked over layers, ``(L, ...)``."""
+        if cache is None:
+            for layer in self.layers:
+                y, _ = layer(y, enc, src_mask, None, None)
+            return y, None
+        outs = []
         for i, layer in enumerate(self.layers):
-            y = layer(y, enc, src_mask, None if cache is None else cache[i], index)
-        return y
+            y, out = layer(y, enc, src_mask, {name: a[i] for name, a in cache.items()}, index)
+            outs.append(out)
+        # k and v were written into the stacked arrays in place; the first step adds ck and cv.
+        return y, {name: cache[name] if name in cache else torch.stack([o[name] for o in outs]) for name in outs[0]}
 
 
 class Transformer(nn.Module):
@@ -139,9 +164,10 @@ class Transformer(nn.Module):
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         self.apply(_init_weights)
 
-    def embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def embed(self, ids: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
         x = self.shared(ids) * self.embed_scale  # (B, T, D)
-        return self.dropout(x + self.positions[offset : offset + ids.shape[1]])
+        pos = self.positions[torch.arange(ids.shape[1], device=ids.device) + offset]  # (T, D); offset may be a tensor
+        return self.dropout(x + pos.to(x.dtype))
 
     @staticmethod
     def key_mask(src_mask: torch.Tensor) -> torch.Tensor:
@@ -154,35 +180,23 @@ class Transformer(nn.Module):
         return F.linear(y, self.shared.weight) + self.final_logits_bias  # (B, T, V)
 
     def decode(self, tgt_in, enc, src_mask):
-        return self.logits(self.decoder(self.embed(tgt_in), enc, self.key_mask(src_mask)))
+        y, _ = self.decoder(self.embed(tgt_in), enc, self.key_mask(src_mask))
+        return self.logits(y)
 
     def forward(self, src_ids, src_mask, tgt_in):
         return self.decode(tgt_in, self.encode(src_ids, src_mask), src_mask)
 
-    def decode_step(self, token, index: int, cache, enc, src_mask):
-        """Logits ``(B, V)`` for the next token after ``token`` ``(B,)`` at position ``index``."""
+    def decode_step(self, token, index: torch.Tensor, cache, enc, src_mask):
+        """Logits ``(B, V)`` for the next token after ``token`` ``(B,)`` at position ``index``, and
+        the updated cache."""
         y = self.embed(token[:, None], offset=index)  # (B, 1, D)
-        y = self.decoder(y, enc, self.key_mask(src_mask), cache, index)
-        return self.logits(y)[:, 0]
+        y, cache = self.decoder(y, enc, self.key_mask(src_mask), cache, index)
+        return self.logits(y)[:, 0], cache
 
 
-def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=torch.float32, device=None) -> list[LayerCache]:
-    """Empty self-attention keys/values ``(B, H, Tmax, Dh)`` per layer; the first step adds the
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=torch.float32, device=None) -> LayerCache:
+    """Empty self-attention keys/values ``(L, B, Tmax, H, Dh)``; the first step adds the
     cross-attention ones."""
-    shape = (batch_size, cfg.num_heads, max_len, cfg.head_dim)
-    return [
-        {"k": torch.zeros(shape, dtype=dtype, device=device), "v": torch.zeros(shape, dtype=dtype, device=device)}
-        for _ in range(cfg.decoder_layers)
-    ]
+    shape = (cfg.decoder_layers, batch_size, max_len, cfg.num_heads, cfg.head_dim)
+    return {"k": torch.zeros(shape, dtype=dtype, device=device), "v": torch.zeros(shape, dtype=dtype, device=device)}
 
-
-def _layer_norm(cfg: ModelConfig) -> nn.LayerNorm:
-    return nn.LayerNorm(cfg.d_model, eps=1e-5)
-
-
-def _init_weights(module: nn.Module) -> None:
-    # Marian/BART initialisation: N(0, 0.02) weights, zero biases.
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
