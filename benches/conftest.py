@@ -83,6 +83,12 @@ class Case:
         """fp32 and the framework's default variant: the configuration the regression gate tracks."""
         return self.precision == "fp32" and self.variant == DEFAULT_VARIANT[self.framework]
 
+    @property
+    def compile(self) -> bool | str:
+        """torch's ``compile`` argument: ``torch.compile`` (default mode) or with CUDA graphs
+        (``reduce-overhead``: the whole step replayed as one graph, no per-kernel launch cost)."""
+        return {"compile": True, "cudagraphs": "reduce-overhead"}.get(self.variant, False)
+
 
 @dataclass(frozen=True)
 class Pairing:
@@ -169,11 +175,13 @@ def _cases(kind: str, frameworks, devices, sizes) -> list:
             for fw in ("torch", "jax"):
                 if fw not in frameworks:
                     continue
+                # CUDA graphs where kernel launches cost something: on a GPU.
+                graphs = [Case(fw, device, size, variant="cudagraphs")] if fw == "torch" and device == "gpu" else []
                 if kind == "train":
                     cases += [Case(fw, device, size), Case(fw, device, size, "bf16"),
-                              Case(fw, device, size, variant=OTHER_VARIANT[fw])]
+                              Case(fw, device, size, variant=OTHER_VARIANT[fw])] + graphs
                 elif kind == "compile":
-                    cases += [Case(fw, device, size, variant="compile")] if fw == "torch" else [
+                    cases += [Case(fw, device, size, variant="compile")] + graphs if fw == "torch" else [
                         Case(fw, device, size), Case(fw, device, size, variant="loop")]
                 elif kind == "decode":
                     cases.append(Case(fw, device, size))
@@ -212,7 +220,7 @@ def _marks(case, kind: str) -> list:
                                                      f"{case.framework} sees {seen} ({what})"))
     if case.device in ("gpu", "tpu"):
         marks.append(getattr(pytest.mark, case.device))
-    if case.size in ("base", "marian-en-hu") or case.variant == "compile":
+    if case.size in ("base", "marian-en-hu") or case.variant in ("compile", "cudagraphs"):
         marks.append(pytest.mark.slow)
     # The quick subset: what the regression gate tracks. fp32, default variants, the default
     # sizes; train steps of mtcore's two implementations, decoding, and the paired headline.
@@ -227,7 +235,7 @@ def _marks(case, kind: str) -> list:
     # 24 layers on a CPU) do not queue behind them.
     # JAX's compile and train benches of one program share a process too, so the train bench runs
     # the program the compile bench just built instead of compiling it again.
-    if case.variant == "compile":
+    if case.variant in ("compile", "cudagraphs"):
         marks.append(pytest.mark.xdist_group("torch-compile"))
     elif case.variant == "loop":
         marks.append(pytest.mark.xdist_group("jax-loop"))

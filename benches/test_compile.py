@@ -19,7 +19,7 @@ from mtcore.metrics import smoothed_loss
 def fresh_compile(case, cfg, tcfg, tree, data):
     be = case.backend()
     state = be.init_train_state(be.from_numpy(cfg, tree), tcfg)
-    _, seconds, state, metrics = be.compile_train_step(cfg, tcfg, state, data, compile=True)
+    _, seconds, state, metrics = be.compile_train_step(cfg, tcfg, state, data, compile=case.compile or True)
     loss = float(be.sync(metrics["loss"]))
     assert math.isfinite(loss), f"{case.id}: loss {loss} after the freshly compiled step"
     return seconds, loss

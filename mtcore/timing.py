@@ -141,6 +141,39 @@ def process_max_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
+class HostMemory:
+    """What a stretch of work made resident in this process: the resident-set peak since this
+    object was made, minus the resident set then. Linux only (``/proc/self/clear_refs`` resets the
+    peak, ``VmHWM`` reads it); elsewhere ``growth()`` is None. Not deterministic: allocators keep
+    freed memory, so it says what the work held, not what it needs."""
+
+    def __init__(self) -> None:
+        self.start = _status_bytes("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak resident set (VmHWM) to the current one
+            self.reset = True
+        except OSError:
+            self.reset = False
+
+    def growth(self) -> int | None:
+        peak = _status_bytes("VmHWM")
+        if not self.reset or peak is None or self.start is None:
+            return None
+        return max(peak - self.start, 0)
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 def torch_peak_memory(reset: bool = False) -> int | None:
     """Peak CUDA allocator bytes since the last reset, or None off CUDA."""
     import torch

@@ -90,3 +90,19 @@ def test_bad_input_to_the_public_api(backends, framework, tmp_path):
         be.load_hf(tmp_path)
     with pytest.raises(MTCoreError, match="do not match the model config"):
         be.from_numpy(cfg, init_tree(cfg.replace(decoder_layers=3)))
+
+
+@pytest.mark.jax
+def test_jax_sync_without_a_value_waits_for_all_queued_work(backends):
+    """``step(); be.sync()`` must time the step, not its dispatch: JAX returns arrays before their
+    computation ends, so ``sync()`` waits for every live array."""
+    import jax
+    import jax.numpy as jnp
+
+    be = backends["jax"]
+    chain = jax.jit(lambda x: jax.lax.fori_loop(0, 40, lambda _, a: jnp.tanh(a @ a), x))
+    x = jnp.full((768, 768), 1e-3, jnp.float32)
+    be.sync(chain(x))  # compiled and run once: what follows is dispatch and execution only
+    out = chain(x)  # ~0.5 s of matmuls on one core, queued
+    assert be.sync() is None
+    assert out.is_ready()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -72,3 +73,15 @@ def test_fresh_inductor_caches_are_removed_when_the_process_exits(tmp_path):
     assert len(parents) == 1 and parents.pop().startswith(str(tmp_path))
     # (torch keeps its own default cache, torchinductor_USER, beside: not ours to remove)
     assert list(tmp_path.glob("mtcore-*")) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/clear_refs and VmHWM are Linux's")
+def test_host_memory_counts_what_the_work_made_resident():
+    from mtcore.timing import HostMemory
+
+    before = HostMemory()
+    block = np.ones(64 << 20, np.uint8)  # 64 MB, written: resident
+    del block  # freed again: the peak, not the end, is what counts
+    grown = before.growth()
+    assert grown is not None and 60 << 20 <= grown < 200 << 20, grown
+    assert HostMemory().growth() < 16 << 20  # a fresh start forgets the earlier peak

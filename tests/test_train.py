@@ -118,3 +118,58 @@ def test_jax_ahead_of_time_step_is_reused_unless_fresh(jax_backend):
     assert np.isfinite(float(m2["loss"])) and float(m2["loss"]) != float(m1["loss"])
     fresh, _, state, _ = be.compile_train_step(cfg, tcfg, state, batch, fresh=True)
     assert fresh is not first
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["torch-compile", "jax"])
+def test_the_train_step_compiles_once(backends, framework):
+    """Three steps of ``make_train_step`` compile one program: a retrace on the second call (its
+    state comes from the step, not from ``init_train_state``) would make every run and every
+    bucket shape pay twice. torch.compile's recompilations count too."""
+    name, _, variant = framework.partition("-")
+    be, cfg = backends[name], CONFIGS[0]
+    # A train config no other test uses: its step is compiled here, not reused from an earlier test.
+    tcfg = TrainConfig(seed=8713)
+    batch = random_batch(cfg, 2, 7, 5, seed=0)
+    state = be.init_train_state(be.from_numpy(cfg, init_tree(cfg, 0)), tcfg)
+    with _compile_counter(name) as compiles:
+        step = be.make_train_step(cfg, tcfg, compile=variant == "compile")
+        counts = []
+        for _ in range(3):
+            state, metrics = step(state, batch)
+            be.sync(metrics["loss"])
+            counts.append(compiles())
+    assert counts[0] >= 1, f"{framework}: the first step compiled nothing ({counts})"
+    assert counts[1:] == [counts[0]] * 2, f"{framework}: compiled again after the first step: {counts}"
+
+
+def _compile_counter(framework: str):
+    """A context manager yielding a function that returns how many programs were compiled inside it."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def jax_counter():
+        import jax.monitoring
+
+        events: list[str] = []
+
+        def listener(event, duration_secs, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                events.append(event)
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        try:
+            yield lambda: len(events)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listener)
+
+    @contextlib.contextmanager
+    def torch_counter():
+        import torch._dynamo
+        from torch._dynamo.utils import counters
+
+        torch._dynamo.reset()  # earlier tests' compiled frames would hide or add compilations
+        counters.clear()
+        yield lambda: int(counters["stats"]["unique_graphs"])
+
+    return jax_counter() if framework == "jax" else torch_counter()

@@ -64,12 +64,13 @@ def autocast(tcfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, compile: bool = False, *, world_size: int = 1,
+def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, compile: bool | str = False, *, world_size: int = 1,
                     sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """``train_step(state, batch) -> (state, metrics)``: forward, backward, clip, AdamW.
 
     ``batch`` is a dict of device tensors (see ``TorchBackend.device_batch``), this rank's rows of
-    the global batch. With ``compile`` the forward and loss run through ``torch.compile``; the
+    the global batch. With ``compile`` the forward and loss (and so their backward) run through
+    ``torch.compile``, a string being its ``mode`` ("reduce-overhead": CUDA graphs on a GPU); the
     fused optimizer stays eager. Under DDP (``world_size`` ranks, ``sum_over_ranks`` an
     all-reduce) the loss is the global token sum over the global token count, so N ranks make the
     update one device makes on the whole batch, however unevenly real tokens fall on the ranks.
@@ -80,9 +81,14 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, compile: bool = False, 
             logits = model(batch["src_ids"], batch["src_mask"], batch["tgt_in"])  # (B, T, V)
         return loss_fn(logits, batch["tgt_out"], batch["tgt_mask"], tcfg.label_smoothing)
 
-    run = torch.compile(forward_loss) if compile else forward_loss
+    mode = compile if isinstance(compile, str) else None
+    run = torch.compile(forward_loss, mode=mode) if compile else forward_loss
 
     def train_step(state: TrainState, batch: dict[str, torch.Tensor]) -> tuple[TrainState, dict[str, Any]]:
+        if mode == "reduce-overhead":
+            # A new iteration: the graphs' output buffers of the last step may be overwritten
+            # (torch.compiler docs, "CUDAGraph Trees").
+            torch.compiler.cudagraph_mark_step_begin()
         model = state.model
         model.train()
         loss_sum, correct, count = run(model, batch)
