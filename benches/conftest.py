@@ -5,6 +5,7 @@ pytest-benchmark does not print itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,10 @@ FRAMEWORKS = ("torch", "jax", "hf")
 DEFAULT_SIZES = ("tiny", "small")
 # (batch, source length, target length) per size; marian-en-hu is the issue's 8 x 64 tokens.
 SHAPES = {"tiny": (16, 32, 32), "small": (16, 48, 48), "base": (8, 64, 64), "marian-en-hu": (8, 64, 64)}
+# On accelerators the big presets also train at the source experiment's batch: 64 sentences per
+# device (x 64 tokens), where launch overhead no longer hides the arithmetic.
+BIG_BATCH = 64
+BIG_BATCH_SIZES = ("base", "marian-en-hu")
 # Timed work per case, when --benchmark-max-time is not given: pytest-benchmark's calibration
 # runs as many rounds as fit (at least --benchmark-min-rounds). Measured on a 2-core CPU, one
 # thread: 2 s per case kept tiny/small train-step medians within a few percent run to run.
@@ -49,8 +54,9 @@ class Case:
     device: str  # cpu | gpu | tpu
     size: str  # a ModelConfig preset
     precision: str = "fp32"
-    variant: str = ""  # torch: eager | compile; jax: scan | loop
+    variant: str = ""  # torch: eager | compile | cudagraphs; jax: scan | loop
     devices: int | None = None  # data parallel over this many devices (the scaling bench)
+    rows: int | None = None  # batch rows, when not the size's default (SHAPES)
 
     def __post_init__(self):
         if not self.variant:
@@ -58,7 +64,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        parts = [self.framework, self.device, self.size, self.precision]
+        parts = [self.framework, self.device, self.size] + ([f"b{self.rows}"] if self.rows else []) + [self.precision]
         if self.variant != DEFAULT_VARIANT[self.framework]:
             parts.append(self.variant)
         if self.devices is not None:
@@ -189,6 +195,9 @@ def _cases(kind: str, frameworks, devices, sizes) -> list:
                     cases += [Case(fw, device, size, devices=n) for n in scaling_counts(fw, device)]
             if kind == "train" and "hf" in frameworks:
                 cases.append(Case("hf", device, size))
+            if kind == "train" and device != "cpu" and size in BIG_BATCH_SIZES:
+                cases += [dataclasses.replace(c, rows=BIG_BATCH) for c in cases
+                          if c.device == device and c.size == size and c.rows is None]
     if kind == "depth":  # a property of layer stacking, measured on tiny layers
         cases = [Case("jax", d, "tiny", variant=v) for d in devices for v in ("scan", "loop") if "jax" in frameworks]
     return cases
@@ -399,9 +408,11 @@ def weights(size: str) -> dict[str, np.ndarray]:
 
 
 @cache
-def batch(size: str) -> mtcore.Batch:
-    """A full (unpadded) batch: every framework does exactly the same work."""
-    return mtcore.random_batch(mtcore.ModelConfig.preset(size), *SHAPES[size], seed=0, full=True)
+def batch(size: str, rows: int | None = None) -> mtcore.Batch:
+    """A full (unpadded) batch: every framework does exactly the same work. ``rows`` replaces the
+    size's default number of sentences."""
+    b, s, t = SHAPES[size]
+    return mtcore.random_batch(mtcore.ModelConfig.preset(size), rows or b, s, t, seed=0, full=True)
 
 
 def other_framework(framework: str) -> str | None:
@@ -414,14 +425,14 @@ def other_framework(framework: str) -> str | None:
 
 
 @cache
-def reference_logits(size: str, framework: str) -> np.ndarray | None:
+def reference_logits(size: str, framework: str, rows: int | None = None) -> np.ndarray | None:
     """fp32 CPU logits of ``other_framework(framework)`` on the shared weights and batch."""
     other = other_framework(framework)
     if other is None:
         return None
     be = _backend(other, "cpu")
     cfg = mtcore.ModelConfig.preset(size)
-    return be.forward(be.from_numpy(cfg, weights(size)), cfg, batch(size))
+    return be.forward(be.from_numpy(cfg, weights(size)), cfg, batch(size, rows))
 
 
 _peaks: dict[tuple[str, str], dict[str, float]] = {}
@@ -447,12 +458,12 @@ def check_first_loss(case: Case, loss: float) -> None:
     """Correct before fast: a case's first real training step must give the loss another
     framework computes from the same weights and batch."""
     assert math.isfinite(loss), f"{case.id}: first loss {loss}"
-    reference = reference_logits(case.size, case.framework)
+    reference = reference_logits(case.size, case.framework, case.rows)
     if reference is None:
         return
     from mtcore.metrics import smoothed_loss
 
-    b = batch(case.size)
+    b = batch(case.size, case.rows)
     want = smoothed_loss(reference, b.tgt_out, b.tgt_mask, case.train_config().label_smoothing)
     # The first step runs with dropout (different random masks in each framework) and, for bf16,
     # at lower precision; a freshly initialised model's loss is still pinned down to a few percent.

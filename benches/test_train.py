@@ -18,9 +18,10 @@ from mtcore.timing import HostMemory, process_max_rss_bytes
 
 @pytest.mark.cases("train")
 def test_train_step(benchmark, case, rounds):
-    benchmark.group = f"train_step {case.device}-{case.size}-{case.precision} {thread_budget().threads}thr"
+    rows = f"-b{case.rows}" if case.rows else ""
+    benchmark.group = f"train_step {case.device}-{case.size}{rows}-{case.precision} {thread_budget().threads}thr"
     be, cfg, tcfg = case.backend(), case.model_config(), case.train_config()
-    data = be.device_batch(batch(case.size), cfg)
+    data = be.device_batch(batch(case.size, case.rows), cfg)
     state = be.init_train_state(be.from_numpy(cfg, weights(case.size)), tcfg)
 
     # Correct before fast: the first real step's loss must match the loss another framework
@@ -43,7 +44,7 @@ def test_train_step(benchmark, case, rounds):
     assert math.isfinite(float(loss)), f"{case.id}: loss became {float(loss)}"
 
     median = median_seconds(benchmark)
-    b = batch(case.size)
+    b = batch(case.size, case.rows)
     flops = train_step_flops(cfg, b)
     benchmark.extra_info.update(case=case.id, first_call_s=first_call_s, first_loss=first_loss, last_loss=float(loss),
                                 threads=thread_budget().as_dict())
