@@ -68,13 +68,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     rc = _run_config(args)
     _check_devices(rc)
     if rc.framework == "torch" and rc.devices > 1 and not under_torchrun():
+        _check_out(rc, args)  # before ranks start, each to fail the same way
         return _launch_torch(rc, args)
     _join(rc)
-    metrics = train(rc, args.out, progress=not args.quiet, resume=args.resume)
+    metrics = train(rc, args.out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
+                    given=args.given)
     if metrics is not None and not os.environ.get("MTCORE_LAUNCHED"):  # the main process, unless mtcore launched it
         print(_summary(metrics))
         print(f"metrics: {args.out}/metrics.json; checkpoint: {args.out}/checkpoints")
     return 0
+
+
+def _check_out(rc, args: argparse.Namespace) -> None:
+    """--out, --resume and --overwrite checked as ``train`` checks them, writing nothing."""
+    from pathlib import Path
+
+    from mtcore.run import check_device, claim_out, resumed_config
+
+    if args.resume and args.overwrite:
+        raise MTCoreError("--resume continues the run in --out, --overwrite replaces it: choose one")
+    check_device(rc)
+    if args.resume:
+        resumed_config(rc, Path(args.out), args.given)
+    else:
+        claim_out(Path(args.out), args.overwrite)
 
 
 def _check_devices(rc) -> None:
@@ -171,7 +188,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rc = _run_config(args, framework=frameworks[0], devices=max(devices or (1,)))
     _check_devices(rc)
     report = compare(dataclasses.replace(rc, devices=1), args.out, frameworks=frameworks, devices=devices or (1,),
-                     scaling=args.scaling, target_loss=args.target_loss, progress=not args.quiet)
+                     scaling=args.scaling, target_loss=args.target_loss, progress=not args.quiet,
+                     overwrite=args.overwrite)
     print(report.read_text(encoding="utf-8").split("## Quality")[0].strip())
     print(f"\nreport: {report}")
     return 0
@@ -268,7 +286,8 @@ def _count_or_fraction(value: str) -> int | float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtcore", description=__doc__)
+    # No abbreviations: a resumed run compares the options written out against the saved ones.
+    parser = argparse.ArgumentParser(prog="mtcore", description=__doc__, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="framework versions and the devices each framework sees")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -278,7 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
     p = sub.add_parser("train", help="train one framework epoch by epoch; metrics.json and checkpoints in --out")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out after its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out after its last checkpoint; options that conflict with the saved "
+                        "run are refused (only --epochs, --devices, --threads and the JAX process options may change)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (default: refuse to touch it)")
     _add_run_options(p)
     p.set_defaults(func=cmd_train, argv=None)
     p = sub.add_parser("compare", help="train both frameworks from the same weights on the same batches; report.md + plots")
@@ -288,13 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weak: --batch-size per device, the global batch grows; strong: the global batch is fixed")
     p.add_argument("--target-loss", type=float, default=None,
                    help="report the time to this validation loss (default: the best loss every run reaches)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace the comparison in --out (default: refuse)")
     _add_run_options(p, skip=("framework", "devices", "coordinator", "num_processes", "process_id"))
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("report", help="rewrite report.md and the plots of a compare directory")
     p.add_argument("dir")
     p.set_defaults(func=cmd_report)
     _add_bench_commands(sub)
+    for command in sub.choices.values():
+        command.allow_abbrev = False
     return parser
 
 
@@ -332,8 +357,16 @@ def _add_bench_commands(sub) -> None:
     p.set_defaults(func=cmd_bench_export)
 
 
+def _given(argv: list[str]) -> set[str]:
+    """The options written on the command line (``--batch-size 8`` -> ``batch_size``), as opposed
+    to those left at their defaults: what a resumed run must not silently ignore."""
+    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.given = _given(argv)
     try:
         return args.func(args)
     except (MTCoreError, BackendUnavailable) as e:

@@ -136,9 +136,11 @@ class NonFiniteLoss(MTCoreError):
 
 
 # ---- preparation ---------------------------------------------------------------------------------
-def prepare(rc: RunConfig, out: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None) -> Prepared:
+def prepare(rc: RunConfig, out: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
+            before_write=None) -> Prepared:
     """Read and split the data, get a tokenizer (the run's saved one, the checkpoint's Marian one,
-    or a new one trained on the training split), encode, and fix the initial weights."""
+    or a new one trained on the training split), encode, and fix the initial weights.
+    ``before_write`` is called once the data has been read, before the first file is written."""
     out = Path(out)
     notes = []
     corpus = load_corpus(rc.data, source_lang=rc.source_lang, target_lang=rc.target_lang, on_error=rc.on_error,
@@ -160,6 +162,8 @@ def prepare(rc: RunConfig, out: str | os.PathLike, tokenizer_dir: str | os.PathL
         # corpus gets fewer pieces. The model's embedding follows the tokenizer.
         vocab = rc.vocab_size or PRESETS[rc.model].vocab_size
         tokenizer = SentencePieceTokenizer.train([*splits.train.source, *splits.train.target], vocab, seed=rc.seed)
+    if before_write is not None:
+        before_write()
     if _main_process(rc):  # every process trains the same tokenizer (seeded); one saves it
         tokenizer.save(out / "tokenizer")
 
@@ -443,22 +447,97 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 # ---- entry points ------------------------------------------------------------------------------------
-def train(rc: RunConfig, out: str | os.PathLike, *, progress: bool = True,
-          resume: bool = False) -> dict[str, Any] | None:
+# What a run directory holds (train's and compare's): its presence means --out holds a run.
+RUN_FILES = ("run.json", "metrics.json", "checkpoints", "tokenizer", "compare.json", "report.md")
+# Options a resumed run may change: how long and on what it runs, not what it learns or from what.
+RESUMABLE = frozenset({"epochs", "devices", "global_batch_size", "batch_size", "coordinator", "num_processes",
+                       "process_id", "threads"})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_device(rc: RunConfig) -> None:
+    """The device asked for is there: checked before anything is written (a missing GPU found
+    after the tokenizer was trained would leave a half-made run behind)."""
+    if rc.device == "cpu":
+        return
+    from mtcore.devices import missing
+
+    reason = missing(rc.framework, rc.device)
+    if reason:
+        raise MTCoreError(f"--device {rc.device}: {reason}")
+
+
+def claim_out(out: Path, overwrite: bool) -> bool:
+    """May a new run be written to ``out``? An absent or empty directory: yes. One that holds a
+    run: only with ``overwrite`` (returns True: clear it before the first write). Anything else
+    in it: never, so --overwrite cannot delete files that are not a run's."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise MTCoreError(f"--out {out}: exists and is not a directory")
+    # logs/: what torchrun's ranks of this very command write (the launcher makes it first).
+    entries = [e for e in out.iterdir() if e.name != "logs"]
+    if not entries:
+        return False
+    if not any((out / name).exists() for name in RUN_FILES):
+        raise MTCoreError(f"--out {out}: holds files that are not a run's ({entries[0].name}, ...); choose another "
+                          "directory")
+    if not overwrite:
+        raise MTCoreError(f"--out {out} holds a run: --resume continues it, --overwrite replaces it, or choose "
+                          "another --out")
+    return True
+
+
+def _clear(out: Path) -> None:
+    for entry in out.iterdir():
+        if entry.name == "logs":  # the launcher's, this command's ranks are writing there
+            continue
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def resumed_config(rc: RunConfig, out: Path, given: set[str] | None) -> RunConfig:
+    """The saved run's config with the options a resume may change taken from ``rc``. An option
+    given (``given``: the CLI's explicit flags; None: every field of ``rc``) that conflicts with
+    the saved run is refused, named, rather than silently ignored or silently applied."""
+    if not (out / "run.json").is_file():
+        what = "nothing" if not out.exists() else "no run.json (it is not a finished or running run's directory)"
+        raise MTCoreError(f"--resume: {out} holds {what}; train without --resume to start a run there")
+    saved = RunConfig(**read_json(out / "run.json")["run_config"])
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    asked = fields if given is None else fields & set(given)
+    conflicts = [name for name in sorted(asked - RESUMABLE) if getattr(rc, name) != getattr(saved, name)]
+    if conflicts:
+        was = ", ".join(f"{_flag(n)} {getattr(saved, n)}" for n in conflicts)
+        now = ", ".join(f"{_flag(n)} {getattr(rc, n)}" for n in conflicts)
+        raise MTCoreError(f"--resume: the run in {out} was trained with {was}, not {now}; drop those options to "
+                          "continue it, or train into another --out")
+    # The checkpoint holds no device count: resume on the devices asked for now, on the global
+    # batch the run had, so the next steps are the ones it would have taken.
+    return dataclasses.replace(saved, epochs=rc.epochs if "epochs" in asked else saved.epochs, devices=rc.devices,
+                               global_batch_size=saved.global_batch(), coordinator=rc.coordinator,
+                               num_processes=rc.num_processes, process_id=rc.process_id, threads=rc.threads)
+
+
+def train(rc: RunConfig, out: str | os.PathLike, *, progress: bool = True, resume: bool = False,
+          overwrite: bool = False, given: set[str] | None = None) -> dict[str, Any] | None:
     """``mtcore train``: one framework, epochs 1..rc.epochs (continuing after the last checkpoint
     with ``resume``), then test metrics. Returns the final metrics.json content on the main
-    process, None on the others."""
+    process, None on the others. Nothing is written before the device, the data and ``out`` are
+    known to be usable (see ``claim_out`` and ``resumed_config``)."""
     out = Path(out)
+    if resume and overwrite:
+        raise MTCoreError("--resume continues the run in --out, --overwrite replaces it: choose one")
+    check_device(rc)
     if resume:
-        saved = RunConfig(**read_json(out / "run.json")["run_config"])
-        # The checkpoint holds no device count: resume on the devices asked for now, on the global
-        # batch the run had, so the next steps are the ones it would have taken.
-        rc = dataclasses.replace(saved, epochs=rc.epochs, devices=rc.devices, global_batch_size=saved.global_batch(),
-                                 coordinator=rc.coordinator, num_processes=rc.num_processes, process_id=rc.process_id)
+        rc = resumed_config(rc, out, given)
         prepared = prepare(rc, out, tokenizer_dir=out / "tokenizer")
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        prepared = prepare(rc, out)
+        # One process claims --out: the others would find the main one's first files there.
+        clear = claim_out(out, overwrite) if _main_process(rc) else False
+        prepared = prepare(rc, out, before_write=(lambda: _clear(out)) if clear else None)
     trainer = Trainer(rc, prepared, out, progress=progress, resume=resume)
     if not resume:
         trainer.evaluate_initial()
@@ -469,7 +548,8 @@ def train(rc: RunConfig, out: str | os.PathLike, *, progress: bool = True,
 
 
 def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"), devices=(1,),
-            scaling: str = "weak", target_loss: float | None = None, progress: bool = True) -> Path:
+            scaling: str = "weak", target_loss: float | None = None, progress: bool = True,
+            overwrite: bool = False) -> Path:
     """``mtcore compare``: every framework from the same initial weights on the same batches, then
     ``report.md`` and plots. On one device the frameworks' epochs interleave (the order
     alternates), so drift hits both alike; with ``devices`` (e.g. ``(1, 2)``) every framework
@@ -478,10 +558,17 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
     from mtcore.report import write_report
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     devices = tuple(sorted(set(devices)))
     if scaling not in ("weak", "strong"):
         raise MTCoreError(f"scaling must be weak or strong, got {scaling!r}")
+    for fw in frameworks:
+        check_device(dataclasses.replace(rc, framework=fw))
+    if claim_out(out, overwrite):
+        # Read the data before the old run goes: a bad --data must not cost it.
+        load_corpus(rc.data, source_lang=rc.source_lang, target_lang=rc.target_lang, on_error=rc.on_error,
+                    synthetic_size=rc.synthetic_size, seed=rc.seed)
+        _clear(out)
+    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", {"frameworks": list(frameworks), "devices": list(devices), "scaling": scaling,
                                       "target_loss": target_loss})
     if devices == (1,):

@@ -191,7 +191,7 @@ def test_hf_checkpoint_directory_trains_from_its_weights(tmp_path, capsys):
     assert "needs its own tokenizer" in capsys.readouterr().err
     marian_tokenizer_dir(tok, ckpt)
     rc = RunConfig(framework="torch", **{**QUICK, "model": str(ckpt)}, epochs=1)
-    prepared = prepare(rc, tmp_path / "b")
+    prepared = prepare(rc, tmp_path / "prepared")
     _, tree = read_hf_checkpoint(ckpt)
     assert prepared.cfg == cfg.replace(dropout=prepared.cfg.dropout)
     assert all(np.array_equal(prepared.initial[k], tree[k]) for k in tree)
@@ -213,3 +213,115 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch):
         files.write_json(path, {"epochs": [1, 2]})
     assert json.loads(path.read_text()) == {"epochs": [1]}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+# ---- a run is never lost or silently changed ------------------------------------------------------
+CLI_QUICK = ["--model", "tiny", "--synthetic-size", "400", "--batch-size", "32", "--validation", "32", "--test", "32",
+             "--eval-sentences", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished one-epoch torch run; each test works on a copy."""
+    need("torch")
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["train", "--framework", "torch", "--epochs", "1", *CLI_QUICK, "--out", str(out)]) == 0
+    return out
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def _snapshot(out):
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_a_run_in_out_is_refused_unless_resume_or_overwrite(finished_run, tmp_path, capsys):
+    out = _copy(finished_run, tmp_path)
+    before = _snapshot(out)
+    assert main(["train", "--framework", "torch", "--epochs", "2", *CLI_QUICK, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run: --resume continues it, --overwrite replaces it" in err and err.count("\n") == 1
+    assert main(["compare", "--epochs", "1", *CLI_QUICK, "--out", str(out)]) == 2
+    assert "holds a run" in capsys.readouterr().err
+    assert _snapshot(out) == before  # not a byte changed
+    # --overwrite with data that cannot be read: refused before the old run is touched.
+    assert main(["train", "--overwrite", "--data", str(tmp_path / "missing"), *CLI_QUICK, "--out", str(out)]) == 2
+    assert _snapshot(out) == before
+    assert main(["train", "--overwrite", "--framework", "torch", "--epochs", "2", *CLI_QUICK, "--out", str(out)]) == 0
+    assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["epochs"]] == [1, 2]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["train", "--overwrite", *CLI_QUICK, "--out", str(other)]) == 2
+    assert "not a run's (notes.txt" in capsys.readouterr().err and (other / "notes.txt").read_text() == "mine"
+
+
+def test_resume_refuses_options_that_conflict_with_the_saved_run(finished_run, tmp_path, capsys):
+    out = _copy(finished_run, tmp_path)
+    before = _snapshot(out)
+    code = main(["train", "--resume", "--framework", "jax", "--model", "small", "--epochs", "3", "--quiet",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "trained with --framework torch, --model tiny, not --framework jax, --model small" in err
+    assert _snapshot(out) == before
+    # What a resume may change, it changes: two more epochs on the saved configuration.
+    assert main(["train", "--resume", "--epochs", "2", "--quiet", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2] and m["run"]["framework"] == "torch"
+    assert main(["train", "--resume", "--overwrite", "--out", str(out)]) == 2
+    assert "choose one" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(tmp_path / "nothing")]) == 2
+    assert "holds nothing; train without --resume" in capsys.readouterr().err
+
+
+def test_a_missing_device_is_refused_before_anything_is_written(tmp_path, capsys):
+    from mtcore.devices import missing
+
+    if missing("torch", "gpu") is None:
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    assert main(["train", "--device", "gpu", *CLI_QUICK, "--out", str(out)]) == 2
+    assert "--device gpu: torch sees no GPU" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
+    """SIGKILL (no handler runs, no file is closed cleanly) during epoch 2: the directory keeps
+    epoch 1's checkpoint, and --resume trains epochs 2 and 3 from it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    need("torch")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "mtcore", "train", "--framework", "torch", "--epochs", "3", *CLI_QUICK,
+               "--synthetic-size", "2000", "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        latest = out / "checkpoints" / "latest"
+        while not latest.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert latest.is_file(), f"no checkpoint within 60 s: {proc.stderr.read() if proc.poll() is not None else ''}"
+        time.sleep(0.3)  # into epoch 2
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert json.loads(latest.read_text())["epoch"] == 1
+    assert json.loads((out / "metrics.json").read_text())["status"] == "running"  # what the killed run left
+    assert main(["train", "--resume", "--quiet", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2, 3] and m["status"] == "finished"
+    assert json.loads(latest.read_text())["epoch"] == 3

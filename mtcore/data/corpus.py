@@ -65,7 +65,8 @@ def _pairs(sources, targets, where, name, on_error) -> Corpus:
         if not s or not t:
             side = "source" if not s else "target"
             if on_error == "raise":
-                raise MTCoreError(f"{where(i, side)}: empty {side} sentence (pass on_error='skip' to drop such pairs)")
+                raise MTCoreError(f"{where(i, side)}: empty {side} sentence (--on-error skip on the command line, "
+                                  "on_error='skip' in Python, drops such pairs)")
             skipped.append(where(i, side))
             continue
         src.append(s)
