@@ -287,7 +287,10 @@ def _count_or_fraction(value: str) -> int | float:
 
 def build_parser() -> argparse.ArgumentParser:
     # No abbreviations: a resumed run compares the options written out against the saved ones.
-    parser = argparse.ArgumentParser(prog="mtcore", description=__doc__, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="mtcore", allow_abbrev=False,
+        description="Train one machine-translation Transformer in PyTorch and JAX/Flax, compare the two, and track "
+                    "benchmark runs. Each command's --help lists its options and their defaults.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="framework versions and the devices each framework sees")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -307,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frameworks", default="torch,jax", help="comma list (default torch,jax)")
     p.add_argument("--devices", default="1", help="device counts to train at, a comma list (e.g. 1,2; default 1)")
     p.add_argument("--scaling", default="weak", choices=("weak", "strong"),
-                   help="weak: --batch-size per device, the global batch grows; strong: the global batch is fixed")
+                   help="weak: --batch-size per device, the global batch grows; strong: the global batch is fixed "
+                        "(default: weak)")
     p.add_argument("--target-loss", type=float, default=None,
                    help="report the time to this validation loss (default: the best loss every run reaches)")
     p.add_argument("--out", required=True, help="output directory (must be new or empty)")
@@ -315,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p, skip=("framework", "devices", "coordinator", "num_processes", "process_id"))
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("report", help="rewrite report.md and the plots of a compare directory")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a directory written by mtcore compare (its framework runs and compare.json)")
     p.set_defaults(func=cmd_report)
     _add_bench_commands(sub)
     for command in sub.choices.values():

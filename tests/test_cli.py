@@ -30,3 +30,25 @@ def test_params_and_errors(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "mtcore.cli", "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "jax" in out.stdout
+
+
+def test_help_has_a_line_and_the_default_for_every_option():
+    import argparse
+
+    from mtcore.cli import build_parser
+
+    parser = build_parser()
+    assert "``" not in (parser.description or "")  # no raw markup
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = []
+    for name, command in commands.items():
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            label = f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
+            if not action.help:
+                missing.append(f"{label}: no help")
+            elif (action.option_strings and not action.required and action.default not in (None, False)
+                  and "default" not in action.help):
+                missing.append(f"{label}: default {action.default!r} not shown")
+    assert not missing, missing

@@ -113,6 +113,11 @@ def test_synthetic_corpus_is_deterministic_and_follows_its_rules():
             if article in ("a", "az"):
                 assert (article == "az") == (following[0] in VOWELS), (en, hu)
         assert (words[-1] in ADVERBS) == (out[-1] in ADVERBS.values())
+        # English articles agree with the next word: "an old dog", "a yellow egg", never "a apple".
+        for article, following in zip(words, words[1:], strict=False):
+            if article in ("a", "an"):
+                assert (article == "an") == (following[0] in "aeiou"), en
+    assert any(" an " in f" {en} " for en in a.source) and any(" a " in f" {en} " for en in a.source)
 
 
 def test_split_is_disjoint_seeded_and_complete():

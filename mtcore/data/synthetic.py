@@ -3,7 +3,8 @@
 Sentences follow one grammar, ``det adj* noun verb det adj* noun [adverb]``, and their translations
 follow two real rules of Hungarian that a word-for-word copy cannot get right: the verb moves after
 the object (SVO -> SOV) and the object takes the accusative form (``kutya`` -> ``kutyát``); the
-article ``a`` becomes ``az`` before a vowel. Quality can thus be checked without downloading data.
+article ``a`` becomes ``az`` before a vowel. The English side is grammatical too ("an old dog", "a
+yellow egg"). Quality can thus be checked without downloading data.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def _noun_phrase(rng: np.random.Generator, accusative: bool) -> tuple[list[str],
     definite = rng.random() < 0.5
     adjectives = list(rng.choice(list(ADJECTIVES), size=rng.integers(0, 3), replace=False))
     noun = str(rng.choice(list(NOUNS)))
-    en = ["the" if definite else "a", *adjectives, noun]
+    first = (adjectives or [noun])[0]
+    # English too agrees with the sound that follows: "an old dog", "an egg", "a yellow apple" (every
+    # word here is pronounced as it is spelled at its start).
+    en = ["the" if definite else ("an" if first[0] in "aeiou" else "a"), *adjectives, noun]
     hu_words = [ADJECTIVES[a] for a in adjectives] + [NOUNS[noun][1 if accusative else 0]]
     article = ("az" if hu_words[0][0] in VOWELS else "a") if definite else "egy"
     return en, [article, *hu_words]
