@@ -59,3 +59,25 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"no parallel text at {path}")
     return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Skips as one line per reason (``N skipped: reason``) instead of one line per test: a CPU run
+    skips every GPU and TPU case. ``pytest -rs`` (or ``-ra``) lists each one as pytest does."""
+    chars = config.option.reportchars or ""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped or any(c in chars for c in "saA"):
+        return
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        # Benches prefix the case id ("jax-tpu-small-fp32: jax sees no TPU ..."): group by the cause.
+        head, sep, tail = reason.partition(": ")
+        if sep and " " not in head:
+            reason = tail
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.section("skipped, by reason (pytest -rs lists each)")
+    for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{count:4d} skipped: {reason}")
