@@ -68,39 +68,82 @@ def loss_agreement(runs: dict[str, dict[str, Any]], steps: int = 20) -> float | 
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
 
 
+MIN_TIMED_EPOCHS = 3  # paired epoch ratios needed before a spread, and so a winner, is claimed
+
+
+def speed_claim(runs: dict[str, dict[str, Any]]) -> tuple[str, str | None]:
+    """``(sentence, short title)`` on which framework trained faster, claiming a winner only with
+    at least ``MIN_TIMED_EPOCHS`` paired timed epochs (title None: nothing to claim)."""
+    names = list(runs)
+    if len(names) != 2:
+        return "", None
+    means = {n: steady(runs[n], "training_time").mean() for n in names}
+    slow, fast = sorted(names, key=lambda n: -means[n])
+    s = speedup(runs, slow, fast)
+    if s is None or s["epochs"] < MIN_TIMED_EPOCHS:
+        n = 0 if s is None else s["epochs"]
+        return (f"**No winner is named**: {n} timed epoch{'s' if n != 1 else ''} after the first (which holds "
+                f"compilation) give{'s' if n == 1 else ''} {n} paired time ratio{'s' if n != 1 else ''}; a spread needs at least "
+                f"{MIN_TIMED_EPOCHS} (run --epochs {MIN_TIMED_EPOCHS + 1} or more)."), None
+    return (f"**{fast} trained {s['median']:.2f}x faster than {slow}** (median of {s['epochs']} paired epoch-time "
+            f"ratios, epochs 2..N run interleaved; spread {s['min']:.2f}x-{s['max']:.2f}x).",
+            f"{fast} {s['median']:.2f}x faster than {slow} (median of {s['epochs']} paired epochs, "
+            f"{s['min']:.2f}-{s['max']:.2f}x)")
+
+
+def _setting(run: dict[str, Any]) -> str:
+    return (f"model {run['model']}, {run.get('device', 'cpu')} x{run.get('devices', 1)}, batch {run['batch_size']}, "
+            f"{run['precision']}")
+
+
 def _plots(runs: dict[str, dict[str, Any]], directory: Path) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     names = list(runs)
     colors = {n: c for n, c in zip(names, ("tab:orange", "tab:blue", "tab:green", "tab:red"), strict=False)}
+    # Line styles as well as colours: where two curves coincide (they should) both stay visible.
+    styles = {n: s for n, s in zip(names, ("-", "--", ":", "-."), strict=False)}
+    thousands = FuncFormatter(lambda x, _: f"{x:,.0f}")
+    _, claim = speed_claim(runs)
+    setting = _setting(runs[names[0]]["run"])
 
-    def bars(key: str, ylabel: str, title: str, file: str):
-        fig, ax = plt.subplots(figsize=(5, 4))
+    def bars(key: str, ylabel: str, what: str, file: str, formatter=None):
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
         values = [steady(runs[n], key) for n in names]
-        ax.bar(names, [v.mean() for v in values], yerr=[v.std(ddof=1) if len(v) > 1 else 0 for v in values],
+        spread = all(len(v) > 1 for v in values)
+        ax.bar(names, [v.mean() for v in values], yerr=[v.std(ddof=1) for v in values] if spread else None,
                capsize=8, color=[colors[n] for n in names])
+        if formatter is not None:
+            ax.yaxis.set_major_formatter(formatter)
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        n = min(len(v) for v in values)
+        bars_are = (f"bars: mean of epochs 2..N ({n}), error bars: ± 1 sd" if spread else
+                    "one timed epoch: no spread (no error bars)")
+        fig.suptitle(f"{what}\n{claim or 'too few timed epochs to name a faster framework'}", fontsize=10)
+        ax.set_title(f"{setting}; {bars_are}", fontsize=8)
         fig.tight_layout()
         fig.savefig(directory / file, dpi=120)
         plt.close(fig)
 
-    bars("training_time", "seconds per epoch", "Time per epoch (mean ± sd, epochs 2..N)", PLOTS["time"])
-    bars("tokens_per_sec", "tokens / s", "Training throughput (mean ± sd, epochs 2..N)", PLOTS["throughput"])
+    bars("training_time", "seconds per epoch", "Time per epoch", PLOTS["time"])
+    bars("tokens_per_sec", "tokens / s", "Training throughput", PLOTS["throughput"], thousands)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for n in names:
         losses = [x for e in runs[n]["epochs"] for x in e["step_losses"]]
-        ax.plot(np.arange(1, len(losses) + 1), losses, label=f"{n} train", color=colors[n], alpha=0.8, lw=1)
+        ax.plot(np.arange(1, len(losses) + 1), losses, styles[n], label=f"{n} train (label-smoothed, dropout)",
+                color=colors[n], alpha=0.8, lw=1.2)
         ends = np.cumsum([e["steps"] for e in runs[n]["epochs"]])
-        ax.plot(ends, [e["validation_loss"] for e in runs[n]["epochs"]], "o--", color=colors[n], label=f"{n} validation")
+        ax.plot(ends, [e["validation_loss"] for e in runs[n]["epochs"]], "o" + styles[n], color=colors[n],
+                mfc="none" if n != names[0] else colors[n], label=f"{n} validation (plain cross-entropy)")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (train: label-smoothed)")
-    ax.set_title("Loss")
-    ax.legend()
+    ax.set_ylabel("loss")
+    ax.set_title(f"Loss ({setting})", fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(directory / PLOTS["loss"], dpi=120)
     plt.close(fig)
@@ -109,14 +152,15 @@ def _plots(runs: dict[str, dict[str, Any]], directory: Path) -> dict[str, str]:
     for n in names:
         epochs = [0] + [e["epoch"] for e in runs[n]["epochs"]]
         initial = runs[n].get("initial") or {}
-        ax.plot(epochs, [initial.get("bleu")] + [e["bleu"] for e in runs[n]["epochs"]], "o-", color=colors[n],
-                label=f"{n} BLEU")
-        ax.plot(epochs, [initial.get("chrf")] + [e["chrf"] for e in runs[n]["epochs"]], "s:", color=colors[n],
-                label=f"{n} chrF")
+        ax.plot(epochs, [initial.get("bleu")] + [e["bleu"] for e in runs[n]["epochs"]], "o" + styles[n],
+                color=colors[n], label=f"{n} BLEU")
+        ax.plot(epochs, [initial.get("chrf")] + [e["chrf"] for e in runs[n]["epochs"]], "s" + styles[n],
+                color=colors[n], mfc="none", label=f"{n} chrF")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (0: before training)")
     ax.set_ylabel("score (validation)")
-    ax.set_title("Translation quality")
-    ax.legend()
+    ax.set_title(f"Translation quality ({setting})", fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(directory / PLOTS["quality"], dpi=120)
     plt.close(fig)
@@ -154,33 +198,36 @@ def write_report(directory: str | os.PathLike) -> Path:
                                                        "epochs interleaved in one process."),
         "",
     ]
+    lines += _model_notes(first)
     for note in first.get("notes") or []:
         lines.append(f"- note: {note}")
     heading = ("## Speed (epochs 2..N; epoch 1 holds compilation)" if len(runs[names[0]]["epochs"]) > 1 else
                "## Speed (one epoch only: it includes compilation; run 2 or more for steady-state figures)")
     lines += ["", heading, "",
-              "| framework | s / epoch (mean ± sd) | tokens/s (mean ± sd) | epoch 1 s | first step s |",
-              "| --- | --- | --- | --- | --- |"]
+              "| framework | timed epochs | s / epoch (mean ± sd) | tokens/s (mean ± sd) | epoch 1 s | first step s |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for n in names:
         t, tps = steady(runs[n], "training_time"), steady(runs[n], "tokens_per_sec")
         e1 = runs[n]["epochs"][0] if runs[n]["epochs"] else {}
-        lines.append(f"| {n} | {t.mean():.2f} ± {t.std(ddof=1) if len(t) > 1 else 0:.2f} | "
-                     f"{tps.mean():,.0f} ± {tps.std(ddof=1) if len(tps) > 1 else 0:,.0f} | "
+
+        def sd(v, digits):  # one value has no spread: say so rather than print 0
+            return f"{v.std(ddof=1):,.{digits}f}" if len(v) > 1 else "n/a"
+
+        lines.append(f"| {n} | {len(t)} | {t.mean():.2f} ± {sd(t, 2)} | {tps.mean():,.0f} ± {sd(tps, 0)} | "
                      f"{_f(e1.get('training_time'))} | {_f(e1.get('first_step_time'))} |")
     if many:
         lines += scaling_section(directory, runs, settings.get("scaling", "weak"), settings.get("target_loss"))
     elif len(names) == 2:
-        means = {n: steady(runs[n], "training_time").mean() for n in names}
-        slow, fast = sorted(names, key=lambda n: -means[n])
-        s = speedup(runs, slow, fast)
-        if s:
-            lines += ["", f"**{fast} trained {s['median']:.2f}x faster than {slow}** (median of {s['epochs']} paired "
-                      f"epoch-time ratios; spread {s['min']:.2f}x-{s['max']:.2f}x)."]
+        lines += ["", speed_claim(runs)[0]]
         agree = loss_agreement(runs)
         if agree is not None:
             lines += ["", f"Training losses of the first 20 steps differ by at most {100 * agree:.2f}% "
                       "(relative) between the two frameworks."]
     lines += ["", "## Quality (validation, then test)", "",
+              f"The train loss is label-smoothed (epsilon {_label_smoothing()}) and measured with dropout on, over "
+              "the epoch's steps; the validation and test losses are plain cross-entropy without dropout. The "
+              "train loss therefore sits above the validation loss by design, not because something is wrong. "
+              "BLEU and chrF (sacrebleu) score greedy translations.", "",
               "| framework | epoch | train loss | validation loss | token accuracy | BLEU | chrF |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for n in names:
@@ -196,12 +243,55 @@ def write_report(directory: str | os.PathLike) -> Path:
         t = runs[n].get("test") or {}
         lines.append(f"| {n} | {_f(t.get('test_loss'), 3)} | {_f(t.get('test_token_accuracy'), 3)} | "
                      f"{_f(t.get('test_bleu'), 1)} | {_f(t.get('test_chrf'), 1)} | {runs[n].get('status')} |")
+    lines += _examples(runs)
     lines += ["", "## Plots", ""]
     lines += [f"![{key}]({file})" for key, file in plots.items()]
     lines += ["", "Devices: " + "; ".join(f"{n}: {', '.join(runs[n]['run'].get('devices_used') or [])}" for n in names), ""]
     path = directory / "report.md"
     write_text(path, "\n".join(lines))
     return path
+
+
+def _label_smoothing() -> float:
+    from mtcore.config import TrainConfig
+
+    return TrainConfig().label_smoothing
+
+
+def _model_notes(run: dict[str, Any]) -> list[str]:
+    """Where the trained model differs from its preset (a tokenizer with fewer pieces than the
+    preset's vocabulary shrinks the embedding), say so and why, with both parameter counts."""
+    from mtcore.config import PRESETS
+
+    preset = PRESETS.get(run["model"])
+    cfg = run.get("model_config") or {}
+    if preset is None or cfg.get("vocab_size") in (None, preset.vocab_size):
+        return []
+    asked = run.get("vocab_size") or preset.vocab_size
+    return [f"- note: the tokenizer trained on this data has {cfg['vocab_size']:,} pieces (asked for {asked:,}: "
+            f"SentencePiece stops where the corpus has no more to merge), so the model's vocabulary is "
+            f"{cfg['vocab_size']:,}, not the preset's {preset.vocab_size:,}, and it has {run['num_params']:,} "
+            f"parameters, not the preset's {preset.num_params():,}."]
+
+
+def _examples(runs: dict[str, dict[str, Any]], limit: int = 3) -> list[str]:
+    """Example translations of the last epoch: the same validation sentences in every framework."""
+    names = list(runs)
+    examples = {n: (runs[n]["epochs"][-1].get("examples") if runs[n]["epochs"] else None) or [] for n in names}
+    count = min((len(e) for e in examples.values()), default=0)
+    if not count:
+        return []
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|") if text.strip() else "*(empty: eos first)*"
+
+    lines = ["", f"Example translations (validation, after epoch {runs[names[0]]['epochs'][-1]['epoch']}, greedy):",
+             "", "| source | reference | " + " | ".join(names) + " |", "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    for i in range(min(count, limit)):
+        first = examples[names[0]][i]
+        lines.append(f"| {cell(first['source'])} | {cell(first['reference'])} | "
+                     + " | ".join(cell(examples[n][i]["hypothesis"]) for n in names) + " |")
+    return lines
 
 
 # ---- scaling: one device against many, from the rank files alone -------------------------------------

@@ -75,7 +75,8 @@ class RunConfig:
     test: float | int = option(0.05, "test pairs (count or fraction)")
     eval_sentences: int = option(200, "validation sentences translated for BLEU/chrF each epoch")
     synthetic_size: int = option(4000, "pairs in the synthetic corpus")
-    vocab_size: int | None = option(None, "of the tokenizer trained on the data (default: the preset's)")
+    vocab_size: int | None = option(None, "pieces of the tokenizer trained on the data (default: the preset's; a "
+                                          "small corpus may give fewer, and the model's vocabulary follows)")
     on_error: str = option("raise", "malformed pairs in the corpus: stop (raise), or skip and count them",
                            choices=("raise", "skip"))
     # jax.distributed: several JAX processes (hosts). None: JAX finds them itself where it can
