@@ -78,5 +78,5 @@ def global_batch_size(devices: int, batch_size: int | None, global_batch: int | 
         World(devices).check_batch_size(global_batch)
         return global_batch
     if batch_size is None or batch_size < 1:
-        raise MTCoreError(f"batch size must be positive, got {batch_size}")
+        raise MTCoreError(f"--batch-size must be positive, got {batch_size}")
     return batch_size * devices

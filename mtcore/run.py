@@ -93,17 +93,17 @@ class RunConfig:
             if not ok:
                 raise MTCoreError(what)
 
-        need(self.framework in (*FRAMEWORKS, "hf"), f"unknown framework {self.framework!r}; choose torch or jax")
-        need(self.device in DEVICE_KINDS, f"unknown device {self.device!r}; choose {', '.join(DEVICE_KINDS)}")
-        need(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose fp32 or bf16")
-        need(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        need(self.framework in (*FRAMEWORKS, "hf"), f"--framework: unknown framework {self.framework!r}; choose torch or jax")
+        need(self.device in DEVICE_KINDS, f"--device: unknown device {self.device!r}; choose {', '.join(DEVICE_KINDS)}")
+        need(self.precision in PRECISIONS, f"--precision: unknown precision {self.precision!r}; choose fp32 or bf16")
+        need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         need(self.devices >= 1, f"--devices must be at least 1, got {self.devices}")
-        need(self.batch_size >= 1, f"batch size must be positive, got {self.batch_size}")
+        need(self.batch_size >= 1, f"--batch-size must be positive, got {self.batch_size}")
         self.global_batch()  # raises on a global batch the devices cannot split
-        need(math.isfinite(self.lr) and self.lr > 0, f"learning rate must be a positive number, got {self.lr}")
-        need(self.max_len >= 4, f"max_len must be at least 4, got {self.max_len}")
-        need(self.eval_sentences >= 0, f"eval_sentences must be >= 0, got {self.eval_sentences}")
-        need(self.on_error in ("raise", "skip"), f"on_error must be raise or skip, got {self.on_error!r}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr (learning rate) must be a positive number, got {self.lr}")
+        need(self.max_len >= 4, f"--max-len must be at least 4, got {self.max_len}")
+        need(self.eval_sentences >= 0, f"--eval-sentences must be >= 0, got {self.eval_sentences}")
+        need(self.on_error in ("raise", "skip"), f"--on-error must be raise or skip, got {self.on_error!r}")
         if self.model not in PRESETS and not Path(self.model).is_dir():
             raise MTCoreError(
                 f"--model {self.model!r}: not a preset ({', '.join(PRESETS)}) nor a Hugging Face checkpoint directory"

@@ -52,3 +52,28 @@ def test_help_has_a_line_and_the_default_for_every_option():
                   and "default" not in action.help):
                 missing.append(f"{label}: default {action.default!r} not shown")
     assert not missing, missing
+
+
+def test_skips_are_summarised_one_line_per_reason():
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parent.parent / "conftest.py"
+    spec = importlib.util.spec_from_file_location("root_conftest_for_test", path)
+    root = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root)
+
+    def skip(reason):
+        return SimpleNamespace(longrepr=("file.py", 1, f"Skipped: {reason}"))
+
+    lines = []
+    reporter = SimpleNamespace(
+        stats={"skipped": [skip("jax-gpu-tiny-fp32: jax sees no GPU"), skip("torch-gpu-tiny-fp32: torch sees no GPU"),
+                           skip("jax-gpu-small-fp32: jax sees no GPU"), skip("needs data: no text")]},
+        section=lambda title: lines.append(f"== {title}"), write_line=lines.append)
+    root.pytest_terminal_summary(reporter, 0, SimpleNamespace(option=SimpleNamespace(reportchars="fEX")))
+    assert lines[1:] == ["   2 skipped: jax sees no GPU", "   1 skipped: torch sees no GPU", "   1 skipped: needs data: no text"]
+    lines.clear()
+    root.pytest_terminal_summary(reporter, 0, SimpleNamespace(option=SimpleNamespace(reportchars="fEXs")))
+    assert lines == []  # -rs: pytest lists each skip itself

@@ -147,8 +147,10 @@ def test_cli_train_writes_metrics_json(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--model", "enormous"], "not a preset"),
     (["--data", "/nonexistent/corpus"], "not 'synthetic'"),
-    (["--lr", "-1"], "learning rate must be a positive number"),
-    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--lr", "-1"], "--lr (learning rate) must be a positive number"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--max-len", "2"], "--max-len must be at least 4"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main(["train", "--out", str(tmp_path / "x"), "--quiet", *argv]) == 2
