@@ -561,7 +561,7 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
     out = Path(out)
     devices = tuple(sorted(set(devices)))
     if scaling not in ("weak", "strong"):
-        raise MTCoreError(f"scaling must be weak or strong, got {scaling!r}")
+        raise MTCoreError(f"--scaling must be weak or strong, got {scaling!r}")
     for fw in frameworks:
         check_device(dataclasses.replace(rc, framework=fw))
     if claim_out(out, overwrite):
@@ -588,7 +588,7 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
 
     fixed = rc.global_batch_size or rc.batch_size if scaling == "strong" else None
     if fixed is not None and fixed % max(devices):
-        raise MTCoreError(f"strong scaling: the global batch {fixed} must split evenly over {max(devices)} devices")
+        raise MTCoreError(f"--scaling strong: the global batch {fixed} must split evenly over --devices {max(devices)}")
     threads = rc.threads
     if rc.device == "cpu" and threads is None:
         # On a CPU a device is a share of the cores: the same share at every device count, so one
