@@ -73,10 +73,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         longrepr = report.longrepr
         reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
         reason = reason.removeprefix("Skipped: ")
-        # Benches prefix the case id ("jax-tpu-small-fp32: jax sees no TPU ..."): group by the cause.
+        # Benches prefix the case id, and a pair's reason its framework ("gpu-tiny-fp32: torch: torch
+        # sees no GPU ..."): group by the cause.
         head, sep, tail = reason.partition(": ")
-        if sep and " " not in head:
+        while sep and " " not in head:
             reason = tail
+            head, sep, tail = reason.partition(": ")
         reasons[reason] = reasons.get(reason, 0) + 1
     terminalreporter.section("skipped, by reason (pytest -rs lists each)")
     for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):

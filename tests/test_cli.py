@@ -69,7 +69,7 @@ def test_skips_are_summarised_one_line_per_reason():
 
     lines = []
     reporter = SimpleNamespace(
-        stats={"skipped": [skip("jax-gpu-tiny-fp32: jax sees no GPU"), skip("torch-gpu-tiny-fp32: torch sees no GPU"),
+        stats={"skipped": [skip("jax-gpu-tiny-fp32: jax sees no GPU"), skip("gpu-tiny-fp32: torch: torch sees no GPU"),
                            skip("jax-gpu-small-fp32: jax sees no GPU"), skip("needs data: no text")]},
         section=lambda title: lines.append(f"== {title}"), write_line=lines.append)
     root.pytest_terminal_summary(reporter, 0, SimpleNamespace(option=SimpleNamespace(reportchars="fEX")))
