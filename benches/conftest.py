@@ -124,6 +124,10 @@ class Pairing:
     def variant(self) -> str:
         return ""
 
+    @property
+    def compile(self) -> bool:
+        return False  # the pair is of the default variants
+
     def missing(self) -> str | None:
         return next((f"{c.framework}: {r}" for c in self.cases if (r := c.missing())), None)
 
@@ -229,7 +233,7 @@ def _marks(case, kind: str) -> list:
                                                      f"{case.framework} sees {seen} ({what})"))
     if case.device in ("gpu", "tpu"):
         marks.append(getattr(pytest.mark, case.device))
-    if case.size in ("base", "marian-en-hu") or case.variant in ("compile", "cudagraphs"):
+    if case.size in ("base", "marian-en-hu") or case.compile:
         marks.append(pytest.mark.slow)
     # The quick subset: what the regression gate tracks. fp32, default variants, the default
     # sizes; train steps of mtcore's two implementations, decoding, and the paired headline.
@@ -244,7 +248,7 @@ def _marks(case, kind: str) -> list:
     # 24 layers on a CPU) do not queue behind them.
     # JAX's compile and train benches of one program share a process too, so the train bench runs
     # the program the compile bench just built instead of compiling it again.
-    if case.variant in ("compile", "cudagraphs"):
+    if case.compile:
         marks.append(pytest.mark.xdist_group("torch-compile"))
     elif case.variant == "loop":
         marks.append(pytest.mark.xdist_group("jax-loop"))

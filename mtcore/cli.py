@@ -62,13 +62,15 @@ def _summary(metrics: dict) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import os
+    from pathlib import Path
 
-    from mtcore.run import train
+    from mtcore.run import check_request, train
 
     rc = _run_config(args)
     _check_devices(rc)
     if rc.framework == "torch" and rc.devices > 1 and not under_torchrun():
-        _check_out(rc, args)  # before ranks start, each to fail the same way
+        # What train() checks, before ranks start, each to fail the same way.
+        check_request(rc, Path(args.out), resume=args.resume, overwrite=args.overwrite, given=args.given)
         return _launch_torch(rc, args)
     _join(rc)
     metrics = train(rc, args.out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
@@ -77,21 +79,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(_summary(metrics))
         print(f"metrics: {args.out}/metrics.json; checkpoint: {args.out}/checkpoints")
     return 0
-
-
-def _check_out(rc, args: argparse.Namespace) -> None:
-    """--out, --resume and --overwrite checked as ``train`` checks them, writing nothing."""
-    from pathlib import Path
-
-    from mtcore.run import check_device, claim_out, resumed_config
-
-    if args.resume and args.overwrite:
-        raise MTCoreError("--resume continues the run in --out, --overwrite replaces it: choose one")
-    check_device(rc)
-    if args.resume:
-        resumed_config(rc, Path(args.out), args.given)
-    else:
-        claim_out(Path(args.out), args.overwrite)
 
 
 def _check_devices(rc) -> None:
@@ -264,7 +251,7 @@ def _fraction(value: str) -> float:
 def _add_run_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One option per ``RunConfig`` field (its default, help and choices), so a new run option is
     declared once, in ``mtcore/run.py``."""
-    from mtcore.run import RunConfig
+    from mtcore.run import RunConfig, option_flag
 
     types = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str,
              "float | int": _count_or_fraction}
@@ -272,7 +259,7 @@ def _add_run_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
         if f.name in skip:
             continue
         extra = {k: v for k, v in f.metadata.items() if k != "help"}
-        p.add_argument("--" + f.name.replace("_", "-"), type=types[f.type], default=f.default,
+        p.add_argument(option_flag(f.name), type=types[f.type], default=f.default,
                        help=f"{f.metadata['help']} (default: {f.default})", **extra)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

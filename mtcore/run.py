@@ -455,7 +455,8 @@ RESUMABLE = frozenset({"epochs", "devices", "global_batch_size", "batch_size", "
                        "process_id", "threads"})
 
 
-def _flag(name: str) -> str:
+def option_flag(name: str) -> str:
+    """A RunConfig field as its command-line option: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
 
 
@@ -511,8 +512,8 @@ def resumed_config(rc: RunConfig, out: Path, given: set[str] | None) -> RunConfi
     asked = fields if given is None else fields & set(given)
     conflicts = [name for name in sorted(asked - RESUMABLE) if getattr(rc, name) != getattr(saved, name)]
     if conflicts:
-        was = ", ".join(f"{_flag(n)} {getattr(saved, n)}" for n in conflicts)
-        now = ", ".join(f"{_flag(n)} {getattr(rc, n)}" for n in conflicts)
+        was = ", ".join(f"{option_flag(n)} {getattr(saved, n)}" for n in conflicts)
+        now = ", ".join(f"{option_flag(n)} {getattr(rc, n)}" for n in conflicts)
         raise MTCoreError(f"--resume: the run in {out} was trained with {was}, not {now}; drop those options to "
                           "continue it, or train into another --out")
     # The checkpoint holds no device count: resume on the devices asked for now, on the global
@@ -522,22 +523,31 @@ def resumed_config(rc: RunConfig, out: Path, given: set[str] | None) -> RunConfi
                                num_processes=rc.num_processes, process_id=rc.process_id, threads=rc.threads)
 
 
+def check_request(rc: RunConfig, out: Path, *, resume: bool, overwrite: bool,
+                  given: set[str] | None) -> tuple[RunConfig, bool]:
+    """What ``train`` checks before writing anything (also what the CLI checks before launching
+    torchrun's ranks): ``(the config to run, whether --out must be cleared before the first
+    write)``. Writes nothing."""
+    if resume and overwrite:
+        raise MTCoreError("--resume continues the run in --out, --overwrite replaces it: choose one")
+    check_device(rc)
+    if resume:
+        return resumed_config(rc, out, given), False
+    # One process claims --out: the others would find the main one's first files there.
+    return rc, claim_out(out, overwrite) if _main_process(rc) else False
+
+
 def train(rc: RunConfig, out: str | os.PathLike, *, progress: bool = True, resume: bool = False,
           overwrite: bool = False, given: set[str] | None = None) -> dict[str, Any] | None:
     """``mtcore train``: one framework, epochs 1..rc.epochs (continuing after the last checkpoint
     with ``resume``), then test metrics. Returns the final metrics.json content on the main
     process, None on the others. Nothing is written before the device, the data and ``out`` are
-    known to be usable (see ``claim_out`` and ``resumed_config``)."""
+    known to be usable (``check_request``)."""
     out = Path(out)
-    if resume and overwrite:
-        raise MTCoreError("--resume continues the run in --out, --overwrite replaces it: choose one")
-    check_device(rc)
+    rc, clear = check_request(rc, out, resume=resume, overwrite=overwrite, given=given)
     if resume:
-        rc = resumed_config(rc, out, given)
         prepared = prepare(rc, out, tokenizer_dir=out / "tokenizer")
     else:
-        # One process claims --out: the others would find the main one's first files there.
-        clear = claim_out(out, overwrite) if _main_process(rc) else False
         prepared = prepare(rc, out, before_write=(lambda: _clear(out)) if clear else None)
     trainer = Trainer(rc, prepared, out, progress=progress, resume=resume)
     if not resume:
@@ -562,18 +572,19 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
     devices = tuple(sorted(set(devices)))
     if scaling not in ("weak", "strong"):
         raise MTCoreError(f"--scaling must be weak or strong, got {scaling!r}")
+    fixed = rc.global_batch_size or rc.batch_size if scaling == "strong" else None
+    if fixed is not None and fixed % max(devices):
+        raise MTCoreError(f"--scaling strong: the global batch {fixed} must split evenly over --devices {max(devices)}")
     for fw in frameworks:
         check_device(dataclasses.replace(rc, framework=fw))
-    if claim_out(out, overwrite):
-        # Read the data before the old run goes: a bad --data must not cost it.
-        load_corpus(rc.data, source_lang=rc.source_lang, target_lang=rc.target_lang, on_error=rc.on_error,
-                    synthetic_size=rc.synthetic_size, seed=rc.seed)
-        _clear(out)
+    clear = claim_out(out, overwrite)
+    # The data is read before an old comparison goes (a bad --data must not cost it); the
+    # tokenizer every run uses is trained once, here.
+    prepared = prepare(rc, out, before_write=(lambda: _clear(out)) if clear else None)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", {"frameworks": list(frameworks), "devices": list(devices), "scaling": scaling,
                                       "target_loss": target_loss})
     if devices == (1,):
-        prepared = prepare(rc, out)
         trainers = {fw: Trainer(dataclasses.replace(rc, framework=fw), prepared, out / fw, progress=progress)
                     for fw in frameworks}
         for t in trainers.values():
@@ -586,9 +597,6 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
             t.finish()
         return write_report(out)
 
-    fixed = rc.global_batch_size or rc.batch_size if scaling == "strong" else None
-    if fixed is not None and fixed % max(devices):
-        raise MTCoreError(f"--scaling strong: the global batch {fixed} must split evenly over --devices {max(devices)}")
     threads = rc.threads
     if rc.device == "cpu" and threads is None:
         # On a CPU a device is a share of the cores: the same share at every device count, so one
@@ -596,7 +604,6 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
         from mtcore.threads import usable_cores
 
         threads = max(1, len(usable_cores()) // max(devices))
-    prepare(rc, out)  # the tokenizer every run uses, trained once
     for n in devices:
         for fw in frameworks:
             run = dataclasses.replace(rc, framework=fw, devices=n, global_batch_size=fixed, threads=threads,
@@ -637,5 +644,5 @@ def run_arguments(rc: RunConfig) -> list[str]:
     for f in dataclasses.fields(rc):
         value = getattr(rc, f.name)
         if value is not None:
-            args += ["--" + f.name.replace("_", "-"), str(value)]
+            args += [option_flag(f.name), str(value)]
     return args

@@ -1,12 +1,5 @@
-"""Greedy and beam-search decoding in PyTorch with a key/value cache. Mirrors ``mtcore/jax/decode.py``.
-
-Both follow Hugging Face's ``generate`` for a Marian checkpoint with its own settings: pad is never
-generated (its ``bad_words_ids``), the last position is forced to eos when the length limit is
-reached (``forced_eos_token_id``), and beam search is HF's: ``2 * num_beams`` candidates per step,
-the best ``num_beams`` unfinished ones run on, finished ones enter a set of the ``num_beams`` best
-by ``sum log p / length ** length_penalty``, and the search ends when no running beam can beat
-that set (``early_stopping``: False, True or "never", as in HF). The masks (-1e9) and the order of
-operations are HF's, so ties and rounding break the same way.
+"""Greedy and beam-search decoding in PyTorch with a key/value cache. Mirrors ``mtcore/jax/decode.py``,
+whose docstring says how both follow Hugging Face's ``generate`` for a Marian checkpoint.
 
 The cache is static: allocated once for ``max_len`` positions and written in place, with the
 position a device tensor, so every step runs the same shapes. The loop runs to ``max_len`` with
