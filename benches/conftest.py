@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from allocator import keep_freed_memory
 from turns import Turns
 
 import mtcore
 from mtcore import threads
+from mtcore.allocator import keep_freed_memory, run_jax_on_calling_thread
 from mtcore.config import PRESETS
 from mtcore.devices import DEVICE_KINDS, device_counts, missing
 from mtcore.errors import MTCoreError
@@ -288,7 +288,7 @@ def pytest_configure(config):
     _turns.start()  # a gate session works only in its turns, start-up included
     _config = config
     # Before the frameworks start their threads and allocate: freed memory stays in the process,
-    # so no round pays for the previous one's page faults (benches/allocator.py).
+    # so no round pays for the previous one's page faults (mtcore/allocator.py).
     _allocator = keep_freed_memory()
     config.addinivalue_line("markers", "cases(kind): parametrise a bench over the cases of that kind")
     config.addinivalue_line("markers", "xdist_group(name): keep these cases on one process under --dist loadgroup")
@@ -317,6 +317,7 @@ def pytest_configure(config):
         import jax
 
         jax.config.update("jax_default_matmul_precision", "highest")
+        _allocator.update(run_jax_on_calling_thread())
     if mtcore.available("torch") is None:
         import torch
 
@@ -606,6 +607,8 @@ def _summary(terminalreporter, config):
     settings = _allocator.get("mallopt")
     tr.write_line(f"allocator: {_allocator.get('allocator')}" + (
         f", freed memory kept in the process (mallopt {settings})" if isinstance(settings, dict) else ""))
+    if "jax_cpu_dispatch" in _allocator:
+        tr.write_line(f"JAX CPU dispatch: {_allocator['jax_cpu_dispatch']}, its buffers from the main heap (mtcore/allocator.py)")
     header = (f"{'benchmark':58} {'median ms':>10} {'IQR %':>6} {'rounds':>6} {'tokens/s':>10} "
               f"{'TFLOP/s':>8} {'MFU':>7} {'mem MB':>8} {'compile s':>9}")
     tr.write_line(header)

@@ -56,7 +56,8 @@ def test_train_step(benchmark, case, rounds):
     memory, memory_kind = be.step_memory()
     host_growth = host.growth()
     if memory is None and host_growth is not None:  # torch on a CPU: no allocator peak to read
-        memory, memory_kind = host_growth, "process RSS growth over the case (peak minus start; not deterministic)"
+        memory, memory_kind = host_growth, ("process RSS growth over the case (peak minus start; not deterministic: "
+                                             "memory earlier cases freed stays in the process and is reused uncounted)")
     benchmark.extra_info.update(
         framework=case.framework,
         variant=case.variant,

@@ -173,3 +173,21 @@ def _compile_counter(framework: str):
         yield lambda: int(counters["stats"]["unique_graphs"])
 
     return jax_counter() if framework == "jax" else torch_counter()
+
+
+def test_accuracy_counts_the_labels_logit_being_the_largest(backends):
+    # Four target tokens: a clear hit, a miss, a tie for the largest (counts: argmax would pick
+    # whichever came first), and a hit on a padding position (not counted).
+    logits = np.array([[[0.0, 3.0, 1.0], [2.0, 1.0, 0.0], [1.0, 5.0, 5.0], [9.0, 0.0, 0.0]]], np.float32)
+    labels = np.array([[1, 2, 2, 0]], np.int32)
+    mask = np.array([[1, 1, 1, 0]], np.int32)
+    import jax.numpy as jnp
+    import torch
+
+    from mtcore.jax.train import loss_fn as jax_loss
+    from mtcore.torch.train import loss_fn as torch_loss
+
+    _, correct_j, count_j = jax_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask), 0.1)
+    _, correct_t, count_t = torch_loss(torch.from_numpy(logits), torch.from_numpy(labels), torch.from_numpy(mask), 0.1)
+    assert (float(correct_j), float(count_j)) == (2.0, 3.0)
+    assert (float(correct_t), float(count_t)) == (2.0, 3.0)

@@ -70,12 +70,14 @@ def init_train_state(variables: dict[str, Any], tcfg: TrainConfig) -> TrainState
 
 def loss_fn(logits: jax.Array, labels: jax.Array, mask: jax.Array, label_smoothing: float):
     """``(loss_sum, correct, count)`` over real target tokens: label-smoothed cross-entropy summed,
-    correct argmax predictions, and the token count that divides both once summed over devices."""
+    correct predictions (the label's logit is the largest: ``mtcore/torch/train.py`` says why not
+    argmax), and the token count that divides both once summed over devices."""
     v = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, v, dtype=jnp.float32), label_smoothing)
     per_token = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)  # (B, T)
     weights = mask.astype(jnp.float32)
-    correct = ((logits.argmax(-1) == labels) * weights).sum()
+    hit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0] >= logits.max(-1)  # (B, T)
+    correct = (hit * weights).sum()
     return (per_token * weights).sum(), correct, weights.sum()
 
 
