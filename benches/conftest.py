@@ -160,6 +160,10 @@ def pytest_addoption(parser):
                     help="CPU thread budget per process, the same for every framework: a number (pinned to that many "
                          "cores: stable, what the regression gate uses) or 'all' (the whole machine, as users run). "
                          "Default: %(default)s")
+    group.addoption("--compile-budget", type=float, default=120.0,
+                    help="compile-vs-depth: skip a depth whose compile, extrapolated from the shallower ones, "
+                         "would take longer than this many seconds (an unrolled program's compile grows faster "
+                         "than its depth; the figure must finish on any device). Default: %(default)s")
     group.addoption("--rounds", type=int,
                     help=f"fixed timed rounds per benchmark (default: calibrated, {MAX_TIME_S:g} s of timed work per "
                          f"case, at least {MIN_ROUNDS} rounds; see --benchmark-max-time / --benchmark-min-rounds)")

@@ -113,3 +113,16 @@ def test_a_named_device_that_is_absent_fails(tmp_path):
     out = done.stdout + done.stderr
     assert done.returncode == 2, out[-3000:]
     assert "--device tpu: no selected framework sees a TPU (jax sees no TPU device" in out, out[-3000:]
+
+
+@pytest.mark.jax
+def test_compile_vs_depth_stops_where_the_budget_runs_out(tmp_path):
+    # The first depth has nothing to extrapolate from and compiles; the next is predicted from it
+    # (linear in depth at least) and skipped, naming what was measured.
+    select = ["--framework", "jax", "--device", "cpu", "-k", "compile_time_vs_depth and not loop and (2layers or 6layers) and not 12layers"]
+    done = _pytest_benches(tmp_path, "--compile-budget", "0.5", "--benchmark-disable", "-rs", select=select, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "1 passed, 1 skipped" in out, out[-3000:]
+    assert "compile vs depth: 6 layers would take ~" in out and "(2 layers " in out, out[-3000:]
+    assert "over --compile-budget 0.5 s" in out, out[-3000:]
