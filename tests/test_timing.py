@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 
@@ -80,8 +81,13 @@ def test_host_memory_counts_what_the_work_made_resident():
     from mtcore.timing import HostMemory
 
     before = HostMemory()
-    block = np.ones(64 << 20, np.uint8)  # 64 MB, written: resident
-    del block  # freed again: the peak, not the end, is what counts
+    # 64 MB mapped and written: resident. Mapped here rather than allocated, so the heap's history
+    # (a freed chunk of this size already resident, which the tests before may leave) cannot serve it.
+    block = mmap.mmap(-1, 64 << 20)
+    chunk = b"\1" * (1 << 20)
+    for offset in range(0, 64 << 20, 1 << 20):
+        block[offset:offset + (1 << 20)] = chunk
+    block.close()  # handed back: the peak, not the end, is what counts
     grown = before.growth()
     assert grown is not None and 60 << 20 <= grown < 200 << 20, grown
     assert HostMemory().growth() < 16 << 20  # a fresh start forgets the earlier peak
