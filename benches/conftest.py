@@ -307,6 +307,15 @@ def pytest_configure(config):
         _budget = threads.apply(budget, slot=int(worker.removeprefix("gw") or 0), slots=slots)
     except MTCoreError as e:
         _stop(str(e))
+    # Identical arithmetic in fp32: XLA would otherwise run fp32 matmuls as TF32 on NVIDIA GPUs,
+    # which PyTorch does not by default. bf16 cases are the fast path, in both frameworks.
+    if mtcore.available("jax") is None:
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+        # Before anything asks JAX for its devices (the storage fingerprint below does): the flag
+        # is read once, when the CPU backend starts.
+        _allocator.update(run_jax_on_calling_thread())
     if any(config.getoption(o) for o in ("benchmark_autosave", "benchmark_save", "benchmark_compare")):
         _store_by_fingerprint()
     if not _given(config, "--benchmark-max-time"):
@@ -315,13 +324,6 @@ def pytest_configure(config):
         config.option.benchmark_min_rounds = MIN_ROUNDS
     # A gen-2 collection of a whole pytest session's heap would land in a random round.
     config.option.benchmark_disable_gc = True
-    # Identical arithmetic in fp32: XLA would otherwise run fp32 matmuls as TF32 on NVIDIA GPUs,
-    # which PyTorch does not by default. bf16 cases are the fast path, in both frameworks.
-    if mtcore.available("jax") is None:
-        import jax
-
-        jax.config.update("jax_default_matmul_precision", "highest")
-        _allocator.update(run_jax_on_calling_thread())
     if mtcore.available("torch") is None:
         import torch
 
@@ -612,7 +614,7 @@ def _summary(terminalreporter, config):
     tr.write_line(f"allocator: {_allocator.get('allocator')}" + (
         f", freed memory kept in the process (mallopt {settings})" if isinstance(settings, dict) else ""))
     if "jax_cpu_dispatch" in _allocator:
-        tr.write_line(f"JAX CPU dispatch: {_allocator['jax_cpu_dispatch']}, its buffers from the main heap (mtcore/allocator.py)")
+        tr.write_line(f"JAX CPU dispatch: {_allocator['jax_cpu_dispatch']} (mtcore/allocator.py)")
     header = (f"{'benchmark':58} {'median ms':>10} {'IQR %':>6} {'rounds':>6} {'tokens/s':>10} "
               f"{'TFLOP/s':>8} {'MFU':>7} {'mem MB':>8} {'compile s':>9}")
     tr.write_line(header)

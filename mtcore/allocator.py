@@ -71,6 +71,10 @@ def run_jax_on_calling_thread() -> dict:
     """Turn JAX's asynchronous CPU dispatch off (before its CPU backend exists; it reads the flag
     once), so XLA's per-run buffers come from the main heap that the settings above keep."""
     import jax
+    from jax._src import xla_bridge  # no public way to ask whether a backend has started
 
+    if getattr(xla_bridge, "_backends", None):
+        # Too late: the setting would be ignored without a word. Say so rather than claim it.
+        return {"jax_cpu_dispatch": "asynchronous (JAX's backends had started before it could be changed)"}
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     return {"jax_cpu_dispatch": "synchronous (programs run on the calling thread)"}

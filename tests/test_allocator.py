@@ -96,3 +96,16 @@ def test_jax_temporary_buffers_are_reused_without_page_faults():
     # faults nothing (the median: a busy machine has seen a stray run map its buffer again).
     both = faults("mallopt+sync")
     assert sorted(both[1:])[2] < pages // 100, both
+
+
+@pytest.mark.jax
+def test_jax_dispatch_setting_says_when_it_came_too_late():
+    script = (
+        "from mtcore.allocator import run_jax_on_calling_thread as run\n"
+        "import jax\n"
+        "print(run()['jax_cpu_dispatch'].split()[0])\n"
+        "jax.devices()\n"
+        "print(run()['jax_cpu_dispatch'].split()[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.split() == ["synchronous", "asynchronous"]
