@@ -161,8 +161,8 @@ def pytest_addoption(parser):
                          "cores: stable, what the regression gate uses) or 'all' (the whole machine, as users run). "
                          "Default: %(default)s")
     group.addoption("--compile-budget", type=float, default=120.0,
-                    help="compile-vs-depth: skip a depth whose compile, extrapolated from the shallower ones, "
-                         "would take longer than this many seconds (an unrolled program's compile grows faster "
+                    help="compile-vs-depth: skip a depth whose compile, extrapolated from the shallower ones and "
+                         "doubled, would take longer than this many seconds (an unrolled program's compile grows faster "
                          "than its depth; the figure must finish on any device). Default: %(default)s")
     group.addoption("--rounds", type=int,
                     help=f"fixed timed rounds per benchmark (default: calibrated, {MAX_TIME_S:g} s of timed work per "
@@ -254,6 +254,9 @@ def _marks(case, kind: str) -> list:
     # the program the compile bench just built instead of compiling it again.
     if case.compile:
         marks.append(pytest.mark.xdist_group("torch-compile"))
+    elif kind == "depth":
+        # Shallow to deep in one process: each depth extrapolates its compile from the ones before.
+        marks.append(pytest.mark.xdist_group(f"depth-{case.id}"))
     elif case.variant == "loop":
         marks.append(pytest.mark.xdist_group("jax-loop"))
     elif case.framework == "jax" and case.precision == "fp32" and kind in ("compile", "train"):

@@ -4,8 +4,9 @@ stacking: the figure that shows why the JAX model scans. A fresh compile every r
 An unrolled program's compile grows faster than its depth (this CPU, tiny layers: 4.9, 10.1,
 21.4, 78.2 s for 2, 6, 12, 24 layers), and on a GPU the same sweep did not finish in 9 minutes.
 So depths run shallow to deep, each case extrapolates its next compile from the last two it
-measured, and a depth predicted beyond ``--compile-budget`` is skipped, saying what it measured:
-the figure ends where the device's compiler makes it too slow to draw, instead of never.
+measured, and a depth whose doubled prediction exceeds ``--compile-budget`` is skipped, saying
+what it measured: the figure ends where the device's compiler makes it too slow to draw, instead
+of never.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mtcore.weights import init_tree
 
 # Compiles above this take one round: a second would add minutes and little information.
 ONE_ROUND_S = 8.0
+MARGIN = 2.0  # see the skip below
 # (case id without depth) -> [(depth, seconds of its fastest compile), ...], shallow to deep
 _measured: dict[str, list[tuple[int, float]]] = {}
 
@@ -34,7 +36,7 @@ def predicted_seconds(history: list[tuple[int, float]], depth: int) -> float | N
     (d0, t0) = history[-2]
     from math import log
 
-    exponent = max(1.0, log(t1 / t0) / log(d1 / d0)) if t0 > 0 and d1 > d0 else 1.0
+    exponent = max(1.0, log(t1 / t0) / log(d1 / d0)) if t0 > 0 and t1 > 0 and d1 > d0 else 1.0
     return t1 * (depth / d1) ** exponent
 
 
@@ -45,10 +47,12 @@ def test_compile_time_vs_depth(benchmark, case, depth, request):
     history = _measured.setdefault(case.id, [])
     budget = request.config.getoption("--compile-budget")
     expected = predicted_seconds(history, depth)
-    if expected is not None and expected > budget:
+    # Twice the extrapolation against the budget: growth steepens with depth (this CPU's loop: 6 -> 12
+    # layers predicted 24 layers at 45 s, which took 78 s).
+    if expected is not None and MARGIN * expected > budget:
         measured = ", ".join(f"{d} layers {t:.1f} s" for d, t in history)
-        pytest.skip(f"compile vs depth: {depth} layers would take ~{expected:.0f} s to compile ({measured}), "
-                    f"over --compile-budget {budget:g} s")
+        pytest.skip(f"compile vs depth: {depth} layers would take ~{expected:.0f} s to compile ({measured}; "
+                    f"twice that is over --compile-budget {budget:g} s)")
     cfg = case.model_config(encoder_layers=depth, decoder_layers=depth)
     tcfg = case.train_config()
     tree = init_tree(cfg, seed=0)

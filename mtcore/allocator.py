@@ -60,10 +60,10 @@ def keep_freed_memory() -> dict:
     except (OSError, AttributeError):
         return {"allocator": "not glibc: left as it is"}
     version.restype = ctypes.c_char_p
-    applied = all(libc.mallopt(param, value) for param, value in SETTINGS.values())
+    refused = [name for name, (param, value) in SETTINGS.items() if not libc.mallopt(param, value)]
     return {
         "allocator": f"glibc {version().decode()}",
-        "mallopt": {name: value for name, (_, value) in SETTINGS.items()} if applied else "refused",
+        "mallopt": {name: value for name, (_, value) in SETTINGS.items()} if not refused else f"refused: {', '.join(refused)}",
     }
 
 
@@ -71,10 +71,12 @@ def run_jax_on_calling_thread() -> dict:
     """Turn JAX's asynchronous CPU dispatch off (before its CPU backend exists; it reads the flag
     once), so XLA's per-run buffers come from the main heap that the settings above keep."""
     import jax
-    from jax._src import xla_bridge  # no public way to ask whether a backend has started
+    from jax._src import xla_bridge  # as mtcore/jax/backend.py's set_threads: no public API asks this
 
-    if getattr(xla_bridge, "_backends", None):
-        # Too late: the setting would be ignored without a word. Say so rather than claim it.
-        return {"jax_cpu_dispatch": "asynchronous (JAX's backends had started before it could be changed)"}
+    if xla_bridge.backends_are_initialized():
+        # Too late to change: the CPU client read the flag when it started. Say what it read.
+        if jax.config.read("jax_cpu_enable_async_dispatch"):
+            return {"jax_cpu_dispatch": "asynchronous (JAX's backends had started before it could be changed)"}
+        return {"jax_cpu_dispatch": "synchronous (programs run on the calling thread)"}
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     return {"jax_cpu_dispatch": "synchronous (programs run on the calling thread)"}

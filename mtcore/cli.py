@@ -183,6 +183,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise MTCoreError(f"--devices: expected a comma list of device counts like 1,2, got {args.devices!r}") from None
     rc = _run_config(args, framework=frameworks[0], devices=max(devices or (1,)))
     _check_devices(rc)
+    if rc.device == "cpu" and args.own_process:
+        # At one device both frameworks train in this process, epochs alternating: the same
+        # settings as `mtcore train` (_join) and the benches (mtcore/allocator.py).
+        from mtcore.allocator import keep_freed_memory, run_jax_on_calling_thread
+
+        keep_freed_memory()
+        if "jax" in frameworks:
+            run_jax_on_calling_thread()
     report = compare(dataclasses.replace(rc, devices=1), args.out, frameworks=frameworks, devices=devices or (1,),
                      scaling=args.scaling, target_loss=args.target_loss, progress=not args.quiet,
                      overwrite=args.overwrite)
