@@ -73,10 +73,9 @@ def run_jax_on_calling_thread() -> dict:
     import jax
     from jax._src import xla_bridge  # as mtcore/jax/backend.py's set_threads: no public API asks this
 
-    if xla_bridge.backends_are_initialized():
+    if not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+    elif jax.config.read("jax_cpu_enable_async_dispatch"):
         # Too late to change: the CPU client read the flag when it started. Say what it read.
-        if jax.config.read("jax_cpu_enable_async_dispatch"):
-            return {"jax_cpu_dispatch": "asynchronous (JAX's backends had started before it could be changed)"}
-        return {"jax_cpu_dispatch": "synchronous (programs run on the calling thread)"}
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
+        return {"jax_cpu_dispatch": "asynchronous (JAX's backends had started before it could be changed)"}
     return {"jax_cpu_dispatch": "synchronous (programs run on the calling thread)"}

@@ -101,6 +101,17 @@ def _check_devices(rc) -> None:
                               f"{', '.join(gpus)}")
 
 
+def _keep_freed_memory(frameworks: tuple[str, ...]) -> None:
+    """Epoch times are compared across frameworks as the benches' steps are: no step pays for page
+    faults that the allocator's give-back caused (mtcore/allocator.py). Only where mtcore is the
+    program: a process that calls ``main()`` keeps its allocator."""
+    from mtcore.allocator import keep_freed_memory, run_jax_on_calling_thread
+
+    keep_freed_memory()
+    if "jax" in frameworks:
+        run_jax_on_calling_thread()
+
+
 def _join(rc, own_process: bool = True) -> None:
     """Before any framework starts: on a CPU, keep freed memory in the process (when mtcore is the
     program: ``main()`` called from another one, a test or a notebook, leaves its allocator alone)
@@ -109,15 +120,10 @@ def _join(rc, own_process: bool = True) -> None:
     import os
 
     from mtcore import threads
-    from mtcore.allocator import keep_freed_memory, run_jax_on_calling_thread
 
     if rc.device == "cpu":
         if own_process:
-            # Epoch times are compared across frameworks as the benches' steps are: no step pays
-            # for page faults that the allocator's give-back caused (mtcore/allocator.py).
-            keep_freed_memory()
-            if rc.framework == "jax":
-                run_jax_on_calling_thread()
+            _keep_freed_memory((rc.framework,))
         cores = len(threads.usable_cores())
         if rc.framework == "torch" and under_torchrun():
             local, local_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -184,13 +190,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rc = _run_config(args, framework=frameworks[0], devices=max(devices or (1,)))
     _check_devices(rc)
     if rc.device == "cpu" and args.own_process:
-        # At one device both frameworks train in this process, epochs alternating: the same
-        # settings as `mtcore train` (_join) and the benches (mtcore/allocator.py).
-        from mtcore.allocator import keep_freed_memory, run_jax_on_calling_thread
-
-        keep_freed_memory()
-        if "jax" in frameworks:
-            run_jax_on_calling_thread()
+        _keep_freed_memory(frameworks)  # at one device both frameworks train in this process
     report = compare(dataclasses.replace(rc, devices=1), args.out, frameworks=frameworks, devices=devices or (1,),
                      scaling=args.scaling, target_loss=args.target_loss, progress=not args.quiet,
                      overwrite=args.overwrite)

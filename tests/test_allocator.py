@@ -39,16 +39,21 @@ print(*faults)
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
 
 
-def _faults(mode: str) -> list[int]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
-                         timeout=60, check=True, env=CLEAN_ENV).stdout
-    return [int(x) for x in out.split()]
+def _run(script: str, *args: str) -> list[str]:
+    """What a fresh Python process running ``script`` prints, split into words."""
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                         timeout=120, check=True, env=CLEAN_ENV).stdout
+    return out.split()
+
+
+def _faults(probe: str, mode: str) -> list[int]:
+    return [int(x) for x in _run(probe, mode)]
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt; other C libraries are left alone")
 def test_freed_memory_is_reused_without_page_faults():
     pages = 3 * (25 << 20) // 4096
-    plain, kept = _faults("plain"), _faults("keep")
+    plain, kept = _faults(PROBE, "plain"), _faults(PROBE, "keep")
     assert all(f >= 0.9 * pages for f in (plain[0], kept[0])), (plain, kept)  # the first round maps everything
     # glibc as it comes hands the buffers back and faults them in again (the probe's own check that it
     # reproduces the problem), with the settings the later rounds reuse them.
@@ -86,30 +91,22 @@ print(*faults)
 @pytest.mark.jax
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt; other C libraries are left alone")
 def test_jax_temporary_buffers_are_reused_without_page_faults():
-    def faults(mode):
-        out = subprocess.run([sys.executable, "-c", JAX_PROBE, mode], capture_output=True,
-                             text=True, timeout=120, check=True, env=CLEAN_ENV).stdout
-        return [int(x) for x in out.split()]
-
     pages = (128 << 20) // 4096
     # As JAX comes, and with the mallopt half alone (XLA's worker thread maps the buffer afresh,
     # its arena cannot hold it): every run faults the buffer in again.
     for mode in ("plain", "mallopt"):
-        runs = faults(mode)
+        runs = _faults(JAX_PROBE, mode)
         assert min(runs[1:]) >= pages // 2, (mode, runs)
     # Both halves: the buffer comes from the main heap, kept; once the heap has grown, a typical run
     # faults nothing (the median: a busy machine has seen a stray run map its buffer again).
-    both = faults("mallopt+sync")
+    both = _faults(JAX_PROBE, "mallopt+sync")
     assert sorted(both[1:])[2] < pages // 100, both
 
 
 @pytest.mark.jax
 def test_jax_dispatch_setting_says_what_the_backend_read():
     def answers(script):
-        prelude = "import jax\nfrom mtcore.allocator import run_jax_on_calling_thread as run\n"
-        out = subprocess.run([sys.executable, "-c", prelude + script], capture_output=True, text=True,
-                             timeout=120, check=True).stdout
-        return out.split()
+        return _run("import jax\nfrom mtcore.allocator import run_jax_on_calling_thread as run\n" + script)
 
     word = "print(run()['jax_cpu_dispatch'].split()[0])\n"
     # In time, and asked again once the backend runs: synchronous both times.
