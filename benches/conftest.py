@@ -198,7 +198,10 @@ def _cases(kind: str, frameworks, devices, sizes) -> list:
                     cases += [Case(fw, device, size, variant="compile")] + graphs if fw == "torch" else [
                         Case(fw, device, size), Case(fw, device, size, variant="loop")]
                 elif kind == "decode":
-                    cases.append(Case(fw, device, size))
+                    # torch's compiled decode step everywhere (what compile buys a CPU is worth
+                    # seeing too), replayed as a CUDA graph on a GPU; JAX always compiles.
+                    cases += [Case(fw, device, size)] + (
+                        [Case(fw, device, size, variant="compile")] + graphs if fw == "torch" else [])
                 elif kind == "scaling":
                     cases += [Case(fw, device, size, devices=n) for n in scaling_counts(fw, device)]
             if kind == "train" and "hf" in frameworks:

@@ -54,9 +54,10 @@ def test_decode_latency(benchmark, case, strategy, rounds):
     beams = 1 if strategy == "greedy" else NUM_BEAMS
 
     def decode():
-        return be.generate(params, cfg, src.src_ids, src.src_mask, max_len=MAX_LEN, num_beams=beams)
+        return be.generate(params, cfg, src.src_ids, src.src_mask, max_len=MAX_LEN, num_beams=beams,
+                           compile=case.compile)
 
-    out = decode()  # warm-up: compiles under JAX
+    out = decode()  # warm-up: compiles (JAX, torch's compile variants)
     reference = _reference(case.size, case.framework, strategy)
     if reference is not None:
         other_id, other = reference
@@ -71,6 +72,6 @@ def test_decode_latency(benchmark, case, strategy, rounds):
     assert np.array_equal(result, out), "decoding is not deterministic"
     median = median_seconds(benchmark)
     generated = int((out != cfg.pad_id).sum())
-    benchmark.extra_info.update(case=case.id, strategy=strategy, threads=thread_budget().as_dict(), batch=b,
+    benchmark.extra_info.update(case=case.id, variant=case.variant, strategy=strategy, threads=thread_budget().as_dict(), batch=b,
                                 max_len=MAX_LEN, num_beams=beams, generated_tokens=generated,
                                 tokens_per_s=median and generated / median)

@@ -210,3 +210,41 @@ def test_beam_search_is_hfs_on_many_rows_that_finish_early(backends, framework):
             np.testing.assert_array_equal(out, hf, err_msg=f"seed {seed}, eos bias {eos_bias}")
             early += int((hf[:, :-1] == cfg.eos_id).any(1).sum())
     assert early >= 50, f"only {early} of 320 rows finished before the limit: the test lost its point"
+
+
+@pytest.mark.hf
+def test_compiled_torch_decoding_is_eager_decoding_and_compiles_once_per_shape(backends):
+    """``generate(compile=True)``: every step after the first is one ``torch.compile`` program
+    (what ``reduce-overhead`` turns into a CUDA graph on a GPU). Its greedy and beam output is the
+    eager output and HF's, on checkpoints whose rows finish early and run into the length limit;
+    and it compiles once per batch shape, whatever the position, the call or the model's weights."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    cfg, be = CONFIGS[0], backends["torch"]
+    torch._dynamo.reset()  # earlier tests' compiled frames would hide or add compilations
+    counters.clear()
+    ends = set()
+    for seed in range(2):
+        tree = random_tree(cfg, seed)
+        tree["final_logits_bias"][cfg.eos_id] += 6.0  # some rows end early, some at the limit
+        batch = random_batch(cfg, 8, 7, 1, seed=seed)
+        params = be.from_numpy(cfg, tree)
+        model = hf_model(cfg, tree)
+        model.generation_config.update(bad_words_ids=[[cfg.pad_id]], forced_eos_token_id=cfg.eos_id)
+        for beams in (1, 3):
+            eager = be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN, num_beams=beams)
+            compiled = be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN, num_beams=beams,
+                                   compile=True)
+            with torch.no_grad():
+                hf = model.generate(input_ids=torch.from_numpy(batch.src_ids).long(),
+                                    attention_mask=torch.from_numpy(batch.src_mask).long(),
+                                    num_beams=beams, do_sample=False, max_length=MAX_LEN + 1)[:, 1:].numpy()
+            hf = np.pad(hf, ((0, 0), (0, MAX_LEN - hf.shape[1])), constant_values=cfg.pad_id)
+            np.testing.assert_array_equal(compiled, eager, err_msg=f"seed {seed}, {beams} beams")
+            np.testing.assert_array_equal(compiled, hf, err_msg=f"seed {seed}, {beams} beams")
+            lengths = (compiled == cfg.eos_id).argmax(1)
+            ends |= {"early" if n < MAX_LEN - 1 else "limit" for n in lengths}
+    assert ends == {"early", "limit"}, f"rows ended only {ends}: the checkpoints lost the test its point"
+    # Two batch shapes (8 rows greedy, 24 beam hypotheses), 11 positions, 2 checkpoints, 2 calls each.
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])

@@ -241,9 +241,11 @@ class JaxBackend:
         num_beams: int = 1,
         length_penalty: float = 1.0,
         early_stopping: bool | str = False,
+        compile: bool | str = True,
     ) -> np.ndarray:
         """``(B, max_len)`` int32 token ids, decoded as Hugging Face's ``generate`` does with a Marian
-        checkpoint's own settings (``GenerateConfig.from_hf`` reads them: pass ``**gen.kwargs()``)."""
+        checkpoint's own settings (``GenerateConfig.from_hf`` reads them: pass ``**gen.kwargs()``).
+        JAX always compiles the whole decode, so ``compile`` changes nothing."""
         src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams, early_stopping)
         ids, mask = jax.device_put((src_ids, src_mask), self.jax_device)
         if num_beams == 1:

@@ -187,17 +187,20 @@ class TorchBackend:
         num_beams: int = 1,
         length_penalty: float = 1.0,
         early_stopping: bool | str = False,
+        compile: bool | str = False,
     ) -> np.ndarray:
         """``(B, max_len)`` int32 token ids, decoded as Hugging Face's ``generate`` does with a Marian
-        checkpoint's own settings (``GenerateConfig.from_hf`` reads them: pass ``**gen.kwargs()``)."""
+        checkpoint's own settings (``GenerateConfig.from_hf`` reads them: pass ``**gen.kwargs()``).
+        ``compile``: each token's step through ``torch.compile`` (a string: its mode,
+        "reduce-overhead" for CUDA graphs); the first call of a shape compiles."""
         src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams, early_stopping)
         params.eval()
         ids = torch.from_numpy(src_ids).to(self.device)
         mask = torch.from_numpy(src_mask).to(self.device)
         if num_beams == 1:
-            out = decode.greedy(params, ids, mask, max_len)
+            out = decode.greedy(params, ids, mask, max_len, compile)
         else:
-            out = decode.beam_search(params, ids, mask, max_len, num_beams, length_penalty, early_stopping)
+            out = decode.beam_search(params, ids, mask, max_len, num_beams, length_penalty, early_stopping, compile)
         return out.cpu().numpy().astype(np.int32)
 
     def reseed(self, seed: int) -> None:
@@ -274,7 +277,9 @@ class HFBackend(TorchBackend):
         return super().compile_train_step(cfg, tcfg, state, batch)
 
     def generate(self, params: HFMarian, cfg: ModelConfig, src_ids, src_mask=None, *, max_len=64, num_beams=1,
-                 length_penalty=1.0, early_stopping=False) -> np.ndarray:
+                 length_penalty=1.0, early_stopping=False, compile=False) -> np.ndarray:
+        if compile:
+            raise MTCoreError("the HF baseline runs eager only")
         src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams, early_stopping)
         params.eval()
         with torch.no_grad():

@@ -7,9 +7,16 @@ finished rows masked, as JAX's ``while_loop`` does; the host asks whether to sto
 the device) every token on a CPU, where it costs nothing, and every ``SYNC_EVERY`` tokens on an
 accelerator, where each ask stalls the queue (PyTorch's performance tuning guide: avoid
 unnecessary CPU-GPU synchronization). Steps past the end change nothing, so the output is the same.
+
+With ``compile`` every step after the first is one ``torch.compile`` program (the position is a
+tensor input, so one graph serves every position); with ``compile="reduce-overhead"`` on a GPU that
+program is a CUDA graph, replayed with one launch per token instead of one per kernel. The beam
+bookkeeping between steps stays eager.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -20,14 +27,49 @@ MASKED = -1.0e9  # HF's score for a candidate that may not be chosen
 SYNC_EVERY = 8  # tokens between "stop?" checks on an accelerator
 
 
-def _next_logprobs(cfg: ModelConfig, logits: torch.Tensor, i: int, max_len: int) -> torch.Tensor:
-    """Log-probabilities of the token at position ``i`` ``(N, V)``, as HF's logits processors
-    leave them: pad banned (it doubles as the decoder start token), eos forced at the last position."""
+def _next_logprobs(cfg: ModelConfig, logits: torch.Tensor, index: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Log-probabilities of the token at position ``index`` (a 0-d tensor) ``(N, V)``, as HF's logits
+    processors leave them: pad banned (it doubles as the decoder start token), eos forced at the
+    last position."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     logp[:, cfg.pad_id] = -torch.inf
-    if i == max_len - 1:
-        logp.fill_(-torch.inf)[:, cfg.eos_id] = 0.0
-    return logp
+    only_eos = torch.full_like(logp[0], -torch.inf)  # (V,)
+    only_eos[cfg.eos_id] = 0.0
+    return torch.where(index == max_len - 1, only_eos, logp)
+
+
+def _logprobs(model: Transformer, token, index, cache, enc, src_mask, max_len: int) -> torch.Tensor:
+    """The next token's log-probabilities ``(N, V)``; the step's keys and values are written into
+    ``cache`` in place, so nothing else is returned (the cross-attention arrays must be there)."""
+    logits, _ = model.decode_step(token, index, cache, enc, src_mask)
+    return _next_logprobs(model.cfg, logits, index, max_len)
+
+
+@functools.cache
+def _compiled(mode: str | None):
+    # One compiled function per mode for the whole process: every decode call and every model of
+    # the same shapes reuses its graphs (dynamo guards on the module, shapes and max_len). Static
+    # shapes: a graph per batch shape; by default a second shape (beam search after greedy) would
+    # get one symbolic graph, measured 9-23% slower than eager here on CPU.
+    return torch.compile(_logprobs, mode=mode, dynamic=False)
+
+
+def _step(model: Transformer, token, index, cache, enc, src_mask, max_len: int, compile: bool | str):
+    """``(logp, cache)`` for one token. The first step runs eagerly, as JAX's runs before its loop:
+    it adds the cross-attention arrays, which changes the cache's structure; every later step is
+    one program, compiled with ``compile`` (a string: ``torch.compile``'s mode)."""
+    if not compile or "ck" not in cache:
+        logits, cache = model.decode_step(token, index, cache, enc, src_mask)
+        return _next_logprobs(model.cfg, logits, index, max_len), cache
+    mode = compile if isinstance(compile, str) else None
+    if mode == "reduce-overhead":
+        # CUDA graphs replay into fixed addresses: the cache, written in place, must be a static
+        # input (or the graph is skipped for "mutated inputs"), and the last replay's output is
+        # dead before the next one (torch.compile docs, "CUDAGraph Trees").
+        for name in ("k", "v"):
+            torch._dynamo.mark_static_address(cache[name])
+        torch.compiler.cudagraph_mark_step_begin()
+    return _compiled(mode)(model, token, index, cache, enc, src_mask, max_len), cache
 
 
 def _stop(go: torch.Tensor, i: int) -> bool:
@@ -37,7 +79,8 @@ def _stop(go: torch.Tensor, i: int) -> bool:
 
 
 @torch.no_grad()
-def greedy(model: Transformer, src_ids: torch.Tensor, src_mask: torch.Tensor, max_len: int) -> torch.Tensor:
+def greedy(model: Transformer, src_ids: torch.Tensor, src_mask: torch.Tensor, max_len: int,
+           compile: bool | str = False) -> torch.Tensor:
     """``(B, max_len)`` token ids, eos included, pad after it."""
     cfg = model.cfg
     b = src_ids.shape[0]
@@ -48,8 +91,8 @@ def greedy(model: Transformer, src_ids: torch.Tensor, src_mask: torch.Tensor, ma
     out = torch.full((b, max_len), cfg.pad_id, dtype=torch.long, device=enc.device)
     done = torch.zeros(b, dtype=torch.bool, device=enc.device)
     for i in range(max_len):
-        logits, cache = model.decode_step(token, positions[i], cache, enc, src_mask)
-        token = torch.where(done, cfg.pad_id, _next_logprobs(cfg, logits, i, max_len).argmax(-1))
+        logp, cache = _step(model, token, positions[i], cache, enc, src_mask, max_len, compile)
+        token = torch.where(done, cfg.pad_id, logp.argmax(-1))
         out[:, i] = token
         done |= token == cfg.eos_id
         if _stop(~done.all(), i):
@@ -71,6 +114,7 @@ def beam_search(
     num_beams: int = 4,
     length_penalty: float = 1.0,
     early_stopping: bool | str = False,
+    compile: bool | str = False,
 ) -> torch.Tensor:
     """``(B, max_len)`` the best finished hypothesis per row."""
     cfg = model.cfg
@@ -90,8 +134,8 @@ def beam_search(
     finished = torch.zeros((b, k), dtype=torch.bool, device=dev)
     improvable = torch.ones((b, 1), dtype=torch.bool, device=dev)
     for i in range(max_len):
-        logits, cache = model.decode_step(token, positions[i], cache, enc, src_mask)
-        logp = _next_logprobs(cfg, logits, i, max_len).view(b, k, v) + running_scores[..., None]  # (B, K, V)
+        logp, cache = _step(model, token, positions[i], cache, enc, src_mask, max_len, compile)
+        logp = logp.view(b, k, v) + running_scores[..., None]  # (B, K, V)
         cand_scores, flat = logp.view(b, k * v).topk(keep, dim=-1)  # (B, 2K)
         beam, cand_token = flat // v, flat % v
         cand_seqs = _gather(running, beam)  # (B, 2K, T)
