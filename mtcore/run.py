@@ -45,6 +45,10 @@ def option(default: Any, help: str, **argparse: Any) -> Any:
     return field(default=default, metadata={"help": help, **argparse})
 
 
+# torch.compile's modes as --compile names them ("none": eager).
+COMPILE_MODES = ("none", "default", "reduce-overhead")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """What ``mtcore train`` is asked. One config serves both frameworks; ``framework``,
@@ -68,6 +72,9 @@ class RunConfig:
     lr: float = option(3e-3, "peak learning rate (linear warm-up, then 1/sqrt decay)")
     warmup_steps: int = option(200, "learning-rate warm-up steps")
     precision: str = option("fp32", "compute precision", choices=PRECISIONS)
+    compile: str = option("none", "torch: the train step's forward and loss through torch.compile ('default' mode, "
+                                  "or 'reduce-overhead': CUDA graphs on a GPU); JAX always compiles",
+                          choices=COMPILE_MODES)
     seed: int = option(0, "seed of the data split, the tokenizer, the initial weights and dropout")
     dropout: float | None = option(None, "override the model's dropout")
     max_len: int = option(64, "longest sentence pair in tokens; longer training pairs are dropped and counted")
@@ -96,6 +103,8 @@ class RunConfig:
         need(self.framework in (*FRAMEWORKS, "hf"), f"--framework: unknown framework {self.framework!r}; choose torch or jax")
         need(self.device in DEVICE_KINDS, f"--device: unknown device {self.device!r}; choose {', '.join(DEVICE_KINDS)}")
         need(self.precision in PRECISIONS, f"--precision: unknown precision {self.precision!r}; choose fp32 or bf16")
+        need(self.compile in COMPILE_MODES, f"--compile: unknown mode {self.compile!r}; choose {', '.join(COMPILE_MODES)}")
+        need(self.compile == "none" or self.framework != "hf", "--compile: the HF baseline runs eager only")
         need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         need(self.devices >= 1, f"--devices must be at least 1, got {self.devices}")
         need(self.batch_size >= 1, f"--batch-size must be positive, got {self.batch_size}")
@@ -111,6 +120,10 @@ class RunConfig:
 
     def global_batch(self) -> int:
         return global_batch_size(self.devices, self.batch_size, self.global_batch_size)
+
+    def torch_compile(self) -> bool | str:
+        """The backends' ``compile`` argument: False, True (default mode) or the mode's name."""
+        return {"none": False, "default": True}.get(self.compile, self.compile)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(learning_rate=self.lr, warmup_steps=self.warmup_steps, precision=self.precision,
@@ -252,7 +265,7 @@ class Trainer:
         self.io = RunIO(self.out, self.world.main, progress)
         self.global_batch = rc.global_batch()
         self.max_len = prepared.max_len
-        self.step_fn = self.be.make_train_step(self.cfg, self.tcfg)
+        self.step_fn = self.be.make_train_step(self.cfg, self.tcfg, compile=rc.torch_compile())
         self.eval_fn = self.be.make_eval_step(self.cfg, self.tcfg)
         if resume:
             self.metrics = read_json(self.out / "metrics.json")
@@ -452,7 +465,7 @@ def _progress(total: int, desc: str, enabled: bool):
 RUN_FILES = ("run.json", "metrics.json", "checkpoints", "tokenizer", "compare.json", "report.md")
 # Options a resumed run may change: how long and on what it runs, not what it learns or from what.
 RESUMABLE = frozenset({"epochs", "devices", "global_batch_size", "batch_size", "coordinator", "num_processes",
-                       "process_id", "threads"})
+                       "process_id", "threads", "compile"})
 
 
 def option_flag(name: str) -> str:
@@ -520,7 +533,8 @@ def resumed_config(rc: RunConfig, out: Path, given: set[str] | None) -> RunConfi
     # batch the run had, so the next steps are the ones it would have taken.
     return dataclasses.replace(saved, epochs=rc.epochs if "epochs" in asked else saved.epochs, devices=rc.devices,
                                global_batch_size=saved.global_batch(), coordinator=rc.coordinator,
-                               num_processes=rc.num_processes, process_id=rc.process_id, threads=rc.threads)
+                               num_processes=rc.num_processes, process_id=rc.process_id, threads=rc.threads,
+                               compile=rc.compile if "compile" in asked else saved.compile)
 
 
 def check_request(rc: RunConfig, out: Path, *, resume: bool, overwrite: bool,

@@ -98,6 +98,29 @@ def test_resume_continues_as_if_never_stopped(framework, tmp_path):
     assert not (tmp_path / "resumed" / "checkpoints" / "epoch-1").exists()
 
 
+@pytest.mark.slow
+def test_compiled_torch_run_trains_what_the_eager_run_trains(tmp_path):
+    """``--compile default``: the train step runs through torch.compile (two graphs however many
+    bucket shapes: the first shape's, then one with symbolic shapes, so a second graph also says
+    the buckets differed) and takes the eager run's steps (no dropout: compiled dropout draws its
+    masks from another RNG)."""
+    need("torch")
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    rc = RunConfig(framework="torch", **QUICK, epochs=1, dropout=0.0)
+    eager = train(rc, tmp_path / "eager", progress=False)
+    torch._dynamo.reset()  # earlier tests' compiled frames would hide or add compilations
+    counters.clear()
+    compiled = train(dataclasses.replace(rc, compile="default"), tmp_path / "compiled", progress=False)
+    assert compiled["run"]["compile"] == "default"
+    losses = eager["epochs"][0]["step_losses"]
+    np.testing.assert_allclose(compiled["epochs"][0]["step_losses"], losses, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+    with pytest.raises(mtcore.MTCoreError, match="the HF baseline runs eager only"):
+        RunConfig(framework="hf", compile="default")
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     need("torch")
     rc = RunConfig(framework="torch", **QUICK, epochs=3)
