@@ -636,6 +636,7 @@ def _summary(terminalreporter, config):
         )
     _print_paired(tr, benchmarks)
     _print_ratios(tr, benchmarks)
+    _print_fair_fight(tr, benchmarks)
 
 
 def _print_paired(tr, benchmarks):
@@ -653,6 +654,62 @@ def _print_paired(tr, benchmarks):
             f"  {e['case']}: {c}/{a} step time {r['median']:.3f} (IQR {r['q1']:.3f}-{r['q3']:.3f}, "
             f"{r['confidence']:.0%} CI of the median {r['ci_low']:.3f}-{r['ci_high']:.3f}, {r['n']} pairs, "
             f"{e['threads']['threads']} thread(s) each): {faster} {factor:.2f}x faster")
+
+
+# The bars a fair fight clears on an accelerator (README: "each framework at its best"): torch's
+# fastest variant against JAX's, bf16 against the same framework's fp32, and the faster
+# framework's MFU at bf16 against the measured bf16 GEMM peak.
+TORCH_WITHIN = {"train_step": 1.25, "decode-greedy": 1.5}
+BF16_AT_MOST = 0.6
+MFU_AT_LEAST = 0.5
+
+
+def _fair_fight(benchmarks) -> list[str]:
+    """Lines comparing each framework at its best: per train-step and greedy-decode group, the
+    fastest variant of each framework (torch: eager, compile, cudagraphs), the torch/JAX ratio of
+    those, bf16's median over fp32's, and the best MFU at bf16; on accelerators, against the bars."""
+    best: dict[tuple[str, str], dict[str, tuple[float, str, float | None]]] = {}
+    for b in benchmarks:
+        e, kind, where = b.extra_info, *(b.group or "  ").split(" ")[:2]
+        if not b.stats or e.get("framework") not in ("torch", "jax") or kind not in TORCH_WITHIN or where == "scaling":
+            continue
+        mine = best.setdefault((kind, where), {})
+        if e["framework"] not in mine or b.stats.median < mine[e["framework"]][0]:
+            mine[e["framework"]] = (b.stats.median, e.get("variant", ""), e.get("mfu"))
+    lines = []
+
+    def verdict(ok: bool, accelerator: bool, bar: str) -> str:
+        return f" (bar {bar}: {'met' if ok else 'NOT met'})" if accelerator else ""
+
+    for (kind, where), fws in sorted(best.items()):
+        accelerator = not where.startswith("cpu")
+        if {"torch", "jax"} <= set(fws):
+            (t, tv, _), (j, jv, _) = fws["torch"], fws["jax"]
+            ratio, bar = t / j, TORCH_WITHIN[kind]
+            lines.append(f"{kind} {where}: torch ({tv}) {t * 1e3:.2f} ms, jax ({jv}) {j * 1e3:.2f} ms: torch/jax "
+                         f"{ratio:.2f}" + verdict(ratio <= bar, accelerator, f"<= {bar}"))
+        if kind == "train_step" and where.endswith("-bf16"):
+            fp32 = best.get((kind, where[: -len("bf16")] + "fp32"), {})
+            for fw in sorted(set(fws) & set(fp32)):
+                ratio = fws[fw][0] / fp32[fw][0]
+                lines.append(f"{kind} {where}: {fw} bf16/fp32 step time {ratio:.2f}"
+                             + verdict(ratio <= BF16_AT_MOST, accelerator, f"<= {BF16_AT_MOST}"))
+            fastest = min(fws, key=lambda fw: fws[fw][0])
+            mfu = fws[fastest][2]
+            if mfu is not None:
+                lines.append(f"{kind} {where}: MFU of the faster framework ({fastest}) {mfu:.1%} of the measured bf16 "
+                             "GEMM peak" + verdict(mfu >= MFU_AT_LEAST, accelerator, f">= {MFU_AT_LEAST:.0%}"))
+    return lines
+
+
+def _print_fair_fight(tr, benchmarks):
+    lines = _fair_fight(benchmarks)
+    if lines:
+        tr.write_line("")
+        tr.write_line("each framework at its best (fastest variant per group; cases ran one after another, so this is "
+                      "an indication; bars apply on accelerators):")
+        for line in lines:
+            tr.write_line("  " + line)
 
 
 def _print_ratios(tr, benchmarks):

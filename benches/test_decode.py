@@ -72,6 +72,7 @@ def test_decode_latency(benchmark, case, strategy, rounds):
     assert np.array_equal(result, out), "decoding is not deterministic"
     median = median_seconds(benchmark)
     generated = int((out != cfg.pad_id).sum())
-    benchmark.extra_info.update(case=case.id, variant=case.variant, strategy=strategy, threads=thread_budget().as_dict(), batch=b,
-                                max_len=MAX_LEN, num_beams=beams, generated_tokens=generated,
+    benchmark.extra_info.update(case=case.id, framework=case.framework, variant=case.variant, strategy=strategy,
+                                threads=thread_budget().as_dict(), batch=b, max_len=MAX_LEN, num_beams=beams,
+                                generated_tokens=generated,
                                 tokens_per_s=median and generated / median)

@@ -61,6 +61,7 @@ def test_train_step(benchmark, case, rounds):
     benchmark.extra_info.update(
         framework=case.framework,
         variant=case.variant,
+        precision=case.precision,
         batch_shape=list(b.shape),
         tokens_per_step=int(b.src_mask.sum() + b.tgt_mask.sum()),
         target_tokens_per_step=b.num_tgt_tokens,

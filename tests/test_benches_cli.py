@@ -35,6 +35,7 @@ def test_autosave_then_compare(tmp_path):
     out = first.stdout
     assert "train_step cpu-tiny-fp32" in out and "MFU" in out, out[-3000:]
     assert "thread budget: 1 thread per framework, pinned" in out, out[-3000:]
+    assert "train_step cpu-tiny-fp32: torch (eager)" in out, out[-3000:]  # each framework at its best
     saved = sorted(store.rglob("*.json"))
     assert len(saved) == 1
     data = json.loads(saved[0].read_text())
@@ -129,3 +130,52 @@ def test_compile_vs_depth_stops_where_the_budget_runs_out(tmp_path):
     assert "1 passed, 1 skipped" in out, out[-3000:]
     assert "compile vs depth: 6 layers would take ~" in out and "(2 layers " in out, out[-3000:]
     assert "over --compile-budget 0.5 s" in out, out[-3000:]
+
+
+def _bench_conftest():
+    """benches/conftest.py as a module of its own (the tests have their own ``conftest``)."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "benches"))  # its `turns` import
+    try:
+        spec = importlib.util.spec_from_file_location("benches_conftest", ROOT / "benches" / "conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benches"))
+    return module
+
+
+def test_the_summary_compares_each_framework_at_its_best_against_the_bars():
+    from types import SimpleNamespace
+
+    def bench(group, framework, variant, median, mfu=None):
+        return SimpleNamespace(group=group, stats=SimpleNamespace(median=median),
+                               extra_info={"framework": framework, "variant": variant, "mfu": mfu})
+
+    g32, g16 = "train_step gpu-marian-en-hu-b64-fp32 16thr", "train_step gpu-marian-en-hu-b64-bf16 16thr"
+    benchmarks = [
+        bench(g32, "torch", "eager", 0.100), bench(g32, "torch", "cudagraphs", 0.060), bench(g32, "jax", "scan", 0.050),
+        bench(g32, "jax", "loop", 0.055),
+        bench(g16, "torch", "eager", 0.033, mfu=0.3), bench(g16, "jax", "scan", 0.025, mfu=0.55),
+        bench("decode-greedy gpu-marian-en-hu 16thr", "torch", "cudagraphs", 0.2),
+        bench("decode-greedy gpu-marian-en-hu 16thr", "jax", "scan", 0.1),
+        bench("train_step scaling cpu-tiny-fp32 1thr/device", "torch", "eager", 1.0),  # not a variant comparison
+        bench("train_step cpu-tiny-fp32 1thr", "torch", "eager", 0.03), bench("train_step cpu-tiny-fp32 1thr", "jax", "scan", 0.02),
+        bench("train_step cpu-tiny-fp32 1thr", "hf", "eager", 0.01),  # the HF baseline is not mtcore's torch at its best
+    ]
+    lines = _bench_conftest()._fair_fight(benchmarks)
+    assert lines == [
+        "decode-greedy gpu-marian-en-hu: torch (cudagraphs) 200.00 ms, jax (scan) 100.00 ms: torch/jax 2.00 "
+        "(bar <= 1.5: NOT met)",
+        "train_step cpu-tiny-fp32: torch (eager) 30.00 ms, jax (scan) 20.00 ms: torch/jax 1.50",  # no bar on a CPU
+        "train_step gpu-marian-en-hu-b64-bf16: torch (eager) 33.00 ms, jax (scan) 25.00 ms: torch/jax 1.32 "
+        "(bar <= 1.25: NOT met)",
+        "train_step gpu-marian-en-hu-b64-bf16: jax bf16/fp32 step time 0.50 (bar <= 0.6: met)",
+        "train_step gpu-marian-en-hu-b64-bf16: torch bf16/fp32 step time 0.55 (bar <= 0.6: met)",
+        "train_step gpu-marian-en-hu-b64-bf16: MFU of the faster framework (jax) 55.0% of the measured bf16 GEMM peak "
+        "(bar >= 50%: met)",
+        "train_step gpu-marian-en-hu-b64-fp32: torch (cudagraphs) 60.00 ms, jax (scan) 50.00 ms: torch/jax 1.20 "
+        "(bar <= 1.25: met)",
+    ]
