@@ -49,9 +49,31 @@ def _logprobs(model: Transformer, token, index, cache, enc, src_mask, max_len: i
 def _compiled(mode: str | None):
     # One compiled function per mode for the whole process: every decode call and every model of
     # the same shapes reuses its graphs (dynamo guards on the module, shapes and max_len). Static
-    # shapes: a graph per batch shape; by default a second shape (beam search after greedy) would
-    # get one symbolic graph, measured 9-23% slower than eager here on CPU.
+    # shapes: a graph specialised to each batch shape (greedy's rows, beam search's rows x beams),
+    # as a CUDA graph is recorded per shape anyway, rather than one symbolic graph for the second.
     return torch.compile(_logprobs, mode=mode, dynamic=False)
+
+
+# reduce-overhead only: the last call's cache arrays, reused by the next call of the same shapes.
+_STATIC: dict = {}
+
+
+def _static_cache(cache: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``cache``'s values in arrays at fixed addresses. A CUDA graph replays into the addresses it
+    recorded: the cache, written in place, must be a static input (else the graph is skipped for
+    "mutated inputs"), and a new address makes it record again, so each call of the same shapes
+    reuses the last call's arrays (one set is kept: a beam cache of a big model is hundreds of MB)."""
+    if _STATIC.get("cache") is cache:
+        return cache
+    key = sorted((name, a.shape, a.dtype, a.device) for name, a in cache.items())
+    if _STATIC.get("key") != key:
+        _STATIC.clear()
+        _STATIC["key"], _STATIC["cache"] = key, {name: torch.empty_like(a) for name, a in cache.items()}
+        for a in _STATIC["cache"].values():
+            torch._dynamo.mark_static_address(a)
+    for name, a in cache.items():
+        _STATIC["cache"][name].copy_(a)
+    return _STATIC["cache"]
 
 
 def _step(model: Transformer, token, index, cache, enc, src_mask, max_len: int, compile: bool | str):
@@ -63,11 +85,8 @@ def _step(model: Transformer, token, index, cache, enc, src_mask, max_len: int, 
         return _next_logprobs(model.cfg, logits, index, max_len), cache
     mode = compile if isinstance(compile, str) else None
     if mode == "reduce-overhead":
-        # CUDA graphs replay into fixed addresses: the cache, written in place, must be a static
-        # input (or the graph is skipped for "mutated inputs"), and the last replay's output is
-        # dead before the next one (torch.compile docs, "CUDAGraph Trees").
-        for name in ("k", "v"):
-            torch._dynamo.mark_static_address(cache[name])
+        cache = _static_cache(cache)
+        # The last replay's output is dead before the next one (torch.compile docs, "CUDAGraph Trees").
         torch.compiler.cudagraph_mark_step_begin()
     return _compiled(mode)(model, token, index, cache, enc, src_mask, max_len), cache
 
