@@ -91,9 +91,15 @@ def speed_claim(runs: dict[str, dict[str, Any]]) -> tuple[str, str | None]:
             f"{s['min']:.2f}-{s['max']:.2f}x)")
 
 
+def _torch_mode(run: dict[str, Any]) -> str:
+    """How torch ran: said wherever a speed is, since torch.compile changes it (JAX always compiles)."""
+    mode = run.get("compile", "none")
+    return "torch eager" if mode == "none" else f"torch.compile {mode}"
+
+
 def _setting(run: dict[str, Any]) -> str:
     return (f"model {run['model']}, {run.get('device', 'cpu')} x{run.get('devices', 1)}, batch {run['batch_size']}, "
-            f"{run['precision']}")
+            f"{run['precision']}, {_torch_mode(run)}")
 
 
 def _plots(runs: dict[str, dict[str, Any]], directory: Path) -> dict[str, str]:
@@ -193,7 +199,8 @@ def write_report(directory: str | os.PathLike) -> Path:
         "",
         f"Model `{first['model']}` ({first['num_params']:,} parameters), data `{first['data']}` "
         f"({first['train_pairs']:,} training pairs), batch {first['batch_size']}, lr {first['lr']}, "
-        f"{first['precision']}, seed {first['seed']}, {len(runs[names[0]]['epochs'])} epochs. Same initial weights "
+        f"{first['precision']}, {_torch_mode(first)}, seed {first['seed']}, {len(runs[names[0]]['epochs'])} epochs. "
+        "Same initial weights "
         "and the same batches in every framework; " + ("each run in turn (see Scaling)." if many else
                                                        "epochs interleaved in one process."),
         "",

@@ -45,7 +45,7 @@ def option(default: Any, help: str, **argparse: Any) -> Any:
     return field(default=default, metadata={"help": help, **argparse})
 
 
-# torch.compile's modes as --compile names them ("none": eager).
+# torch.compile's modes as --compile names them ("none": eager): the ones a train run would pick.
 COMPILE_MODES = ("none", "default", "reduce-overhead")
 
 
@@ -120,10 +120,6 @@ class RunConfig:
 
     def global_batch(self) -> int:
         return global_batch_size(self.devices, self.batch_size, self.global_batch_size)
-
-    def torch_compile(self) -> bool | str:
-        """The backends' ``compile`` argument: False, True (default mode) or the mode's name."""
-        return {"none": False, "default": True}.get(self.compile, self.compile)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(learning_rate=self.lr, warmup_steps=self.warmup_steps, precision=self.precision,
@@ -265,7 +261,7 @@ class Trainer:
         self.io = RunIO(self.out, self.world.main, progress)
         self.global_batch = rc.global_batch()
         self.max_len = prepared.max_len
-        self.step_fn = self.be.make_train_step(self.cfg, self.tcfg, compile=rc.torch_compile())
+        self.step_fn = self.be.make_train_step(self.cfg, self.tcfg, compile=rc.compile)
         self.eval_fn = self.be.make_eval_step(self.cfg, self.tcfg)
         if resume:
             self.metrics = read_json(self.out / "metrics.json")
@@ -465,7 +461,7 @@ def _progress(total: int, desc: str, enabled: bool):
 RUN_FILES = ("run.json", "metrics.json", "checkpoints", "tokenizer", "compare.json", "report.md")
 # Options a resumed run may change: how long and on what it runs, not what it learns or from what.
 RESUMABLE = frozenset({"epochs", "devices", "global_batch_size", "batch_size", "coordinator", "num_processes",
-                       "process_id", "threads", "compile"})
+                       "process_id", "threads"})
 
 
 def option_flag(name: str) -> str:
@@ -533,8 +529,7 @@ def resumed_config(rc: RunConfig, out: Path, given: set[str] | None) -> RunConfi
     # batch the run had, so the next steps are the ones it would have taken.
     return dataclasses.replace(saved, epochs=rc.epochs if "epochs" in asked else saved.epochs, devices=rc.devices,
                                global_batch_size=saved.global_batch(), coordinator=rc.coordinator,
-                               num_processes=rc.num_processes, process_id=rc.process_id, threads=rc.threads,
-                               compile=rc.compile if "compile" in asked else saved.compile)
+                               num_processes=rc.num_processes, process_id=rc.process_id, threads=rc.threads)
 
 
 def check_request(rc: RunConfig, out: Path, *, resume: bool, overwrite: bool,

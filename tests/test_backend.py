@@ -106,3 +106,27 @@ def test_jax_sync_without_a_value_waits_for_all_queued_work(backends):
     out = chain(x)  # ~0.5 s of matmuls on one core, queued
     assert be.sync() is None
     assert out.is_ready()
+
+
+@pytest.mark.torch
+@pytest.mark.hf
+def test_compile_modes_are_checked_before_anything_runs(backends):
+    from mtcore import TrainConfig, random_batch
+    from mtcore.torch.backend import compile_mode
+
+    assert [compile_mode(c) for c in (False, None, "none", True, "default", "reduce-overhead")] == [
+        False, False, False, True, True, "reduce-overhead"]
+    cfg, be = mtcore.ModelConfig.preset("tiny"), backends["torch"]
+    params = be.from_numpy(cfg, init_tree(cfg, 0))
+    batch = random_batch(cfg, 2, 5, 1, seed=0)
+    eager = be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=6)
+    assert np.array_equal(be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=6, compile="none"), eager)
+    with pytest.raises(MTCoreError, match="unknown torch.compile mode 'fast'"):
+        be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=6, compile="fast")
+    with pytest.raises(MTCoreError, match="unknown torch.compile mode 'fast'"):
+        be.make_train_step(cfg, TrainConfig(), compile="fast")
+    hf = mtcore.backend("hf")
+    for call in (lambda: hf.make_train_step(cfg, TrainConfig(), compile=True),
+                 lambda: hf.generate(hf.from_numpy(cfg, init_tree(cfg, 0)), cfg, batch.src_ids, compile="default")):
+        with pytest.raises(MTCoreError, match="the HF baseline runs eager only"):
+            call()

@@ -77,6 +77,7 @@ def test_compare_trains_both_frameworks_identically_and_reports(tmp_path):
     assert loss_agreement(runs, steps=20) < 0.01
     text = report.read_text()
     assert "No winner is named" in text and "differ by at most" in text  # 2 epochs: 1 timed ratio
+    assert ", torch eager, seed" in text  # how torch ran is said beside its speed
     for png in ("epoch_time.png", "tokens_per_sec.png", "loss.png", "bleu.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in text

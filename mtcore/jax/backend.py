@@ -140,7 +140,7 @@ class JaxBackend:
         placed = jax.device_put(jax.tree.map(np.asarray, params), self.replicated)
         return _init_train_state(tcfg, self.replicated)(placed)
 
-    def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, compile: bool = True):
+    def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, compile: bool | str = True):
         """``step(state, batch)`` on a global ``Batch`` or on arrays from ``device_batch``; JAX
         always compiles, so ``compile`` changes nothing."""
         step = train.make_train_step(cfg, tcfg)
@@ -150,7 +150,7 @@ class JaxBackend:
 
         return train_step
 
-    def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool = True,
+    def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool | str = True,
                            fresh: bool = True):
         """``(step, seconds, state, metrics)`` after the first update: the step compiled ahead of
         time (JAX always compiles, so ``compile`` changes nothing; with ``fresh`` the in-memory

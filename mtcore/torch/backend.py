@@ -15,6 +15,20 @@ from mtcore.torch.model import Transformer
 from mtcore.weights import Tree, check_tree, read_hf_checkpoint
 
 DEVICE_TYPES = {"cpu": "cpu", "gpu": "cuda"}
+# torch.compile's modes; "none" (eager) and "default" as mtcore's --compile spells them.
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(compile: bool | str | None) -> bool | str:
+    """``compile`` as the train step and decoding take it: False (eager), True (``torch.compile``'s
+    default mode) or a mode's name; an unknown name is refused here, not after a first eager step."""
+    if compile in (None, False, "none"):
+        return False
+    if compile in (True, "default"):
+        return True
+    if compile in COMPILE_MODES:
+        return compile
+    raise MTCoreError(f"compile: unknown torch.compile mode {compile!r}; choose {', '.join(COMPILE_MODES)}")
 
 
 def set_threads(n: int) -> None:
@@ -102,7 +116,7 @@ class TorchBackend:
         from ``device_batch``. ``compile``: forward and loss through ``torch.compile`` (a string:
         its mode, e.g. "reduce-overhead" for CUDA graphs)."""
         many = self.world.devices > 1
-        step = train.make_train_step(cfg, tcfg, compile=compile, world_size=self.world.devices,
+        step = train.make_train_step(cfg, tcfg, compile=compile_mode(compile), world_size=self.world.devices,
                                      sum_over_ranks=parallel.sum_over_ranks if many else None)
 
         def train_step(state, batch):
@@ -119,6 +133,7 @@ class TorchBackend:
 
         from mtcore.timing import timed, torch_fresh_compile_env
 
+        compile = compile_mode(compile)
         if compile and fresh:
             torch_fresh_compile_env()
         elif compile:
@@ -194,6 +209,7 @@ class TorchBackend:
         ``compile``: each token's step through ``torch.compile`` (a string: its mode,
         "reduce-overhead" for CUDA graphs); the first call of a shape compiles."""
         src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams, early_stopping)
+        compile = compile_mode(compile)
         params.eval()
         ids = torch.from_numpy(src_ids).to(self.device)
         mask = torch.from_numpy(src_mask).to(self.device)
@@ -271,14 +287,19 @@ class HFBackend(TorchBackend):
         by_hf = dict(model.hf.named_parameters())
         return [(name, by_hf[_hf_name(name)]) for name in param_shapes(model.cfg) if _hf_name(name) in by_hf]
 
-    def compile_train_step(self, cfg, tcfg, state, batch, compile: bool = False, fresh: bool = True):
-        if compile:
+    def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, compile: bool | str = False):
+        if compile_mode(compile):
+            raise MTCoreError("the HF baseline runs eager only")
+        return super().make_train_step(cfg, tcfg)
+
+    def compile_train_step(self, cfg, tcfg, state, batch, compile: bool | str = False, fresh: bool = True):
+        if compile_mode(compile):
             raise MTCoreError("the HF baseline runs eager only")
         return super().compile_train_step(cfg, tcfg, state, batch)
 
     def generate(self, params: HFMarian, cfg: ModelConfig, src_ids, src_mask=None, *, max_len=64, num_beams=1,
                  length_penalty=1.0, early_stopping=False, compile=False) -> np.ndarray:
-        if compile:
+        if compile_mode(compile):
             raise MTCoreError("the HF baseline runs eager only")
         src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams, early_stopping)
         params.eval()

@@ -46,49 +46,60 @@ def _logprobs(model: Transformer, token, index, cache, enc, src_mask, max_len: i
 
 
 @functools.cache
-def _compiled(mode: str | None):
-    # One compiled function per mode for the whole process: every decode call and every model of
-    # the same shapes reuses its graphs (dynamo guards on the module, shapes and max_len). Static
-    # shapes: a graph specialised to each batch shape (greedy's rows, beam search's rows x beams),
-    # as a CUDA graph is recorded per shape anyway, rather than one symbolic graph for the second.
-    return torch.compile(_logprobs, mode=mode, dynamic=False)
+def _compiled(mode: str | None, shapes: tuple):
+    # One compiled function per mode and shapes (rows, source length, max_len, config, dtype,
+    # device), every decode call and model of those shapes reusing its graph. Each has its own
+    # recompile budget (isolate_recompiles): sharing dynamo's default one (8 graphs per function)
+    # made the ninth shape of a process run eagerly under a compiled label. fullgraph: a graph
+    # break raises instead of splitting the step. Static shapes, as a CUDA graph is recorded per
+    # shape anyway.
+    return torch.compile(_logprobs, mode=mode, dynamic=False, fullgraph=True, isolate_recompiles=True)
 
 
-# reduce-overhead only: the last call's cache arrays, reused by the next call of the same shapes.
-_STATIC: dict = {}
+# reduce-overhead only: cache arrays at fixed addresses, per shapes, the most recent few.
+_STATIC: dict[tuple, dict[str, torch.Tensor]] = {}
+STATIC_KEPT = 4
 
 
-def _static_cache(cache: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _static_cache(cache: dict[str, torch.Tensor], shapes: tuple) -> dict[str, torch.Tensor]:
     """``cache``'s values in arrays at fixed addresses. A CUDA graph replays into the addresses it
     recorded: the cache, written in place, must be a static input (else the graph is skipped for
     "mutated inputs"), and a new address makes it record again, so each call of the same shapes
-    reuses the last call's arrays (one set is kept: a beam cache of a big model is hundreds of MB)."""
-    if _STATIC.get("cache") is cache:
-        return cache
-    key = sorted((name, a.shape, a.dtype, a.device) for name, a in cache.items())
-    if _STATIC.get("key") != key:
-        _STATIC.clear()
-        _STATIC["key"], _STATIC["cache"] = key, {name: torch.empty_like(a) for name, a in cache.items()}
-        for a in _STATIC["cache"].values():
+    reuses an earlier call's arrays. They stay allocated: ``STATIC_KEPT`` sets, the least recently
+    used dropped first (a beam cache of a big model is hundreds of MB); ``release()`` frees them."""
+    kept = _STATIC.pop(shapes, None)
+    if kept is None:
+        kept = {name: torch.empty_like(a) for name, a in cache.items()}
+        for a in kept.values():
             torch._dynamo.mark_static_address(a)
-    for name, a in cache.items():
-        _STATIC["cache"][name].copy_(a)
-    return _STATIC["cache"]
+    _STATIC[shapes] = kept  # the most recent last
+    while len(_STATIC) > STATIC_KEPT:
+        _STATIC.pop(next(iter(_STATIC)))
+    if kept is not cache:
+        for name, a in cache.items():
+            kept[name].copy_(a)
+    return kept
+
+
+def release() -> None:
+    """Free the arrays CUDA-graphed decoding keeps between calls."""
+    _STATIC.clear()
 
 
 def _step(model: Transformer, token, index, cache, enc, src_mask, max_len: int, compile: bool | str):
     """``(logp, cache)`` for one token. The first step runs eagerly, as JAX's runs before its loop:
     it adds the cross-attention arrays, which changes the cache's structure; every later step is
-    one program, compiled with ``compile`` (a string: ``torch.compile``'s mode)."""
+    one program, compiled with ``compile`` (True, or ``torch.compile``'s mode)."""
     if not compile or "ck" not in cache:
         logits, cache = model.decode_step(token, index, cache, enc, src_mask)
         return _next_logprobs(model.cfg, logits, index, max_len), cache
     mode = compile if isinstance(compile, str) else None
+    shapes = (model.cfg, tuple(token.shape), tuple(enc.shape), max_len, enc.dtype, enc.device)
     if mode == "reduce-overhead":
-        cache = _static_cache(cache)
+        cache = _static_cache(cache, shapes)
         # The last replay's output is dead before the next one (torch.compile docs, "CUDAGraph Trees").
         torch.compiler.cudagraph_mark_step_begin()
-    return _compiled(mode)(model, token, index, cache, enc, src_mask, max_len), cache
+    return _compiled(mode, shapes)(model, token, index, cache, enc, src_mask, max_len), cache
 
 
 def _stop(go: torch.Tensor, i: int) -> bool:

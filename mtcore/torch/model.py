@@ -15,7 +15,8 @@ ACTIVATIONS = {"swish": F.silu, "relu": F.relu, "gelu": F.gelu}
 
 # A decoding cache per layer: self-attention keys/values written step by step, and the
 # cross-attention keys/values of the source, computed at the first step. The decoder's cache
-# stacks them over layers (``init_cache``), as the JAX one does.
+# stacks them over layers (``init_cache``), as the JAX one does; unlike JAX's scan, which hands
+# each layer its slice, a torch layer is handed the stacked arrays and writes its own rows.
 LayerCache = dict[str, torch.Tensor]
 
 
@@ -87,8 +88,11 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
+        self.layer = layer  # this layer's rows in the decoder's stacked cache
+        # The same as an index tensor, made once: a cache write then launches no kernel to make it.
+        self.register_buffer("layer_index", torch.tensor([layer]), persistent=False)
         self.self_attn = Attention(cfg)
         self.self_attn_layer_norm = _layer_norm(cfg)
         self.encoder_attn = Attention(cfg)
@@ -97,10 +101,10 @@ class DecoderLayer(nn.Module):
         self.final_layer_norm = _layer_norm(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, y, enc, src_mask, cache: LayerCache | None, index: torch.Tensor | None, layer: int = 0):
+    def forward(self, y, enc, src_mask, cache: LayerCache | None, index: torch.Tensor | None):
         """Whole target sequence (``cache`` None) or one step at position ``index`` (a 0-d tensor:
         one program for every position); returns this layer's cache as the second output. The
-        cache passed in is the decoder's, stacked over layers; this layer's arrays are at ``layer``."""
+        cache passed in is the decoder's, stacked over layers; this layer's rows are ``self.layer``."""
         k, v = self.self_attn.project_kv(y)
         if cache is None:
             a = self.self_attn(y, k, v, is_causal=True)
@@ -110,14 +114,14 @@ class DecoderLayer(nn.Module):
             # replays), and into the stacked arrays at (layer, :, index) rather than through a
             # per-layer view: torch.compile turns a write into a view of an input into a copy of
             # the whole stacked array per layer (a compiled beam step ran 25% slower than eager).
-            at = (torch.full((1,), layer, device=y.device), slice(None), index.view(1))
+            at = (self.layer_index, slice(None), index.view(1))
             for name, new in (("k", k), ("v", v)):
                 cache[name][at] = new.transpose(0, 1).to(cache[name].dtype)  # (1, B, H, Dh)
-            k, v = cache["k"][layer], cache["v"][layer]  # (B, Tmax, H, Dh)
+            k, v = cache["k"][self.layer], cache["v"][self.layer]  # (B, Tmax, H, Dh)
             seen = (torch.arange(k.shape[1], device=y.device) <= index)[None, None, None, :]  # (1, 1, 1, Tmax)
             a = self.self_attn(y, k, v, mask=seen)
             has_cross = "ck" in cache
-            ck, cv = (cache["ck"][layer], cache["cv"][layer]) if has_cross else self.encoder_attn.project_kv(enc)
+            ck, cv = (cache["ck"][self.layer], cache["cv"][self.layer]) if has_cross else self.encoder_attn.project_kv(enc)
             cache = {"k": k, "v": v, "ck": ck, "cv": cv}
         y = self.self_attn_layer_norm(y + self.dropout(a))
         y = self.encoder_attn_layer_norm(y + self.dropout(self.encoder_attn(y, ck, cv, mask=src_mask)))
@@ -139,7 +143,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.decoder_layers))
 
     def forward(self, y, enc, src_mask, cache: LayerCache | None = None, index: torch.Tensor | None = None):
         """``(y, cache)``: the cache's arrays are stacked over layers, ``(L, ...)``."""
@@ -148,8 +152,8 @@ class Decoder(nn.Module):
                 y, _ = layer(y, enc, src_mask, None, None)
             return y, None
         outs = []
-        for i, layer in enumerate(self.layers):
-            y, out = layer(y, enc, src_mask, cache, index, layer=i)
+        for layer in self.layers:
+            y, out = layer(y, enc, src_mask, cache, index)
             outs.append(out)
         # k and v were written into the stacked arrays in place; the first step adds ck and cv.
         return y, {name: cache[name] if name in cache else torch.stack([o[name] for o in outs]) for name in outs[0]}
