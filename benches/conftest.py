@@ -183,8 +183,9 @@ def _cases(kind: str, frameworks, devices, sizes) -> list:
     for device in devices:
         for size in sizes:
             if kind == "paired" and {"torch", "jax"} <= set(frameworks):
-                # bf16 pairs on accelerators only: torch's CPU bf16 step is a slow path (3% MFU, 14 s
-                # a small step here), so 20 pairs of it would cost minutes to say what one round says.
+                # bf16 pairs on accelerators only: this CPU has no bf16 matmul units, so both bf16
+                # steps are conversion paths nobody trains on (make bench, 2026-11-27: JAX's 1.16-1.19x
+                # its fp32 step, torch's 0.79-2.34x); the train bench still times each.
                 cases += [Pairing(device, size)] + ([Pairing(device, size, "bf16")] if device != "cpu" else [])
             for fw in ("torch", "jax"):
                 if fw not in frameworks:
