@@ -18,6 +18,9 @@ from mtcore.errors import MTCoreError
 ACTIVATIONS = ("swish", "relu", "gelu")
 LAYER_STACKINGS = ("scan", "loop")
 PRECISIONS = ("fp32", "bf16")
+# torch.compile's modes, "none" (eager) and "default" as mtcore spells them: --compile's choices and
+# what the torch backend takes (JAX always compiles).
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 import mtcore
-from mtcore.config import PRECISIONS, PRESETS, ModelConfig, TrainConfig
+from mtcore.config import COMPILE_MODES, PRECISIONS, PRESETS, ModelConfig, TrainConfig
 from mtcore.data.batching import Encoded, PlannedBatch, encode, plan_batches
 from mtcore.data.corpus import Corpus, Splits, load_corpus, split
 from mtcore.data.tokenizer import SentencePieceTokenizer, check_fits, is_marian_dir, load_tokenizer
@@ -43,10 +43,6 @@ from mtcore.weights import init_tree, load_safetensors, read_hf_checkpoint, save
 def option(default: Any, help: str, **argparse: Any) -> Any:
     """A ``RunConfig`` field and its command-line option, declared together."""
     return field(default=default, metadata={"help": help, **argparse})
-
-
-# torch.compile's modes as --compile names them ("none": eager): the ones a train run would pick.
-COMPILE_MODES = ("none", "default", "reduce-overhead")
 
 
 @dataclass(frozen=True)

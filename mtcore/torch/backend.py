@@ -8,15 +8,13 @@ import numpy as np
 import torch
 
 from mtcore.batch import Batch, check_source
-from mtcore.config import ModelConfig, TrainConfig
+from mtcore.config import COMPILE_MODES, ModelConfig, TrainConfig
 from mtcore.errors import MTCoreError
 from mtcore.torch import decode, parallel, train
 from mtcore.torch.model import Transformer
 from mtcore.weights import Tree, check_tree, read_hf_checkpoint
 
 DEVICE_TYPES = {"cpu": "cpu", "gpu": "cuda"}
-# torch.compile's modes; "none" (eager) and "default" as mtcore's --compile spells them.
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def compile_mode(compile: bool | str | None) -> bool | str:
