@@ -711,14 +711,18 @@ def _fair_fight(benchmarks) -> list[str]:
     return lines
 
 
-def _print_fair_fight(tr, benchmarks):
-    lines = _fair_fight(benchmarks)
+def _write_section(tr, heading: str, lines: list[str]) -> None:
+    """A blank line, ``heading`` and ``lines`` indented under it; nothing when there are no lines."""
     if lines:
         tr.write_line("")
-        tr.write_line("each framework at its best (fastest variant per group; cases ran one after another, so this is "
-                      "an indication; bars apply on accelerators):")
+        tr.write_line(heading)
         for line in lines:
             tr.write_line("  " + line)
+
+
+def _print_fair_fight(tr, benchmarks):
+    _write_section(tr, "each framework at its best (fastest variant per group; cases ran one after another, so this "
+                       "is an indication; bars apply on accelerators):", _fair_fight(benchmarks))
 
 
 def _print_ratios(tr, benchmarks):
@@ -735,9 +739,5 @@ def _print_ratios(tr, benchmarks):
         ranked = sorted(medians.items(), key=lambda kv: kv[1])[1:]
         rest = ", ".join(f"{name} {t / medians[fastest]:.2f}x" for name, t in ranked)
         lines.append(f"{group}: fastest {fastest}; slower: {rest}")
-    if lines:
-        tr.write_line("")
-        tr.write_line("ratios of medians within each group (cases ran one after another, so drift between them is "
-                      "NOT cancelled: an indication; the paired lines above are the measurement):")
-        for line in lines:
-            tr.write_line("  " + line)
+    _write_section(tr, "ratios of medians within each group (cases ran one after another, so drift between them is "
+                       "NOT cancelled: an indication; the paired lines above are the measurement):", lines)
