@@ -84,3 +84,35 @@ def train_steps(be, cfg: ModelConfig, tcfg, batches) -> tuple[list[float], dict[
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     return losses, be.to_numpy(be.state_params(state))
+
+
+def compile_counter(framework: str):
+    """A context manager yielding a function that returns how many programs were compiled inside it."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def jax_counter():
+        import jax.monitoring
+
+        events: list[str] = []
+
+        def listener(event, duration_secs, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                events.append(event)
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        try:
+            yield lambda: len(events)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listener)
+
+    @contextlib.contextmanager
+    def torch_counter():
+        import torch._dynamo
+        from torch._dynamo.utils import counters
+
+        torch._dynamo.reset()  # earlier tests' compiled frames would hide or add compilations
+        counters.clear()
+        yield lambda: int(counters["stats"]["unique_graphs"])
+
+    return jax_counter() if framework == "jax" else torch_counter()

@@ -4,7 +4,7 @@ beam search agrees across frameworks; JAX decodes in a while_loop, not an unroll
 import jax
 import numpy as np
 import pytest
-from helpers import CONFIGS, hf_model, random_tree
+from helpers import CONFIGS, compile_counter, hf_model, random_tree
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -185,12 +185,29 @@ def test_generation_settings_mtcore_cannot_follow_are_refused(tmp_path, text, er
         GenerateConfig.from_hf(tmp_path, cfg)
 
 
+def _hf_with_marian_settings(cfg, tree):
+    """HF's model of ``tree`` with a Marian checkpoint's generation settings (pad banned, eos forced)."""
+    model = hf_model(cfg, tree)
+    model.generation_config.update(bad_words_ids=[[cfg.pad_id]], forced_eos_token_id=cfg.eos_id)
+    return model
+
+
+def _hf_generate(model, cfg, batch, **kwargs) -> np.ndarray:
+    """HF's ``generate`` output as mtcore's: ``(B, MAX_LEN)``, without the start token, pad after eos."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.from_numpy(batch.src_ids).long(),
+                             attention_mask=torch.from_numpy(batch.src_mask).long(),
+                             max_length=MAX_LEN + 1, **kwargs)[:, 1:].numpy()
+    return np.pad(out, ((0, 0), (0, MAX_LEN - out.shape[1])), constant_values=cfg.pad_id)
+
+
 @pytest.mark.hf
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_beam_search_is_hfs_on_many_rows_that_finish_early(backends, framework):
     """HF's candidate and finished-set rules matter only where hypotheses end before the limit
     and compete: with eos made likely, 320 rows (one compiled shape), each equal to HF's."""
-    import torch
 
     cfg, be = CONFIGS[0], backends[framework]
     early = 0
@@ -199,13 +216,7 @@ def test_beam_search_is_hfs_on_many_rows_that_finish_early(backends, framework):
             tree = random_tree(cfg, seed)
             tree["final_logits_bias"][cfg.eos_id] += eos_bias
             batch = random_batch(cfg, 32, 7, 1, seed=seed)
-            model = hf_model(cfg, tree)
-            model.generation_config.update(bad_words_ids=[[cfg.pad_id]], forced_eos_token_id=cfg.eos_id)
-            with torch.no_grad():
-                hf = model.generate(input_ids=torch.from_numpy(batch.src_ids).long(),
-                                    attention_mask=torch.from_numpy(batch.src_mask).long(),
-                                    num_beams=3, max_length=MAX_LEN + 1)[:, 1:].numpy()
-            hf = np.pad(hf, ((0, 0), (0, MAX_LEN - hf.shape[1])), constant_values=cfg.pad_id)
+            hf = _hf_generate(_hf_with_marian_settings(cfg, tree), cfg, batch, num_beams=3)
             out = be.generate(be.from_numpy(cfg, tree), cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN, num_beams=3)
             np.testing.assert_array_equal(out, hf, err_msg=f"seed {seed}, eos bias {eos_bias}")
             early += int((hf[:, :-1] == cfg.eos_id).any(1).sum())
@@ -218,36 +229,27 @@ def test_compiled_torch_decoding_is_eager_decoding_and_compiles_once_per_shape(b
     (what ``reduce-overhead`` turns into a CUDA graph on a GPU). Its greedy and beam output is the
     eager output and HF's, on checkpoints whose rows finish early and run into the length limit;
     and it compiles once per batch shape, whatever the position, the call or the model's weights."""
-    import torch
-    from torch._dynamo.utils import counters
-
     cfg, be = CONFIGS[0], backends["torch"]
-    torch._dynamo.reset()  # earlier tests' compiled frames would hide or add compilations
-    counters.clear()
     ends = set()
-    for seed in range(2):
-        tree = random_tree(cfg, seed)
-        tree["final_logits_bias"][cfg.eos_id] += 6.0  # some rows end early, some at the limit
-        batch = random_batch(cfg, 8, 7, 1, seed=seed)
-        params = be.from_numpy(cfg, tree)
-        model = hf_model(cfg, tree)
-        model.generation_config.update(bad_words_ids=[[cfg.pad_id]], forced_eos_token_id=cfg.eos_id)
-        for beams in (1, 3):
-            eager = be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN, num_beams=beams)
-            compiled = be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN, num_beams=beams,
-                                   compile=True)
-            with torch.no_grad():
-                hf = model.generate(input_ids=torch.from_numpy(batch.src_ids).long(),
-                                    attention_mask=torch.from_numpy(batch.src_mask).long(),
-                                    num_beams=beams, do_sample=False, max_length=MAX_LEN + 1)[:, 1:].numpy()
-            hf = np.pad(hf, ((0, 0), (0, MAX_LEN - hf.shape[1])), constant_values=cfg.pad_id)
-            np.testing.assert_array_equal(compiled, eager, err_msg=f"seed {seed}, {beams} beams")
-            np.testing.assert_array_equal(compiled, hf, err_msg=f"seed {seed}, {beams} beams")
-            lengths = (compiled == cfg.eos_id).argmax(1)
-            ends |= {"early" if n < MAX_LEN - 1 else "limit" for n in lengths}
+    with compile_counter("torch") as compiles:
+        for seed in range(2):
+            tree = random_tree(cfg, seed)
+            tree["final_logits_bias"][cfg.eos_id] += 6.0  # some rows end early, some at the limit
+            batch = random_batch(cfg, 8, 7, 1, seed=seed)
+            params = be.from_numpy(cfg, tree)
+            model = _hf_with_marian_settings(cfg, tree)
+            for beams in (1, 3):
+                eager = be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN, num_beams=beams)
+                compiled = be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN, num_beams=beams,
+                                       compile=True)
+                hf = _hf_generate(model, cfg, batch, num_beams=beams, do_sample=False)
+                np.testing.assert_array_equal(compiled, eager, err_msg=f"seed {seed}, {beams} beams")
+                np.testing.assert_array_equal(compiled, hf, err_msg=f"seed {seed}, {beams} beams")
+                lengths = (compiled == cfg.eos_id).argmax(1)
+                ends |= {"early" if n < MAX_LEN - 1 else "limit" for n in lengths}
+        # Two batch shapes (8 rows greedy, 24 beam hypotheses), 11 positions, 2 checkpoints, 2 calls each.
+        assert compiles() == 2
     assert ends == {"early", "limit"}, f"rows ended only {ends}: the checkpoints lost the test its point"
-    # Two batch shapes (8 rows greedy, 24 beam hypotheses), 11 positions, 2 checkpoints, 2 calls each.
-    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
 
     # CUDA graphs (on a CPU the graph is compiled, then run without them): the cache lives at the
     # same addresses from call to call, whatever ran between, since a new address would make the

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import CONFIGS, random_tree
+from helpers import CONFIGS, compile_counter, random_tree
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -132,7 +132,7 @@ def test_the_train_step_compiles_once(backends, framework):
     tcfg = TrainConfig(seed=8713)
     batch = random_batch(cfg, 2, 7, 5, seed=0)
     state = be.init_train_state(be.from_numpy(cfg, init_tree(cfg, 0)), tcfg)
-    with _compile_counter(name) as compiles:
+    with compile_counter(name) as compiles:
         step = be.make_train_step(cfg, tcfg, compile=variant == "compile")
         counts = []
         for _ in range(3):
@@ -143,36 +143,6 @@ def test_the_train_step_compiles_once(backends, framework):
     assert counts[1:] == [counts[0]] * 2, f"{framework}: compiled again after the first step: {counts}"
 
 
-def _compile_counter(framework: str):
-    """A context manager yielding a function that returns how many programs were compiled inside it."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def jax_counter():
-        import jax.monitoring
-
-        events: list[str] = []
-
-        def listener(event, duration_secs, **kwargs):
-            if event == "/jax/core/compile/backend_compile_duration":
-                events.append(event)
-
-        jax.monitoring.register_event_duration_secs_listener(listener)
-        try:
-            yield lambda: len(events)
-        finally:
-            jax.monitoring.unregister_event_duration_listener(listener)
-
-    @contextlib.contextmanager
-    def torch_counter():
-        import torch._dynamo
-        from torch._dynamo.utils import counters
-
-        torch._dynamo.reset()  # earlier tests' compiled frames would hide or add compilations
-        counters.clear()
-        yield lambda: int(counters["stats"]["unique_graphs"])
-
-    return jax_counter() if framework == "jax" else torch_counter()
 
 
 def test_accuracy_counts_the_labels_logit_being_the_largest(backends):
