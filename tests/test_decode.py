@@ -1,6 +1,9 @@
 """Decoding: greedy output agrees token for token across mtcore-torch, mtcore-jax and Hugging Face;
 beam search agrees across frameworks; JAX decodes in a while_loop, not an unrolled Python loop."""
 
+import concurrent.futures
+import threading
+
 import jax
 import numpy as np
 import pytest
@@ -270,4 +273,22 @@ def test_compiled_torch_decoding_is_eager_decoding_and_compiles_once_per_shape(b
         kept.append({shapes: dict(arrays) for shapes, arrays in decode._STATIC.items()})
     assert len(kept[0]) == 2 and all(set(arrays) == {"k", "v", "ck", "cv"} for arrays in kept[0].values())
     assert all(kept[1][shapes][name] is a for shapes, arrays in kept[0].items() for name, a in arrays.items())
+
+    # Two threads decoding the same shapes at once each get a cache of their own (a shared one would
+    # mix their rows), as torch's CUDA graph trees are per thread.
+    decode.release()
+    inputs = [(be.from_numpy(cfg, random_tree(cfg, seed)), random_batch(cfg, 8, 7, 1, seed=seed)) for seed in range(2)]
+    want = [be.generate(p, cfg, b.src_ids, b.src_mask, max_len=MAX_LEN) for p, b in inputs]
+    together = threading.Barrier(2, timeout=60)
+
+    def decode_in_thread(params, batch):
+        together.wait()  # two threads, decoding at the same time
+        return be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN, compile="reduce-overhead")
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        got = [f.result(timeout=120) for f in [pool.submit(decode_in_thread, *pb) for pb in inputs]]
+    for seed, (g, w) in enumerate(zip(got, want, strict=True)):
+        np.testing.assert_array_equal(g, w, err_msg=f"thread {seed}")
+    threads = {thread for thread, _ in decode._STATIC}
+    assert len(threads) == 2 and len(decode._STATIC) == 2, list(decode._STATIC)
     decode.release()

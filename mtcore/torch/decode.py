@@ -17,6 +17,7 @@ bookkeeping between steps stays eager.
 from __future__ import annotations
 
 import functools
+import threading
 
 import torch
 
@@ -56,8 +57,11 @@ def _compiled(mode: str | None, shapes: tuple):
     return torch.compile(_logprobs, mode=mode, dynamic=False, fullgraph=True, isolate_recompiles=True)
 
 
-# reduce-overhead only: cache arrays at fixed addresses, per shapes, the most recent few.
+# reduce-overhead only: cache arrays at fixed addresses, per thread and shapes, the most recent
+# few. Per thread as torch's CUDA graph trees are (each thread records and replays its own): two
+# threads decoding the same shapes at once must not write into one cache. The lock guards the dict.
 _STATIC: dict[tuple, dict[str, torch.Tensor]] = {}
+_STATIC_LOCK = threading.Lock()
 STATIC_KEPT = 4
 
 
@@ -65,16 +69,19 @@ def _static_cache(cache: dict[str, torch.Tensor], shapes: tuple) -> dict[str, to
     """``cache``'s values in arrays at fixed addresses. A CUDA graph replays into the addresses it
     recorded: the cache, written in place, must be a static input (else the graph is skipped for
     "mutated inputs"), and a new address makes it record again, so each call of the same shapes
-    reuses an earlier call's arrays. They stay allocated: ``STATIC_KEPT`` sets, the least recently
-    used dropped first (a beam cache of a big model is hundreds of MB); ``release()`` frees them."""
-    kept = _STATIC.pop(shapes, None)
-    if kept is None:
-        kept = {name: torch.empty_like(a) for name, a in cache.items()}
-        for a in kept.values():
-            torch._dynamo.mark_static_address(a)
-    _STATIC[shapes] = kept  # the most recent last
-    while len(_STATIC) > STATIC_KEPT:
-        _STATIC.pop(next(iter(_STATIC)))
+    from the same thread reuses an earlier call's arrays. They stay allocated: ``STATIC_KEPT`` sets,
+    the least recently used dropped first (a beam cache of a big model is hundreds of MB; a dropped
+    set lives on while a call still decodes into it); ``release()`` frees them."""
+    key = (threading.get_ident(), shapes)
+    with _STATIC_LOCK:
+        kept = _STATIC.pop(key, None)
+        if kept is None:
+            kept = {name: torch.empty_like(a) for name, a in cache.items()}
+            for a in kept.values():
+                torch._dynamo.mark_static_address(a)
+        _STATIC[key] = kept  # the most recent last
+        while len(_STATIC) > STATIC_KEPT:
+            _STATIC.pop(next(iter(_STATIC)))
     if kept is not cache:
         for name, a in cache.items():
             kept[name].copy_(a)
@@ -82,8 +89,9 @@ def _static_cache(cache: dict[str, torch.Tensor], shapes: tuple) -> dict[str, to
 
 
 def release() -> None:
-    """Free the arrays CUDA-graphed decoding keeps between calls."""
-    _STATIC.clear()
+    """Free the arrays CUDA-graphed decoding keeps between calls (every thread's)."""
+    with _STATIC_LOCK:
+        _STATIC.clear()
 
 
 def _step(model: Transformer, token, index, cache, enc, src_mask, max_len: int, compile: bool | str):
