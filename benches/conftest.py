@@ -522,6 +522,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "threads": thread_budget().as_dict(),
         "allocator": _allocator,
         "transformers": mtcore.devices.info()["transformers"],
+        # XLA's compiler flags move JAX's numbers (README, "Why JAX's small CPU step is slower"):
+        # a run says which it had, and a comparison says when they differ.
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # Which tree's mtcore these benches measured: the gate runs them against a base checkout too.
         "source": str(Path(mtcore.__file__).resolve().parent.parent),
     }
@@ -571,6 +574,9 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
         plain_warning(
             f"MTCORE: the compared run had a DIFFERENT THREAD BUDGET ({json.dumps(saved.get('threads'))} vs now "
             f"{json.dumps(current.get('threads'))}). Time differences are not regressions.")
+    if saved.get("xla_flags", "") != current.get("xla_flags", ""):
+        plain_warning(f"MTCORE: the compared run had XLA_FLAGS={saved.get('xla_flags', '')!r}, this one "
+                      f"{current.get('xla_flags', '')!r}: JAX's time differences may be the flags'.")
     others = [k for k in _differences(saved_info, machine_info) if not k.startswith("mtcore")]
     if others and not hardware_changes:
         plain_warning(f"MTCORE: machine_info differs from the compared run in {', '.join(others)}.")
@@ -624,6 +630,8 @@ def _summary(terminalreporter, config):
         f", freed memory kept in the process (mallopt {settings})" if isinstance(settings, dict) else ""))
     if "jax_cpu_dispatch" in _allocator:
         tr.write_line(f"JAX CPU dispatch: {_allocator['jax_cpu_dispatch']} (mtcore/allocator.py)")
+    if os.environ.get("XLA_FLAGS"):
+        tr.write_line(f"XLA_FLAGS: {os.environ['XLA_FLAGS']}")
     header = (f"{'benchmark':58} {'median ms':>10} {'IQR %':>6} {'rounds':>6} {'tokens/s':>10} "
               f"{'TFLOP/s':>8} {'MFU':>7} {'mem MB':>8} {'compile s':>9}")
     tr.write_line(header)

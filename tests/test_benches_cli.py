@@ -15,11 +15,14 @@ SELECT = ["--framework", "torch,jax", "--device", "cpu", "--size", "tiny",
           "-k", "test_train_step and not scaling and not bf16 and not compile and not loop"]
 
 
-def _pytest_benches(cwd, *args, select=SELECT, timeout=600):
+def _pytest_benches(cwd, *args, select=SELECT, timeout=600, xla_flags=None):
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "benches"), "-c", str(ROOT / "pytest.ini"), "--rootdir", str(ROOT),
            "-p", "no:cacheprovider", *select, *args]
     # A pytest run of its own: nothing of this run's xdist worker (which would disable the timing).
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.pop("XLA_FLAGS", None)
+    if xla_flags:
+        env["XLA_FLAGS"] = xla_flags
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -69,17 +72,21 @@ def test_autosave_then_compare(tmp_path):
 
     assert saved[0].parent.name == fingerprint_id(fingerprint(data["machine_info"]))
 
-    # Pretend the saved run was ten times faster, with another thread budget now: one line says the
-    # budget differs, and the compare gate fails the run (exit 1) with one line, not a traceback.
+    # Pretend the saved run was ten times faster, with another thread budget and other XLA flags now:
+    # one line says the budget differs, one the flags, and the compare gate fails the run (exit 1)
+    # with one line, not a traceback.
     for row in data["benchmarks"]:
         for key in ("min", "max", "mean", "median"):
             row["stats"][key] /= 10
     saved[0].write_text(json.dumps(data))
     other = _pytest_benches(cwd, "--rounds", "3", storage, "--benchmark-compare", "--threads", "all",
-                            "--benchmark-compare-fail=median:15%", select=torch_only)
+                            "--benchmark-compare-fail=median:15%", select=torch_only,
+                            xla_flags="--xla_cpu_enable_fast_math=false")  # XLA's default: changes nothing
     out = other.stdout + other.stderr
     assert other.returncode == 1, out[-3000:]
     assert "DIFFERENT THREAD BUDGET" in out and "machine_info is different" not in out, out[-3000:]
+    assert "the compared run had XLA_FLAGS='', this one '--xla_cpu_enable_fast_math=false'" in out, out[-3000:]
+    assert "XLA_FLAGS: --xla_cpu_enable_fast_math=false" in out, out[-3000:]  # the summary says so too
     assert "mtcore benches: performance has regressed past --benchmark-compare-fail" in out, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
 
