@@ -25,8 +25,27 @@ LayerCache = dict[str, jax.Array]
 _init = nn.initializers.normal(stddev=0.02)
 
 
+def _rows(x):
+    """``(..., D)`` as ``(N, D)``, every token a row: what a product with a weight matrix works on,
+    as torch's ``F.linear`` flattens its input. On the ``(B, T, D)`` arrays themselves, autodiff's
+    weight gradient contracts two axes at once, which XLA:CPU ran in Eigen with both operands
+    transposed (plus a copy to transpose one); as rows it is one ``(N, D)^T (N, O)`` matrix
+    product. `small`'s CPU step: 5% faster for the linear layers, 7.5% with the tied output
+    projection too (JAX/torch paired 1.30 -> 1.20-1.21, 2 processes each, 14 pairs)."""
+    return x.reshape(-1, x.shape[-1])  # (N, D), N = the product of the leading axes
+
+
+def _dot_rows(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """``nn.Dense``'s product ``(..., I) @ (I, O)`` computed on ``_rows(lhs)``."""
+    if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())):
+        raise ValueError(f"_dot_rows: only the last axis times the kernel's first, got {dimension_numbers}")
+    out = jax.lax.dot_general(_rows(lhs), rhs, (((1,), (0,)), ((), ())), precision=precision,
+                              preferred_element_type=preferred_element_type)  # (N, O)
+    return out.reshape(*lhs.shape[:-1], rhs.shape[-1])  # (..., O)
+
+
 def _dense(features: int, dtype: Any, name: str) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, kernel_init=_init, name=name)
+    return nn.Dense(features, dtype=dtype, kernel_init=_init, name=name, dot_general=_dot_rows)
 
 
 def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
@@ -205,7 +224,9 @@ class Transformer(nn.Module):
         return self.encoder(self.embed(src_ids), self.key_mask(src_mask))  # (B, S, D)
 
     def logits(self, y):
-        return self.shared.attend(y).astype(jnp.float32) + self.final_logits_bias.value  # (B, T, V)
+        b, t, _ = y.shape
+        logits = self.shared.attend(_rows(y)).reshape(b, t, -1)  # (B, T, V), as rows: see _rows
+        return logits.astype(jnp.float32) + self.final_logits_bias.value
 
     def decode(self, tgt_in, enc, src_mask):
         y, _ = self.decoder(self.embed(tgt_in), enc, self.key_mask(src_mask))
