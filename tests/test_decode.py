@@ -254,11 +254,16 @@ def test_compiled_torch_decoding_is_eager_decoding_and_compiles_once_per_shape(b
         assert compiles() == 2
     assert ends == {"early", "limit"}, f"rows ended only {ends}: the checkpoints lost the test its point"
 
-    # CUDA graphs (on a CPU the graph is compiled, then run without them): the cache lives at the
-    # same addresses from call to call, whatever ran between, since a new address would make the
-    # graph record again.
+
+def test_cuda_graphed_torch_decoding_keeps_its_cache_per_thread_and_shape(backends):
+    """``compile="reduce-overhead"`` (on a CPU the graph is compiled, then run without CUDA graphs):
+    the cache lives at the same addresses from call to call, whatever ran between, since a new
+    address would make the graph record again; two threads decoding at once each have their own,
+    as torch's CUDA graph trees are per thread (a shared one mixed their rows), and a finished
+    thread's arrays are freed."""
     from mtcore.torch import decode
 
+    cfg, be = CONFIGS[0], backends["torch"]
     decode.release()
     kept = []
     for seed in range(2):
@@ -270,25 +275,26 @@ def test_compiled_torch_decoding_is_eager_decoding_and_compiles_once_per_shape(b
             graphed = be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN, num_beams=beams,
                                   compile="reduce-overhead")
             np.testing.assert_array_equal(graphed, eager, err_msg=f"seed {seed}, {beams} beams, reduce-overhead")
-        kept.append({shapes: dict(arrays) for shapes, arrays in decode._STATIC.items()})
+        kept.append({shapes: dict(arrays) for shapes, arrays in decode._STATIC[threading.get_ident()].items()})
     assert len(kept[0]) == 2 and all(set(arrays) == {"k", "v", "ck", "cv"} for arrays in kept[0].values())
     assert all(kept[1][shapes][name] is a for shapes, arrays in kept[0].items() for name, a in arrays.items())
 
-    # Two threads decoding the same shapes at once each get a cache of their own (a shared one would
-    # mix their rows), as torch's CUDA graph trees are per thread.
     decode.release()
     inputs = [(be.from_numpy(cfg, random_tree(cfg, seed)), random_batch(cfg, 8, 7, 1, seed=seed)) for seed in range(2)]
     want = [be.generate(p, cfg, b.src_ids, b.src_mask, max_len=MAX_LEN) for p, b in inputs]
     together = threading.Barrier(2, timeout=60)
 
     def decode_in_thread(params, batch):
-        together.wait()  # two threads, decoding at the same time
+        together.wait()  # two threads, decoding the same shapes at the same time
         return be.generate(params, cfg, batch.src_ids, batch.src_mask, max_len=MAX_LEN, compile="reduce-overhead")
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         got = [f.result(timeout=120) for f in [pool.submit(decode_in_thread, *pb) for pb in inputs]]
     for seed, (g, w) in enumerate(zip(got, want, strict=True)):
         np.testing.assert_array_equal(g, w, err_msg=f"thread {seed}")
-    threads = {thread for thread, _ in decode._STATIC}
-    assert len(threads) == 2 and len(decode._STATIC) == 2, list(decode._STATIC)
+    assert len(decode._STATIC) == 2 and all(len(sets) == 1 for sets in decode._STATIC.values()), decode._STATIC.keys()
+    # The pool's threads have finished: the next call (from this thread) frees their arrays.
+    p, b = inputs[0]
+    be.generate(p, cfg, b.src_ids, b.src_mask, max_len=MAX_LEN, compile="reduce-overhead")
+    assert list(decode._STATIC) == [threading.get_ident()]
     decode.release()

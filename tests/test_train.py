@@ -94,6 +94,30 @@ def test_dropout_is_applied_in_training_only(backends, framework):
     assert np.array_equal(a, b)
 
 
+def test_jax_mlp_recomputed_in_the_backward_pass_draws_the_same_dropout_mask():
+    """JAX's MLP recomputes its activation in the backward pass (``nn.remat`` in model.py): with
+    activation dropout, the recomputation must draw the forward pass's mask, so its gradients are
+    the plain block's."""
+    import jax
+    import jax.numpy as jnp
+
+    from mtcore.jax import model
+
+    cfg = CONFIGS[0].replace(activation_dropout=0.3)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, cfg.d_model)), jnp.float32)
+    params = model._MlpBlock(cfg).init(jax.random.key(0), x)
+
+    def grads(block):
+        loss = lambda p, x: (block.apply(p, x, rngs={"dropout": jax.random.key(1)}) ** 2).sum()
+        return jax.tree.leaves(jax.grad(loss, argnums=(0, 1))(params, x))
+
+    recomputed = grads(model.MlpBlock(cfg, deterministic=False))
+    for got, want in zip(recomputed, grads(model._MlpBlock(cfg, deterministic=False)), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    without = grads(model._MlpBlock(cfg, deterministic=True))
+    assert not all(np.allclose(a, b) for a, b in zip(recomputed, without, strict=True))  # a mask was drawn
+
+
 def test_eval_step_agrees(backends):
     cfg, tcfg = CONFIGS[2], TrainConfig()
     tree = random_tree(cfg, 4)

@@ -31,8 +31,7 @@ def _rows(x):
     as torch's ``F.linear`` flattens its input. On the ``(B, T, D)`` arrays themselves, autodiff's
     weight gradient contracts two axes at once, which XLA:CPU ran in Eigen with both operands
     transposed (plus a copy to transpose one); as rows it is one ``(N, D)^T (N, O)`` matrix
-    product. `small`'s CPU step: 5% faster for the linear layers, 7.5% with the tied output
-    projection too (JAX/torch paired 1.30 -> 1.20-1.21, 2 processes each, 14 pairs)."""
+    product (measured: README, "Why JAX's `small` CPU step is slower", item 3)."""
     return x.reshape(-1, x.shape[-1])  # (N, D), N = the product of the leading axes
 
 
@@ -69,9 +68,9 @@ class _MlpBlock(nn.Module):
 # The backward pass recomputes the activation (and fc2's input) from fc1's saved output, instead of
 # keeping them: under nn.scan every saved (B, T, F) array is written into a stacked buffer in the
 # forward loop and read back in the backward one, which cost more than the elementwise work
-# (`small`'s CPU step: JAX/torch paired 1.21 -> 1.17, 3 processes each, 14 pairs; the memory a step
-# keeps shrinks too). JAX's "gradient checkpointing" guide: jax.checkpoint with a names policy. An
-# activation_dropout mask is drawn again in the backward pass, from the same key.
+# (README, "Why JAX's `small` CPU step is slower", item 4; the memory a step keeps shrinks too).
+# JAX's "gradient checkpointing" guide: jax.checkpoint with a names policy. An activation_dropout
+# mask is drawn again in the backward pass, from the same key (a test checks the gradients).
 MlpBlock = nn.remat(_MlpBlock, policy=jax.checkpoint_policies.save_only_these_names("fc1"))
 
 
@@ -235,8 +234,7 @@ class Transformer(nn.Module):
         return self.encoder(self.embed(src_ids), self.key_mask(src_mask))  # (B, S, D)
 
     def logits(self, y):
-        b, t, _ = y.shape
-        logits = self.shared.attend(_rows(y)).reshape(b, t, -1)  # (B, T, V), as rows: see _rows
+        logits = self.shared.attend(_rows(y)).reshape(*y.shape[:-1], -1)  # (B, T, V), as rows: see _rows
         return logits.astype(jnp.float32) + self.final_logits_bias.value
 
     def decode(self, tgt_in, enc, src_mask):

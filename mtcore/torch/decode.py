@@ -57,31 +57,35 @@ def _compiled(mode: str | None, shapes: tuple):
     return torch.compile(_logprobs, mode=mode, dynamic=False, fullgraph=True, isolate_recompiles=True)
 
 
-# reduce-overhead only: cache arrays at fixed addresses, per thread and shapes, the most recent
-# few. Per thread as torch's CUDA graph trees are (each thread records and replays its own): two
-# threads decoding the same shapes at once must not write into one cache. The lock guards the dict.
-_STATIC: dict[tuple, dict[str, torch.Tensor]] = {}
+# reduce-overhead only: cache arrays at fixed addresses, per thread, the few most recent shapes
+# each. Per thread as torch's CUDA graph trees are (each thread records and replays its own): two
+# threads decoding the same shapes at once must not write into one cache, and one thread's shapes
+# must not push out another's while it decodes. The lock guards the dict, not the arrays.
+_STATIC: dict[int, dict[tuple, dict[str, torch.Tensor]]] = {}  # thread ident -> shapes -> arrays
 _STATIC_LOCK = threading.Lock()
-STATIC_KEPT = 4
+STATIC_KEPT = 4  # per thread
 
 
 def _static_cache(cache: dict[str, torch.Tensor], shapes: tuple) -> dict[str, torch.Tensor]:
     """``cache``'s values in arrays at fixed addresses. A CUDA graph replays into the addresses it
     recorded: the cache, written in place, must be a static input (else the graph is skipped for
     "mutated inputs"), and a new address makes it record again, so each call of the same shapes
-    from the same thread reuses an earlier call's arrays. They stay allocated: ``STATIC_KEPT`` sets,
-    the least recently used dropped first (a beam cache of a big model is hundreds of MB; a dropped
-    set lives on while a call still decodes into it); ``release()`` frees them."""
-    key = (threading.get_ident(), shapes)
+    from the same thread reuses an earlier call's arrays. They stay allocated: ``STATIC_KEPT`` sets
+    per thread, the least recently used dropped first (a beam cache of a big model is hundreds of
+    MB), and a finished thread's sets at the next call from any thread; ``release()`` frees them."""
     with _STATIC_LOCK:
-        kept = _STATIC.pop(key, None)
+        alive = {t.ident for t in threading.enumerate()}
+        for ident in [i for i in _STATIC if i not in alive]:
+            del _STATIC[ident]
+        mine = _STATIC.setdefault(threading.get_ident(), {})
+        kept = mine.pop(shapes, None)
         if kept is None:
             kept = {name: torch.empty_like(a) for name, a in cache.items()}
             for a in kept.values():
                 torch._dynamo.mark_static_address(a)
-        _STATIC[key] = kept  # the most recent last
-        while len(_STATIC) > STATIC_KEPT:
-            _STATIC.pop(next(iter(_STATIC)))
+        mine[shapes] = kept  # the most recent last
+        while len(mine) > STATIC_KEPT:
+            mine.pop(next(iter(mine)))
     if kept is not cache:
         for name, a in cache.items():
             kept[name].copy_(a)
