@@ -68,7 +68,7 @@ class _MlpBlock(nn.Module):
 # The backward pass recomputes the activation (and fc2's input) from fc1's saved output, instead of
 # keeping them: under nn.scan every saved (B, T, F) array is written into a stacked buffer in the
 # forward loop and read back in the backward one, which cost more than the elementwise work
-# (README, "Why JAX's `small` CPU step is slower", item 4; the memory a step keeps shrinks too).
+# (README, "Why JAX's `small` CPU step is slower", item 4; the step also keeps fewer arrays).
 # JAX's "gradient checkpointing" guide: jax.checkpoint with a names policy. An activation_dropout
 # mask is drawn again in the backward pass, from the same key (a test checks the gradients).
 MlpBlock = nn.remat(_MlpBlock, policy=jax.checkpoint_policies.save_only_these_names("fc1"))
