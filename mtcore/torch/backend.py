@@ -285,20 +285,22 @@ class HFBackend(TorchBackend):
         by_hf = dict(model.hf.named_parameters())
         return [(name, by_hf[_hf_name(name)]) for name in param_shapes(model.cfg) if _hf_name(name) in by_hf]
 
-    def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, compile: bool | str = False):
+    @staticmethod
+    def _eager_only(compile: bool | str | None) -> None:
         if compile_mode(compile):
             raise MTCoreError("the HF baseline runs eager only")
+
+    def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, compile: bool | str = False):
+        self._eager_only(compile)
         return super().make_train_step(cfg, tcfg)
 
     def compile_train_step(self, cfg, tcfg, state, batch, compile: bool | str = False, fresh: bool = True):
-        if compile_mode(compile):
-            raise MTCoreError("the HF baseline runs eager only")
+        self._eager_only(compile)
         return super().compile_train_step(cfg, tcfg, state, batch)
 
     def generate(self, params: HFMarian, cfg: ModelConfig, src_ids, src_mask=None, *, max_len=64, num_beams=1,
                  length_penalty=1.0, early_stopping=False, compile=False) -> np.ndarray:
-        if compile_mode(compile):
-            raise MTCoreError("the HF baseline runs eager only")
+        self._eager_only(compile)
         src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams, early_stopping)
         params.eval()
         with torch.no_grad():
