@@ -167,8 +167,6 @@ def test_the_train_step_compiles_once(backends, framework):
     assert counts[1:] == [counts[0]] * 2, f"{framework}: compiled again after the first step: {counts}"
 
 
-
-
 def test_accuracy_counts_the_labels_logit_being_the_largest(backends):
     # Four target tokens: a clear hit, a miss, a tie for the largest (counts: argmax would pick
     # whichever came first), and a hit on a padding position (not counted).
