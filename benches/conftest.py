@@ -20,11 +20,11 @@ import pytest
 from turns import Turns
 
 import mtcore
-from mtcore import threads
-from mtcore.allocator import keep_freed_memory, run_jax_on_calling_thread
 from mtcore.config import PRESETS
 from mtcore.devices import DEVICE_KINDS, device_counts, missing
 from mtcore.errors import MTCoreError
+from mtcore.perf import threads
+from mtcore.perf.allocator import keep_freed_memory, run_jax_on_calling_thread
 
 FRAMEWORKS = ("torch", "jax", "hf")
 DEFAULT_SIZES = ("tiny", "small")
@@ -301,7 +301,7 @@ def pytest_configure(config):
     _turns.start()  # a gate session works only in its turns, start-up included
     _config = config
     # Before the frameworks start their threads and allocate: freed memory stays in the process,
-    # so no round pays for the previous one's page faults (mtcore/allocator.py).
+    # so no round pays for the previous one's page faults (mtcore/perf/allocator.py).
     _allocator = keep_freed_memory()
     config.addinivalue_line("markers", "cases(kind): parametrise a bench over the cases of that kind")
     config.addinivalue_line("markers", "xdist_group(name): keep these cases on one process under --dist loadgroup")
@@ -348,14 +348,14 @@ def pytest_configure(config):
 
 def _store_by_fingerprint() -> None:
     """Save and compare runs under ``.benchmarks/<hardware fingerprint>/`` (CPU model and cores,
-    accelerators, framework versions: mtcore.regression.fingerprint) instead of pytest-benchmark's
+    accelerators, framework versions: mtcore.perf.regression.fingerprint) instead of pytest-benchmark's
     ``Linux-CPython-3.11-64bit``, which a GPU box and a laptop share: a GPU run is then never the
     baseline of a CPU run. pytest-benchmark builds its storage from this function when it
     configures, after this hook."""
     import pytest_benchmark.session
     from cpuinfo import get_cpu_info
 
-    from mtcore.regression import fingerprint, fingerprint_id
+    from mtcore.perf.regression import fingerprint, fingerprint_id
 
     info = {"cpu": {"brand_raw": get_cpu_info().get("brand_raw")}, "mtcore": {"hardware": hardware()}}
     key = fingerprint_id(fingerprint(info))
@@ -460,7 +460,7 @@ _peaks: dict[tuple[str, str], dict[str, float]] = {}
 
 def gemm_peak(device: str, precision: str) -> float:
     """The best matmul FLOP/s any installed framework reaches on ``device``: MFU's denominator."""
-    from mtcore.timing import gemm_peak as measure
+    from mtcore.perf.timing import gemm_peak as measure
 
     key = (device, precision)
     if key not in _peaks:
@@ -629,7 +629,7 @@ def _summary(terminalreporter, config):
     tr.write_line(f"allocator: {_allocator.get('allocator')}" + (
         f", freed memory kept in the process (mallopt {settings})" if isinstance(settings, dict) else ""))
     if "jax_cpu_dispatch" in _allocator:
-        tr.write_line(f"JAX CPU dispatch: {_allocator['jax_cpu_dispatch']} (mtcore/allocator.py)")
+        tr.write_line(f"JAX CPU dispatch: {_allocator['jax_cpu_dispatch']} (mtcore/perf/allocator.py)")
     if os.environ.get("XLA_FLAGS"):
         tr.write_line(f"XLA_FLAGS: {os.environ['XLA_FLAGS']}")
     header = (f"{'benchmark':58} {'median ms':>10} {'IQR %':>6} {'rounds':>6} {'tokens/s':>10} "

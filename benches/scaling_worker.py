@@ -21,7 +21,7 @@ import numpy as np
 
 def main(framework: str, device: str, devices: int, size: str, precision: str, threads_per_device: int,
          port: int) -> None:
-    from mtcore import threads
+    from mtcore.perf import threads
 
     local = int(os.environ.get("LOCAL_RANK", 0))
     if device == "cpu":

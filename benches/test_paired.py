@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import MIN_PAIRS, batch, check_first_loss, thread_budget, timed, weights
-from mtcore.timing import ratio_stats
+from mtcore.perf.timing import ratio_stats
 
 
 @pytest.mark.cases("paired")

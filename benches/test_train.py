@@ -13,7 +13,7 @@ import pytest
 
 from conftest import batch, check_first_loss, gemm_peak, median_seconds, reference_logits, thread_budget, timed, weights
 from mtcore.metrics import train_step_flops
-from mtcore.timing import HostMemory, process_max_rss_bytes
+from mtcore.perf.timing import HostMemory, process_max_rss_bytes
 
 
 @pytest.mark.cases("train")

@@ -41,7 +41,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def _run_config(args: argparse.Namespace, **changes):
-    from mtcore.run import RunConfig
+    from mtcore.train.run import RunConfig
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
     return RunConfig(**{**given, **changes})
@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from mtcore.run import check_request, train
+    from mtcore.train.run import check_request, train
 
     rc = _run_config(args)
     _check_devices(rc)
@@ -85,7 +85,7 @@ def _check_devices(rc) -> None:
     """A CPU device is a process's share of the cores (torch: a gloo rank; JAX: a host device):
     more of them than cores is not a measurement of anything. GPUs and TPUs are counted by the
     frameworks themselves when they start."""
-    from mtcore.threads import usable_cores
+    from mtcore.perf.threads import usable_cores
 
     if rc.device == "cpu" and rc.devices > 1 and not under_torchrun() and not rc.num_processes:
         cores = len(usable_cores())
@@ -103,9 +103,9 @@ def _check_devices(rc) -> None:
 
 def _keep_freed_memory(frameworks: tuple[str, ...]) -> None:
     """Epoch times are compared across frameworks as the benches' steps are: no step pays for page
-    faults that the allocator's give-back caused (mtcore/allocator.py). Only where mtcore is the
+    faults that the allocator's give-back caused (mtcore/perf/allocator.py). Only where mtcore is the
     program: a process that calls ``main()`` keeps its allocator."""
-    from mtcore.allocator import keep_freed_memory, run_jax_on_calling_thread
+    from mtcore.perf.allocator import keep_freed_memory, run_jax_on_calling_thread
 
     keep_freed_memory()
     if "jax" in frameworks:
@@ -119,7 +119,7 @@ def _join(rc, own_process: bool = True) -> None:
     jax.distributed when asked to."""
     import os
 
-    from mtcore import threads
+    from mtcore.perf import threads
 
     if rc.device == "cpu":
         if own_process:
@@ -180,7 +180,7 @@ def _last_checkpoint(out) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mtcore.run import compare
+    from mtcore.train.run import compare
 
     frameworks = tuple(f.strip() for f in args.frameworks.split(",") if f.strip())
     try:
@@ -200,14 +200,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mtcore.report import write_report
+    from mtcore.train.report import write_report
 
     print(f"report: {write_report(args.dir)}")
     return 0
 
 
 def cmd_bench_compare(args: argparse.Namespace) -> int:
-    from mtcore import regression
+    from mtcore.perf import regression
 
     result = regression.compare(args.base, args.head, threshold=args.threshold, floor=args.floor, alpha=args.alpha)
     text = regression.markdown(result)
@@ -221,7 +221,7 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_history(args: argparse.Namespace) -> int:
-    from mtcore import history
+    from mtcore.perf import history
 
     if args.add:
         print(f"stored: {history.store(args.add, args.dir, commit=args.commit)}")
@@ -244,7 +244,7 @@ def cmd_bench_history(args: argparse.Namespace) -> int:
 def cmd_bench_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mtcore import history, regression
+    from mtcore.perf import history, regression
 
     bigger, smaller = history.export(regression.load_run(args.run))
     out = Path(args.out)
@@ -267,8 +267,8 @@ def _fraction(value: str) -> float:
 
 def _add_run_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One option per ``RunConfig`` field (its default, help and choices), so a new run option is
-    declared once, in ``mtcore/run.py``."""
-    from mtcore.run import RunConfig, option_flag
+    declared once, in ``mtcore/train/run.py``."""
+    from mtcore.train.run import RunConfig, option_flag
 
     types = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str,
              "float | int": _count_or_fraction}
@@ -332,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench_commands(sub) -> None:
-    from mtcore import history as h
-    from mtcore import regression as r
+    from mtcore.perf import history as h
+    from mtcore.perf import regression as r
 
     p = sub.add_parser("bench-compare", help="paired base/head pytest-benchmark runs: regressions, as a markdown table; "
                                              "exit 1 on a regression, 2 on runs that cannot be compared")

@@ -20,7 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from mtcore import regression as r
+from mtcore.perf import regression as r
 
 
 def load(gate_dir: Path) -> tuple[list[r.Run], list[r.Run]]:

@@ -15,7 +15,8 @@ from helpers import PARALLEL_CFG, train_steps, uneven_batches
 
 def main(argv: list[str]) -> None:
     framework, out = argv[0], argv[1]
-    from mtcore import TrainConfig, backend, threads
+    from mtcore import TrainConfig, backend
+    from mtcore.perf import threads
 
     if framework == "torch":
         local, local_size = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])

@@ -1,4 +1,4 @@
-"""mtcore/allocator.py: the memory a thread frees stays in the process, so a later round that
+"""mtcore/perf/allocator.py: the memory a thread frees stays in the process, so a later round that
 allocates as much again makes no page faults (the cause of the JAX train step's per-process modes)."""
 
 import os
@@ -13,7 +13,7 @@ import pytest
 PROBE = """
 import ctypes, resource, sys, threading
 if sys.argv[1] == "keep":
-    from mtcore.allocator import keep_freed_memory
+    from mtcore.perf.allocator import keep_freed_memory
     assert isinstance(keep_freed_memory()["mallopt"], dict)
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -65,8 +65,8 @@ def test_freed_memory_is_reused_without_page_faults():
 # six times; prints the process's minor page faults per run.
 JAX_PROBE = """
 import resource, sys
-from mtcore import threads
-from mtcore.allocator import keep_freed_memory, run_jax_on_calling_thread
+from mtcore.perf import threads
+from mtcore.perf.allocator import keep_freed_memory, run_jax_on_calling_thread
 threads.apply(1)  # as a bench with --threads 1: XLA's pool sized before JAX starts
 if "mallopt" in sys.argv[1]:
     assert isinstance(keep_freed_memory()["mallopt"], dict)
@@ -106,7 +106,7 @@ def test_jax_temporary_buffers_are_reused_without_page_faults():
 @pytest.mark.jax
 def test_jax_dispatch_setting_says_what_the_backend_read():
     def answers(script):
-        return _run("import jax\nfrom mtcore.allocator import run_jax_on_calling_thread as run\n" + script)
+        return _run("import jax\nfrom mtcore.perf.allocator import run_jax_on_calling_thread as run\n" + script)
 
     word = "print(run()['jax_cpu_dispatch'].split()[0])\n"
     # In time, and asked again once the backend runs: synchronous both times.

@@ -1,4 +1,4 @@
-"""mtcore bench-compare / bench-history / bench-export (mtcore.regression, mtcore.history) on pytest-benchmark JSON written here:
+"""mtcore bench-compare / bench-history / bench-export (mtcore.perf.regression, mtcore.perf.history) on pytest-benchmark JSON written here:
 A/A noise, real slowdowns, outlier pairs, memory, tokens/s, missing values, new and removed
 benchmarks, other hardware and files that are not runs at all. Offline, no framework needed."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtcore import regression
 from mtcore.cli import main
+from mtcore.perf import regression
 
 TRAIN = "benches/test_train.py::test_train_step[jax-cpu-tiny-fp32]"
 DECODE = "benches/test_decode.py::test_decode_latency[torch-cpu-tiny-fp32-greedy]"

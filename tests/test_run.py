@@ -12,8 +12,8 @@ from helpers import compile_counter
 
 import mtcore
 from mtcore.cli import main
-from mtcore.report import load_runs, loss_agreement
-from mtcore.run import NonFiniteLoss, RunConfig, Trainer, compare, prepare, train
+from mtcore.train.report import load_runs, loss_agreement
+from mtcore.train.run import NonFiniteLoss, RunConfig, Trainer, compare, prepare, train
 
 pytestmark = [pytest.mark.torch, pytest.mark.jax]
 EPOCH_KEYS = {"training_time", "tokens_per_sec", "train_loss", "validation_loss", "token_accuracy", "bleu", "chrf"}
@@ -369,7 +369,7 @@ def _fake_compare(directory, times: dict[str, list[float]]):
 
 
 def test_a_report_with_too_few_timed_epochs_names_no_winner(tmp_path):
-    from mtcore.report import write_report
+    from mtcore.train.report import write_report
 
     _fake_compare(tmp_path, {"torch": [5.0, 1.0], "jax": [9.0, 2.0]})
     text = write_report(tmp_path).read_text()

@@ -11,13 +11,13 @@ import sys
 import pytest
 
 from mtcore.errors import MTCoreError
-from mtcore.threads import parse, usable_cores
+from mtcore.perf.threads import parse, usable_cores
 
 # Each budget applied in turn in one child: affinity can be changed again, and nothing here
 # starts JAX's backend, whose pool size is the one thing fixed at first use.
 PROBE = """
 import json, os, sys
-from mtcore import threads
+from mtcore.perf import threads
 out, everything = [], os.sched_getaffinity(0)
 for n, slot, slots in json.loads(sys.argv[1]):
     os.sched_setaffinity(0, everything)
@@ -72,7 +72,7 @@ def test_parallel_workers_get_their_own_cores(probes):
 
 
 def test_more_threads_than_cores_is_an_error():
-    from mtcore.threads import apply
+    from mtcore.perf.threads import apply
 
     with pytest.raises(MTCoreError, match=r"may use \d+ core"):
         apply(len(usable_cores()) + 1)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mtcore.timing import median_ci_ranks, ratio_stats
+from mtcore.perf.timing import median_ci_ranks, ratio_stats
 
 
 @pytest.mark.parametrize("n, ranks", [(1, (0, 0)), (5, (0, 4)), (6, (0, 5)), (20, (5, 14)), (60, (21, 38))])
@@ -61,7 +61,7 @@ def test_fresh_inductor_caches_are_removed_when_the_process_exits(tmp_path):
 
     script = (
         "import os, sys\n"
-        "from mtcore.timing import torch_fresh_compile_env\n"
+        "from mtcore.perf.timing import torch_fresh_compile_env\n"
         "a, b = torch_fresh_compile_env(), torch_fresh_compile_env()\n"
         "assert a != b and not os.listdir(a) and os.environ['TORCHINDUCTOR_CACHE_DIR'] == b\n"
         "open(os.path.join(b, 'kernel.py'), 'w').close()\n"
@@ -78,7 +78,7 @@ def test_fresh_inductor_caches_are_removed_when_the_process_exits(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/clear_refs and VmHWM are Linux's")
 def test_host_memory_counts_what_the_work_made_resident():
-    from mtcore.timing import HostMemory
+    from mtcore.perf.timing import HostMemory
 
     before = HostMemory()
     # 64 MB mapped and written: resident. Mapped here rather than allocated, so the heap's history

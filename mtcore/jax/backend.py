@@ -24,7 +24,7 @@ _LAYER = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
 
 def set_threads(n: int) -> None:
     """XLA:CPU sizes its thread pool from the cores the process may use when its backend starts
-    (``mtcore.threads`` pins them); afterwards nothing changes it, so say so rather than pretend."""
+    (``mtcore.perf.threads`` pins them); afterwards nothing changes it, so say so rather than pretend."""
     from jax._src import xla_bridge
 
     if xla_bridge.backends_are_initialized():
@@ -157,7 +157,7 @@ class JaxBackend:
         caches are cleared first, without it the last compile of the same program is reused); the
         seconds are that compile's tracing, lowering and compiling alone. The
         compiled step's XLA memory account is kept in ``self.last_compiled_memory``."""
-        from mtcore.timing import jax_compiled_memory, jax_fresh_compile
+        from mtcore.perf.timing import jax_compiled_memory, jax_fresh_compile
 
         batch = self.device_batch(batch, cfg)
         # The program is fixed by the configs, the device and the batch's shapes (the state's follow

@@ -30,7 +30,7 @@ def compile_mode(compile: bool | str | None) -> bool | str:
 
 
 def set_threads(n: int) -> None:
-    """Intra-op threads for CPU work (``mtcore.threads`` pins the process's cores)."""
+    """Intra-op threads for CPU work (``mtcore.perf.threads`` pins the process's cores)."""
     torch.set_num_threads(n)
 
 
@@ -64,7 +64,7 @@ class TorchBackend:
 
     def peak_memory(self, reset: bool = False) -> int | None:
         """Peak device bytes since the last ``reset`` (CUDA allocator), or None on CPU."""
-        from mtcore.timing import torch_peak_memory
+        from mtcore.perf.timing import torch_peak_memory
 
         return torch_peak_memory(reset) if self.device.type == "cuda" else None
 
@@ -129,7 +129,7 @@ class TorchBackend:
         inductor may reuse kernels this process already built)."""
         import torch._dynamo
 
-        from mtcore.timing import timed, torch_fresh_compile_env
+        from mtcore.perf.timing import timed, torch_fresh_compile_env
 
         compile = compile_mode(compile)
         if compile and fresh:

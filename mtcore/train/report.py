@@ -15,7 +15,7 @@ import numpy as np
 
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_text
-from mtcore.timing import ratio_stats
+from mtcore.perf.timing import ratio_stats
 
 PLOTS = {"time": "epoch_time.png", "throughput": "tokens_per_sec.png", "loss": "loss.png", "quality": "bleu.png"}
 

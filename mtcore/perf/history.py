@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtcore.regression import METRIC, BadRuns, Run, as_dict, fingerprint_id, finite, load_run, value
+from mtcore.perf.regression import METRIC, BadRuns, Run, as_dict, fingerprint_id, finite, load_run, value
 
 DRIFT = 0.15  # the latest median against the rolling median of the last WINDOW runs
 WINDOW = 20

@@ -11,7 +11,7 @@ head. Drift between pairs cancels out of each pair's ratio; a benchmark regresse
 
 What each metric means and how it is gated is in ``METRICS``; the thresholds are calibrated by A/A
 runs on a 2-core VM (README, "Regression gate"). Also here: the hardware fingerprint runs are
-keyed and refused by. The history over commits and the chart export are in ``mtcore.history``.
+keyed and refused by. The history over commits and the chart export are in ``mtcore.perf.history``.
 """
 
 from __future__ import annotations

@@ -440,7 +440,7 @@ def _threads() -> dict[str, Any]:
     """What one process had: the cores it may run on, and torch's intra-op threads if torch runs."""
     import sys
 
-    from mtcore.threads import usable_cores
+    from mtcore.perf.threads import usable_cores
 
     torch = sys.modules.get("torch")
     return {"cores": list(usable_cores()), "torch_threads": torch.get_num_threads() if torch else None}
@@ -571,7 +571,7 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
     alternates), so drift hits both alike; with ``devices`` (e.g. ``(1, 2)``) every framework
     trains at every device count, weak scaling (per-device batch fixed) or strong (global batch
     fixed), torch's multi-device runs as torchrun ranks."""
-    from mtcore.report import write_report
+    from mtcore.train.report import write_report
 
     out = Path(out)
     devices = tuple(sorted(set(devices)))
@@ -606,7 +606,7 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
     if rc.device == "cpu" and threads is None:
         # On a CPU a device is a share of the cores: the same share at every device count, so one
         # device is not a whole machine against N devices of half a machine each.
-        from mtcore.threads import usable_cores
+        from mtcore.perf.threads import usable_cores
 
         threads = max(1, len(usable_cores()) // max(devices))
     for n in devices:
