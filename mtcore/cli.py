@@ -41,7 +41,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def _run_config(args: argparse.Namespace, **changes):
-    from mtcore.train.run import RunConfig
+    from mtcore.train.options import RunConfig
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
     return RunConfig(**{**given, **changes})
@@ -268,7 +268,7 @@ def _fraction(value: str) -> float:
 def _add_run_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One option per ``RunConfig`` field (its default, help and choices), so a new run option is
     declared once, in ``mtcore/train/run.py``."""
-    from mtcore.train.run import RunConfig, option_flag
+    from mtcore.train.options import RunConfig, option_flag
 
     types = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str,
              "float | int": _count_or_fraction}

@@ -254,7 +254,7 @@ def test_checkpoints_resume_on_another_device_count(tmp_path):
     (The same global batch on 1 and 2 devices: this is also strong scaling's promise.)"""
     import shutil
 
-    from mtcore.train.run import RunConfig, Trainer, prepare
+    from mtcore.train import RunConfig, Trainer, prepare
 
     rc = RunConfig(framework="jax", devices=2, global_batch_size=16, epochs=1, **SMALL_RUN)
     Trainer(rc, prepare(rc, tmp_path / "two"), tmp_path / "two", progress=False).run_epoch(1)
@@ -278,8 +278,8 @@ def test_compare_at_one_and_two_devices_reports_scaling(tmp_path):
     run in a process of its own with one core per device."""
     import json
 
+    from mtcore.train import RunConfig, compare
     from mtcore.train.report import write_report
-    from mtcore.train.run import RunConfig, compare
 
     rc = RunConfig(epochs=2, batch_size=8, **{**SMALL_RUN, "eval_sentences": 4})
     report = compare(rc, tmp_path, frameworks=("jax",), devices=(1, 2), progress=False)

@@ -1,2 +1,10 @@
-"""A training run's life: its options, the preparation every framework shares, the trainer, the
-launcher, the entry points ``train`` and ``compare``, and the report."""
+"""A training run's life: its options (``options``), the preparation every framework shares
+(``prepare``), the trainer (``trainer``), the launcher (``launch``), the entry points ``train`` and
+``compare`` (``run``), and the report (``report``)."""
+
+from mtcore.train.options import RunConfig
+from mtcore.train.prepare import Prepared, prepare
+from mtcore.train.run import compare, train
+from mtcore.train.trainer import NonFiniteLoss, Trainer
+
+__all__ = ["NonFiniteLoss", "Prepared", "RunConfig", "Trainer", "compare", "prepare", "train"]

@@ -1,0 +1,282 @@
+"""``Trainer``: one framework training the prepared model epoch by epoch: train, evaluate (loss,
+token accuracy, greedy-decoded BLEU/chrF), checkpoint, and rewrite ``metrics.json``; ``RunIO``
+writes what the main process alone writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import mtcore
+from mtcore.config import ModelConfig
+from mtcore.data.batching import Encoded, PlannedBatch, plan_batches
+from mtcore.data.corpus import Corpus
+from mtcore.errors import MTCoreError
+from mtcore.files import read_json, write_json
+from mtcore.metrics import bleu, chrf
+from mtcore.train.options import RunConfig
+from mtcore.train.prepare import Prepared
+from mtcore.weights import load_safetensors, save_safetensors
+
+
+class NonFiniteLoss(MTCoreError):
+    pass
+
+
+
+# ---- one framework's run ---------------------------------------------------------------------------
+class RunIO:
+    """What a run leaves on disk besides the rank files: ``run.json``, ``metrics.json``,
+    checkpoints and the progress bar. Off the main process it does nothing, so the Trainer keeps
+    one loop however many processes run it."""
+
+    def __init__(self, out: Path, main: bool, progress: bool):
+        self.out, self.main, self.progress = out, main, progress
+
+    def write(self, name: str, data: Any) -> None:
+        if self.main:
+            write_json(self.out / name, data)
+
+    def bar(self, total: int, desc: str):
+        return _progress(total, desc, self.progress and self.main)
+
+    def save_checkpoint(self, be, state, epoch: int, cfg: ModelConfig, framework: str) -> None:
+        """``checkpoints/epoch-N/{model,optimizer}.safetensors`` in framework-neutral names (any
+        framework, any device count resumes from it), then the ``latest`` pointer."""
+        if not self.main:
+            return
+        root = self.out / "checkpoints"
+        directory = root / f"epoch-{epoch}"
+        directory.mkdir(parents=True, exist_ok=True)
+        params = be.to_numpy(be.state_params(state))
+        step, moments = be.optimizer_to_numpy(state)
+        meta = {"framework": framework, "epoch": str(epoch), "step": str(step)}
+        save_safetensors(directory / "model.safetensors", params, meta)
+        save_safetensors(directory / "optimizer.safetensors", moments, meta)
+        # The pointer moves last, atomically: a crash mid-save leaves the previous checkpoint current.
+        write_json(root / "latest", {"epoch": epoch, "step": step, "dir": directory.name,
+                                     "model_config": dataclasses.asdict(cfg)})
+        for old in root.glob("epoch-*"):
+            if old.name != directory.name:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def rank_file(out: Path, process: int, epoch: int) -> Path:
+    return out / f"rank{process}_results_epoch{epoch}.json"
+
+
+class Trainer:
+    """One framework training the prepared model: ``evaluate_initial()``, then ``run_epoch(e)``
+    for e = 1..epochs, then ``finish()``. Every epoch ends with a checkpoint and ``metrics.json``
+    (main process) and ``rank{r}_results_epoch{e}.json`` (every process).
+
+    On several devices every process runs this same loop over the same global batches; the
+    backend keeps each process's rows and reduces the loss over all of them."""
+
+    def __init__(self, rc: RunConfig, prepared: Prepared, out: str | os.PathLike, *, progress: bool = True,
+                 resume: bool = False):
+        self.rc, self.p, self.out = rc, prepared, Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cfg = prepared.cfg
+        self.tcfg = rc.train_config()
+        self.be = mtcore.backend(rc.framework, rc.device, devices=rc.devices)
+        self.world = self.be.world
+        self.io = RunIO(self.out, self.world.main, progress)
+        self.global_batch = rc.global_batch()
+        self.max_len = prepared.max_len
+        self.step_fn = self.be.make_train_step(self.cfg, self.tcfg, compile=rc.compile)
+        self.eval_fn = self.be.make_eval_step(self.cfg, self.tcfg)
+        if resume:
+            self.metrics = read_json(self.out / "metrics.json")
+            self.epoch, self.state = self._load_checkpoint()
+            self.metrics["epochs"] = [e for e in self.metrics["epochs"] if e["epoch"] <= self.epoch]
+            self.metrics["status"] = "running"
+            self.metrics["run"].update(devices=rc.devices, world=self.world.as_dict(),
+                                       global_batch_size=self.global_batch, devices_used=self._devices_used())
+            self.metrics.pop("test", None)
+        else:
+            self.epoch = 0
+            self.state = self.be.init_train_state(self.be.from_numpy(self.cfg, prepared.initial), self.tcfg)
+            self.metrics = {
+                "run": {**dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg),
+                        "num_params": self.cfg.num_params(), "devices_used": self._devices_used(),
+                        "world": self.world.as_dict(), "global_batch_size": self.global_batch,
+                        "train_pairs": len(prepared.train), "validation_pairs": len(prepared.validation),
+                        "test_pairs": len(prepared.test), "notes": prepared.notes},
+                "initial": None, "epochs": [], "test": None, "status": "running",
+            }
+            self.io.write("run.json", {"run_config": dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg)})
+        self.validation_batches = plan_batches(self.cfg, prepared.validation, rc.batch_size, max_len=self.max_len,
+                                               shuffle=False)
+        self.test_batches = plan_batches(self.cfg, prepared.test, rc.batch_size, max_len=self.max_len, shuffle=False)
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, batches: list[PlannedBatch], data: Encoded, corpus: Corpus, limit: int | None) -> dict[str, Any]:
+        """Teacher-forced loss and token accuracy over every pair; BLEU and chrF of greedy
+        translations of the first ``limit`` pairs (all when None), with a few examples."""
+        params = self.be.state_params(self.state)
+        loss_sum = correct = tokens = 0.0
+        for planned in batches:
+            m = self.eval_fn(params, planned.batch)
+            n = planned.batch.num_tgt_tokens
+            loss_sum += float(m["loss"]) * n
+            correct += float(m["accuracy"]) * n
+            tokens += n
+        result: dict[str, Any] = {"loss": loss_sum / max(tokens, 1), "token_accuracy": correct / max(tokens, 1),
+                                  "bleu": None, "chrf": None, "examples": []}
+        wanted = len(data) if limit is None else min(limit, len(data))
+        if not wanted:
+            return result
+        hypotheses: dict[int, str] = {}
+        for planned in batches:
+            rows = planned.rows
+            if not ((rows >= 0) & (rows < wanted)).any():
+                continue
+            b = planned.batch
+            # A bucket of length L holds targets of at most L tokens, eos included.
+            out = self.be.generate(params, self.cfg, b.src_ids, b.src_mask, max_len=b.shape[2])
+            for row, text in zip(rows, self.p.tokenizer.decode(out), strict=True):
+                if 0 <= row < wanted:
+                    hypotheses[int(row)] = text
+        hyps = [hypotheses[i] for i in range(wanted)]
+        refs = [corpus.target[data.index[i]] for i in range(wanted)]
+        result.update(bleu=bleu(hyps, refs), chrf=chrf(hyps, refs), examples=[
+            {"source": corpus.source[data.index[i]], "reference": refs[i], "hypothesis": hyps[i]}
+            for i in range(min(3, wanted))])
+        return result
+
+    def _validate(self) -> dict[str, Any]:
+        r = self.evaluate(self.validation_batches, self.p.validation, self.p.splits.validation, self.rc.eval_sentences)
+        return {"validation_loss": r["loss"], "token_accuracy": r["token_accuracy"], "bleu": r["bleu"],
+                "chrf": r["chrf"], "examples": r["examples"]}
+
+    def evaluate_initial(self) -> dict[str, float]:
+        self.metrics["initial"] = self._validate()
+        self.io.write("metrics.json", self.metrics)
+        return self.metrics["initial"]
+
+    # ---- training ------------------------------------------------------------------------------
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        if epoch != self.epoch + 1:
+            raise MTCoreError(f"epoch {epoch} asked for after epoch {self.epoch}")
+        batches = plan_batches(self.cfg, self.p.train, self.global_batch, max_len=self.max_len, seed=self.rc.seed,
+                               epoch=epoch)
+        self.be.reseed(self.rc.seed * 100_003 + epoch)
+        bar = self.io.bar(len(batches), f"{self.rc.framework} epoch {epoch}")
+        losses, accuracies, pending = [], [], []
+        tokens = sum(b.num_tokens for b in batches)
+        rows = self.world.rows(self.global_batch)
+        my_tokens = sum(b.tokens_in(rows) for b in batches)
+        first_step_s = None
+        start = time.perf_counter()
+        for i, planned in enumerate(batches):
+            self.state, m = self.step_fn(self.state, planned.batch)
+            pending.append(m)
+            if i == 0:
+                self.be.sync(m["loss"])
+                first_step_s = time.perf_counter() - start
+            # Reading a loss waits for the device: every 10 steps is often enough to stop a
+            # diverging run early without serialising the whole epoch.
+            if len(pending) == 10 or i == len(batches) - 1:
+                for m in pending:
+                    loss = float(m["loss"])
+                    if not math.isfinite(loss):
+                        self._stop(epoch, len(losses) + 1, loss, bar)
+                    losses.append(loss)
+                    accuracies.append(float(m["accuracy"]))
+                pending = []
+                bar.update(10 if i != len(batches) - 1 else len(batches) - bar.n)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        self.be.sync(self.state)
+        seconds = time.perf_counter() - start
+        bar.close()
+        self.epoch = epoch
+        record = {
+            "epoch": epoch,
+            "steps": len(batches),
+            "training_time": seconds,
+            "first_step_time": first_step_s,
+            "tokens": tokens,
+            "tokens_per_sec": tokens / seconds,
+            "train_loss": float(np.mean(losses)),
+            "train_accuracy": float(np.mean(accuracies)),
+            "step_losses": losses,
+        }
+        record.update(self._validate())
+        self.io.save_checkpoint(self.be, self.state, epoch, self.cfg, self.rc.framework)
+        self.metrics["epochs"].append(record)
+        self.io.write("metrics.json", self.metrics)
+        # Every process: what it did (its rows' tokens, its own clock), for time averaged and
+        # tokens/s summed over ranks.
+        write_json(rank_file(self.out, self.world.process, epoch), {
+            "epoch": epoch, "process": self.world.process, "pid": os.getpid(), "framework": self.rc.framework,
+            "device": self.rc.device,
+            "training_time": seconds, "tokens_per_sec": my_tokens / seconds, "tokens": my_tokens,
+            "validation_loss": record["validation_loss"], "bleu": record["bleu"],
+            "world_size": self.world.devices, "processes": self.world.processes,
+            "devices": self.world.local_devices, "local_batch": self.global_batch // self.world.processes,
+            "global_batch": self.global_batch, "threads": _threads(),
+        })
+        return record
+
+    def _stop(self, epoch: int, step: int, loss: float, bar) -> None:
+        bar.close()
+        last = self.epoch
+        where = (f"the last good checkpoint is {self.out / 'checkpoints' / f'epoch-{last}'} (epoch {last})"
+                 if last else "no checkpoint was written (it diverged in the first epoch)")
+        message = f"{self.rc.framework}: loss became {loss} at epoch {epoch}, step {step} of the epoch; stopped. {where}"
+        self.metrics["status"] = f"stopped: {message}"
+        self.io.write("metrics.json", self.metrics)
+        raise NonFiniteLoss(message + " (try a lower --lr)")
+
+    def finish(self) -> dict[str, float]:
+        r = self.evaluate(self.test_batches, self.p.test, self.p.splits.test, None)
+        self.metrics["test"] = {"test_loss": r["loss"], "test_token_accuracy": r["token_accuracy"],
+                                "test_bleu": r["bleu"], "test_chrf": r["chrf"], "examples": r["examples"]}
+        self.metrics["status"] = "finished"
+        self.io.write("metrics.json", self.metrics)
+        return self.metrics["test"]
+
+    def _devices_used(self) -> list[str]:
+        # The framework lists everything it sees ("cpu (16 threads)", "gpu:0 NVIDIA H100 ..."); the
+        # report names what this run trained on.
+        seen = self.be.devices()
+        return [d for d in seen if d.startswith(self.rc.device)] or seen
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _load_checkpoint(self):
+        latest = read_json(self.out / "checkpoints" / "latest")
+        if latest.get("model_config") != dataclasses.asdict(self.cfg):
+            raise MTCoreError(f"{self.out}: the checkpoint is of another model configuration")
+        directory = self.out / "checkpoints" / latest["dir"]
+        tree = load_safetensors(directory / "model.safetensors")
+        moments = load_safetensors(directory / "optimizer.safetensors")
+        state = self.be.train_state_from_numpy(self.cfg, self.tcfg, tree, int(latest["step"]), moments)
+        return int(latest["epoch"]), state
+
+
+
+
+def _threads() -> dict[str, Any]:
+    """What one process had: the cores it may run on, and torch's intra-op threads if torch runs."""
+    import sys
+
+    from mtcore.perf.threads import usable_cores
+
+    torch = sys.modules.get("torch")
+    return {"cores": list(usable_cores()), "torch_threads": torch.get_num_threads() if torch else None}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
