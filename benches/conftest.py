@@ -348,14 +348,14 @@ def pytest_configure(config):
 
 def _store_by_fingerprint() -> None:
     """Save and compare runs under ``.benchmarks/<hardware fingerprint>/`` (CPU model and cores,
-    accelerators, framework versions: mtcore.perf.regression.fingerprint) instead of pytest-benchmark's
+    accelerators, framework versions: mtcore.perf.records.fingerprint) instead of pytest-benchmark's
     ``Linux-CPython-3.11-64bit``, which a GPU box and a laptop share: a GPU run is then never the
     baseline of a CPU run. pytest-benchmark builds its storage from this function when it
     configures, after this hook."""
     import pytest_benchmark.session
     from cpuinfo import get_cpu_info
 
-    from mtcore.perf.regression import fingerprint, fingerprint_id
+    from mtcore.perf.records import fingerprint, fingerprint_id
 
     info = {"cpu": {"brand_raw": get_cpu_info().get("brand_raw")}, "mtcore": {"hardware": hardware()}}
     key = fingerprint_id(fingerprint(info))

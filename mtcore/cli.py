@@ -244,9 +244,9 @@ def cmd_bench_history(args: argparse.Namespace) -> int:
 def cmd_bench_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mtcore.perf import history, regression
+    from mtcore.perf import history, records
 
-    bigger, smaller = history.export(regression.load_run(args.run))
+    bigger, smaller = history.export(records.load_run(args.run))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, entries in (("bigger_is_better.json", bigger), ("smaller_is_better.json", smaller)):

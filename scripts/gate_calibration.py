@@ -20,13 +20,14 @@ import statistics
 import sys
 from pathlib import Path
 
+from mtcore.perf import records
 from mtcore.perf import regression as r
 
 
-def load(gate_dir: Path) -> tuple[list[r.Run], list[r.Run]]:
+def load(gate_dir: Path) -> tuple[list[records.Run], list[records.Run]]:
     n = len(list(gate_dir.glob("base-*.json")))
-    base = [r.load_run(gate_dir / f"base-{i}.json") for i in range(1, n + 1)]
-    head = [r.load_run(gate_dir / f"head-{i}.json") for i in range(1, n + 1)]
+    base = [records.load_run(gate_dir / f"base-{i}.json") for i in range(1, n + 1)]
+    head = [records.load_run(gate_dir / f"head-{i}.json") for i in range(1, n + 1)]
     return base, head
 
 

@@ -68,7 +68,7 @@ def test_autosave_then_compare(tmp_path):
     assert "machine_info is different" not in out and "machine_info differs" not in out, out[-3000:]
 
     # Saved under the hardware fingerprint, not pytest-benchmark's OS-Python folder.
-    from mtcore.perf.regression import fingerprint, fingerprint_id
+    from mtcore.perf.records import fingerprint, fingerprint_id
 
     assert saved[0].parent.name == fingerprint_id(fingerprint(data["machine_info"]))
 

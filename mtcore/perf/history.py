@@ -11,7 +11,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtcore.perf.regression import METRIC, BadRuns, Run, as_dict, fingerprint_id, finite, load_run, value
+from mtcore.perf.records import BadRuns, Run, as_dict, fingerprint_id, finite, load_run
+from mtcore.perf.regression import METRIC, value
 
 DRIFT = 0.15  # the latest median against the rolling median of the last WINDOW runs
 WINDOW = 20

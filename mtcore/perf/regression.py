@@ -10,24 +10,22 @@ head. Drift between pairs cancels out of each pair's ratio; a benchmark regresse
   (asv's second condition; it asks the rounds, not only the medians).
 
 What each metric means and how it is gated is in ``METRICS``; the thresholds are calibrated by A/A
-runs on a 2-core VM (README, "Regression gate"). Also here: the hardware fingerprint runs are
-keyed and refused by. The history over commits and the chart export are in ``mtcore.perf.history``.
+runs on a 2-core VM (README, "Regression gate"). Reading runs and the hardware fingerprint they are
+keyed and refused by are in ``mtcore.perf.records``; the history over commits and the chart export in
+``mtcore.perf.history``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mtcore.errors import MTCoreError
+from mtcore.perf.records import BadRuns, Run, as_dict, check_comparable, describe, fingerprint_id, finite, load_run
 
 # From 10 A/A and 10 slowdown gates on this project's 2-core VM (README "Regression gate",
 # scripts/gate_calibration.py): the worst A/A gate's median pair ratio was 1.089 (std of log pair
@@ -37,10 +35,6 @@ from mtcore.errors import MTCoreError
 TIME_THRESHOLD = 0.15
 TIME_FLOOR = 0.05
 ALPHA = 0.002  # asv's p-value for its Mann-Whitney U test
-
-
-class BadRuns(MTCoreError):
-    """Runs that cannot be compared: unreadable, not pytest-benchmark JSON, other hardware."""
 
 
 @dataclass(frozen=True)
@@ -75,109 +69,6 @@ METRICS = (
     Metric("achieved_flops", "FLOP/s", "FLOP/s", False, None),
 )
 METRIC = {m.key: m for m in METRICS}
-
-
-# ---- reading runs ----------------------------------------------------------------------------
-@dataclass
-class Run:
-    """One pytest-benchmark JSON file."""
-
-    path: Path
-    machine_info: dict
-    commit_info: dict
-    datetime: str
-    benchmarks: dict[str, dict]  # fullname -> pytest-benchmark's entry
-
-    @property
-    def fingerprint(self) -> dict:
-        return fingerprint(self.machine_info)
-
-    @property
-    def threads(self) -> dict:
-        t = as_dict(as_dict(self.machine_info.get("mtcore")).get("threads"))
-        return {k: t.get(k) for k in ("threads", "pinned") if k in t}
-
-
-def load_run(path: str | Path) -> Run:
-    """Read and check one pytest-benchmark JSON file; BadRuns names the file and what is wrong."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise BadRuns(f"{path}: cannot read it ({e.strerror or e})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise BadRuns(f"{path}: not JSON ({getattr(e, 'msg', e)}{where})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) or not isinstance(
-            data.get("machine_info"), dict):
-        raise BadRuns(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list and 'machine_info')")
-    benchmarks = {}
-    for entry in data["benchmarks"]:
-        name = entry.get("fullname") if isinstance(entry, dict) else None
-        stats = entry.get("stats") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not isinstance(stats, dict):
-            raise BadRuns(f"{path}: not a pytest-benchmark JSON file (a benchmark without 'fullname' and 'stats')")
-        samples = stats.get("data")
-        if not isinstance(samples, list) or not samples or not all(finite(x) for x in samples):
-            raise BadRuns(f"{path}: {name} has no raw samples (stats.data); write runs with --benchmark-json, "
-                          "or add --benchmark-save-data to --benchmark-autosave")
-        benchmarks[name] = entry
-    if not benchmarks:
-        raise BadRuns(f"{path}: no timed benchmark in it (was it run with --benchmark-disable?)")
-    return Run(path, data["machine_info"], as_dict(data.get("commit_info")), str(data.get("datetime", "")), benchmarks)
-
-
-def finite(x: Any) -> bool:
-    """A real number (not bool, NaN or inf): JSON from other tools may hold any of them."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def fingerprint(machine_info: dict) -> dict:
-    """What a run's speed depends on and a commit does not change: the CPU model and core count,
-    the accelerators and the framework versions. Runs compare only within one fingerprint."""
-    cpu = as_dict(machine_info.get("cpu"))
-    hardware = as_dict(as_dict(machine_info.get("mtcore")).get("hardware"))
-    frameworks = {fw: as_dict(info) for fw, info in as_dict(hardware.get("frameworks")).items()}
-    return {
-        "cpu": str(cpu.get("brand_raw") or machine_info.get("processor") or "unknown CPU"),
-        "cores": hardware.get("cpu_count") or cpu.get("count"),
-        "accelerators": {fw: list(info.get("accelerators") or []) for fw, info in sorted(frameworks.items())},
-        "versions": {fw: as_dict(info.get("versions")) for fw, info in sorted(frameworks.items())},
-    }
-
-
-def as_dict(x: Any) -> dict:
-    """``x`` where it is a dict, else empty: a hand-edited machine_info must not crash the reading."""
-    return x if isinstance(x, dict) else {}
-
-
-def fingerprint_id(fp: dict) -> str:
-    """A directory name for a fingerprint: readable, and unique through a hash of all of it."""
-    accelerators = sorted({a.split(" ", 1)[-1] for devices in fp["accelerators"].values() for a in devices})
-    words = [fp["cpu"], f"{fp['cores']}c", *accelerators]
-    slug = re.sub(r"[^a-z0-9]+", "-", " ".join(str(w) for w in words).lower()).strip("-")[:60].rstrip("-")
-    digest = hashlib.sha1(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{slug}-{digest}"
-
-
-def _describe(fp: dict) -> str:
-    versions = "; ".join(f"{fw} " + ", ".join(f"{k} {v}" for k, v in sorted(vs.items()))
-                         for fw, vs in fp["versions"].items())
-    accelerators = sorted({a for devices in fp["accelerators"].values() for a in devices})
-    return f"{fp['cpu']}, {fp['cores']} cores, accelerators: {', '.join(accelerators) or 'none'}; {versions}"
-
-
-def check_comparable(runs: list[Run]) -> None:
-    """One fingerprint and one thread budget across the runs, else BadRuns naming the odd one."""
-    first = runs[0]
-    for run in runs[1:]:
-        if run.fingerprint != first.fingerprint:
-            differs = [k for k in first.fingerprint if first.fingerprint[k] != run.fingerprint[k]]
-            raise BadRuns(f"{run.path}: DIFFERENT HARDWARE from {first.path} (differs: {', '.join(differs)}; "
-                          f"{_describe(run.fingerprint)} vs {_describe(first.fingerprint)}): refusing to compare")
-        if run.threads != first.threads:
-            raise BadRuns(f"{run.path}: a different thread budget from {first.path} ({run.threads} vs "
-                          f"{first.threads}): refusing to compare")
 
 
 # ---- values of one benchmark in one run ------------------------------------------------------
@@ -351,7 +242,7 @@ def markdown(c: Comparison) -> str:
     lines = [
         f"## mtcore bench-compare: {n} base run{'s' * (n > 1)} against {n} head run{'s' * (n > 1)}, paired",
         "",
-        f"Hardware `{fingerprint_id(fp)}`: {_describe(fp)}; thread budget {c.head[0].threads or 'not recorded'}.",
+        f"Hardware `{fingerprint_id(fp)}`: {describe(fp)}; thread budget {c.head[0].threads or 'not recorded'}.",
         "",
         f"A metric regresses when the median of its per-pair head/base ratios is worse than {1 + c.threshold:.2f}, "
         f"every pair is worse than {1 + c.floor:.2f}, and a one-sided Mann-Whitney U test on the pooled rounds "
