@@ -24,7 +24,7 @@ from mtcore.config import PRESETS
 from mtcore.devices import DEVICE_KINDS, device_counts, missing
 from mtcore.errors import MTCoreError
 from mtcore.perf import threads
-from mtcore.perf.allocator import keep_freed_memory, run_jax_on_calling_thread
+from mtcore.perf.setup import ProcessSetup, set_up
 
 FRAMEWORKS = ("torch", "jax", "hf")
 DEFAULT_SIZES = ("tiny", "small")
@@ -287,9 +287,8 @@ def _stop(message: str) -> None:
     pytest.exit(f"mtcore benches: {message}", returncode=2)
 
 
-_budget: threads.ThreadBudget | None = None
+_setup: ProcessSetup | None = None
 _config = None
-_allocator: dict = {}
 # The regression gate's base and head sessions take turns round by round (benches/turns.py);
 # alone, this does nothing.
 _turns = Turns()
@@ -297,12 +296,9 @@ _turns = Turns()
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
 def pytest_configure(config):
-    global _budget, _config, _allocator
+    global _setup, _config
     _turns.start()  # a gate session works only in its turns, start-up included
     _config = config
-    # Before the frameworks start their threads and allocate: freed memory stays in the process,
-    # so no round pays for the previous one's page faults (mtcore/perf/allocator.py).
-    _allocator = keep_freed_memory()
     config.addinivalue_line("markers", "cases(kind): parametrise a bench over the cases of that kind")
     config.addinivalue_line("markers", "xdist_group(name): keep these cases on one process under --dist loadgroup")
     config.addinivalue_line("markers", "quick: the quick subset: the gate's, and the paired headline (pytest benches -m quick)")
@@ -312,19 +308,15 @@ def pytest_configure(config):
         budget = threads.parse(config.getoption("--threads"))
         worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
         slots = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-        # Before any framework starts its CPU backend: XLA sizes its pool once, from the cores it may use.
-        _budget = threads.apply(budget, slot=int(worker.removeprefix("gw") or 0), slots=slots)
+        # The one process set-up (mtcore/perf/setup.py), before any framework starts and before
+        # the storage fingerprint below asks JAX for its devices: XLA sizes its pool and reads its
+        # dispatch flag once, when the CPU backend starts. Freed memory stays in the process, so no
+        # round pays for the previous one's page faults; fp32 matmuls in full precision in both
+        # frameworks (XLA would otherwise run them as TF32 on NVIDIA GPUs); bf16 cases are the fast
+        # path. The compile benches compile from scratch whatever the cache setting.
+        _setup = set_up(frameworks, threads=budget, slot=int(worker.removeprefix("gw") or 0), slots=slots)
     except MTCoreError as e:
         _stop(str(e))
-    # Identical arithmetic in fp32: XLA would otherwise run fp32 matmuls as TF32 on NVIDIA GPUs,
-    # which PyTorch does not by default. bf16 cases are the fast path, in both frameworks.
-    if mtcore.available("jax") is None:
-        import jax
-
-        jax.config.update("jax_default_matmul_precision", "highest")
-        # Before anything asks JAX for its devices (the storage fingerprint below does): the flag
-        # is read once, when the CPU backend starts.
-        _allocator.update(run_jax_on_calling_thread())
     if any(config.getoption(o) for o in ("benchmark_autosave", "benchmark_save", "benchmark_compare")):
         _store_by_fingerprint()
     if not _given(config, "--benchmark-max-time"):
@@ -333,10 +325,6 @@ def pytest_configure(config):
         config.option.benchmark_min_rounds = MIN_ROUNDS
     # A gen-2 collection of a whole pytest session's heap would land in a random round.
     config.option.benchmark_disable_gc = True
-    if mtcore.available("torch") is None:
-        import torch
-
-        torch.set_float32_matmul_precision("highest")
     if config.getoption("--device") is not None:
         # Asked for by name (tox -e gpu / tpu): a machine without it must fail, not pass on skips.
         for device in devices:
@@ -372,8 +360,8 @@ def _given(config, flag: str) -> bool:
 
 # ---- what the benches share ------------------------------------------------------------------
 def thread_budget() -> threads.ThreadBudget:
-    assert _budget is not None, "pytest_configure sets the thread budget first"
-    return _budget
+    assert _setup is not None, "pytest_configure sets the process up first"
+    return _setup.threads
 
 
 def timed(benchmark, fn, rounds: int | None, warmup_rounds: int = 2, min_rounds: int | None = None, on_start=None):
@@ -460,11 +448,12 @@ _peaks: dict[tuple[str, str], dict[str, float]] = {}
 
 def gemm_peak(device: str, precision: str) -> float:
     """The best matmul FLOP/s any installed framework reaches on ``device``: MFU's denominator."""
-    from mtcore.perf.timing import gemm_peak as measure
+    from mtcore.backend import framework
 
     key = (device, precision)
     if key not in _peaks:
-        _peaks[key] = {fw: measure(fw, device, precision) for fw in ("torch", "jax") if missing(fw, device) is None}
+        _peaks[key] = {fw: framework(fw).gemm_peak(device, precision) for fw in ("torch", "jax")
+                       if missing(fw, device) is None}
     return max(_peaks[key].values())
 
 
@@ -519,8 +508,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         machine_info.get("cpu", {}).pop(key, None)
     machine_info["mtcore"] = {
         "hardware": hardware(),
-        "threads": thread_budget().as_dict(),
-        "allocator": _allocator,
+        **_setup.as_dict(),  # threads, allocator, each framework's settings, compile cache: as run.json has them
         "transformers": mtcore.devices.info()["transformers"],
         # XLA's compiler flags move JAX's numbers (README, "Why JAX's small CPU step is slower"):
         # a run says which it had, and a comparison says when they differ.
@@ -620,16 +608,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def _summary(terminalreporter, config):
     session = getattr(config, "_benchmarksession", None)
     benchmarks = [b for b in getattr(session, "benchmarks", []) if b.extra_info]
-    if not benchmarks or _budget is None:
+    if not benchmarks or _setup is None:
         return
     tr = terminalreporter
     tr.section("mtcore: throughput, MFU, memory, compile (pytest-benchmark's extra_info)")
-    tr.write_line(f"thread budget: {_budget.describe()} (--threads)")
-    settings = _allocator.get("mallopt")
-    tr.write_line(f"allocator: {_allocator.get('allocator')}" + (
-        f", freed memory kept in the process (mallopt {settings})" if isinstance(settings, dict) else ""))
-    if "jax_cpu_dispatch" in _allocator:
-        tr.write_line(f"JAX CPU dispatch: {_allocator['jax_cpu_dispatch']} (mtcore/perf/allocator.py)")
+    for line in _setup.describe():
+        tr.write_line(line)
     if os.environ.get("XLA_FLAGS"):
         tr.write_line(f"XLA_FLAGS: {os.environ['XLA_FLAGS']}")
     header = (f"{'benchmark':58} {'median ms':>10} {'IQR %':>6} {'rounds':>6} {'tokens/s':>10} "

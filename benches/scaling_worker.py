@@ -21,17 +21,19 @@ import numpy as np
 
 def main(framework: str, device: str, devices: int, size: str, precision: str, threads_per_device: int,
          port: int) -> None:
-    from mtcore.perf import threads
+    from mtcore.perf.setup import set_up
 
     local = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "cpu":
+    if device == "cpu" and hasattr(os, "sched_setaffinity"):
         # The bench process may be pinned to one core: a worker starts from the whole machine.
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-        if framework == "torch":  # one rank per device, each its share of the cores
-            threads.apply(threads_per_device, slot=local, slots=devices)
-        else:  # one process drives all its host devices
-            threads.apply(threads_per_device * devices)
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    # The one process set-up, as the bench process and mtcore train have it; a torch rank per
+    # device, each its share of the cores; one JAX process drives all its host devices. JAX
+    # dispatches multi-device programs asynchronously whatever the flag says: left as it comes.
+    per_process = threads_per_device if framework == "torch" else threads_per_device * devices
+    set_up((framework,), threads=per_process if device == "cpu" else None,
+           slot=local if framework == "torch" else 0, slots=devices if framework == "torch" else 1,
+           synchronous_cpu=False)
 
     import mtcore
     from conftest import batch, weights

@@ -17,13 +17,33 @@ from mtcore.config import ModelConfig, TrainConfig
 from mtcore.errors import BackendUnavailable, MTCoreError
 from mtcore.parallel import World
 
-# name -> (module, class, the packages that must be importable, the pip extra that installs them)
+# name -> (module, class, the framework it runs on, the packages that must be importable, the pip
+# extra that installs them). A framework ``F`` is the folder ``mtcore/F/``; its ``backend.py`` holds
+# its Backend classes' home and the process-wide functions of ``Framework``.
 BACKENDS = {
-    "torch": ("mtcore.torch.backend", "TorchBackend", ("torch",), "torch"),
-    "jax": ("mtcore.jax.backend", "JaxBackend", ("jax", "flax", "optax"), "jax"),
+    "torch": ("mtcore.torch.backend", "TorchBackend", "torch", ("torch",), "torch"),
+    "jax": ("mtcore.jax.backend", "JaxBackend", "jax", ("jax", "flax", "optax"), "jax"),
     # The baseline: Hugging Face MarianMTModel under the torch backend's train step.
-    "hf": ("mtcore.torch.backend", "HFBackend", ("torch", "transformers"), "hf"),
+    "hf": ("mtcore.torch.hf", "HFBackend", "torch", ("torch", "transformers"), "hf"),
 }
+
+
+class Framework(Protocol):
+    """What a framework does for the process as a whole, apart from any one model: module-level
+    functions of ``mtcore/<framework>/backend.py``, reached through ``framework(name)``, so no
+    module outside a framework's folder imports it."""
+
+    PACKAGES: tuple[str, ...]  # whose versions a run records
+
+    def set_threads(self, n: int) -> None: ...
+    # The process set-up's part (mtcore.perf.setup): fp32 matmuls in full precision, CPU dispatch,
+    # the persistent compile cache; returns what it did, for the run's record.
+    def configure(self, *, synchronous_cpu: bool, compile_cache: str | None) -> dict: ...
+    def visible_devices(self) -> list[str]: ...
+    def device_counts(self) -> dict[str, int]: ...
+    def gemm_peak(self, device: str, dtype: str = "fp32", n: int | None = None, repeats: int = 5) -> float: ...
+    # A framework whose processes another program starts says how: torch's ``launch_ranks(nproc,
+    # argv, log_dir)`` (its elastic agent), JAX's ``initialize_distributed(...)`` (jax.distributed).
 
 
 class Backend(Protocol):
@@ -72,7 +92,7 @@ def available(name: str) -> str | None:
     """None if backend ``name`` can be used, else why not."""
     if name not in BACKENDS:
         return f"unknown backend {name!r}"
-    _, _, packages, extra = BACKENDS[name]
+    _, _, _, packages, extra = BACKENDS[name]
     for package in packages:
         try:
             importlib.import_module(package)
@@ -89,7 +109,23 @@ def backend(name: str, device: str = "cpu", devices: int = 1) -> Backend:
     reason = available(name)
     if reason:
         raise BackendUnavailable(f"backend {name!r} unavailable: {reason}")
-    module, cls, _, _ = BACKENDS[name]
+    module, cls, _, _, _ = BACKENDS[name]
     if not (isinstance(devices, int) and devices >= 1):
         raise MTCoreError(f"devices must be a positive int, got {devices!r}")
     return getattr(importlib.import_module(module), cls)(device, devices)
+
+
+def framework(name: str) -> Framework:
+    """The framework backend ``name`` runs on (``hf`` runs on torch), as its process-wide functions;
+    BackendUnavailable where it is not installed."""
+    reason = available(name)
+    if reason:
+        raise BackendUnavailable(f"backend {name!r} unavailable: {reason}")
+    return importlib.import_module(f"mtcore.{BACKENDS[name][2]}.backend")
+
+
+def framework_of(name: str) -> str:
+    """The framework backend ``name`` runs on: ``hf`` -> ``torch``."""
+    if name not in BACKENDS:
+        raise MTCoreError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
+    return BACKENDS[name][2]

@@ -8,6 +8,7 @@ import json
 import sys
 
 from mtcore.errors import BackendUnavailable, MTCoreError
+from mtcore.files import read_json
 from mtcore.parallel import under_torchrun
 
 
@@ -64,15 +65,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from mtcore.train.run import check_request, train
+    from mtcore.train import train
+    from mtcore.train.launch import check_devices, launch, set_up_process
+    from mtcore.train.run import check_request
 
     rc = _run_config(args)
-    _check_devices(rc)
+    check_devices(rc)
     if rc.framework == "torch" and rc.devices > 1 and not under_torchrun():
-        # What train() checks, before ranks start, each to fail the same way.
+        # What train() checks, before ranks start, each to fail the same way; then this very
+        # command as torch's ranks.
         check_request(rc, Path(args.out), resume=args.resume, overwrite=args.overwrite, given=args.given)
-        return _launch_torch(rc, args)
-    _join(rc, own_process=args.own_process)
+        launch(rc, args.out, sys.argv[1:] if args.argv is None else args.argv)
+        metrics = read_json(Path(args.out) / "metrics.json")
+        print(_summary(metrics))
+        print(f"metrics: {args.out}/metrics.json; rank files: {args.out}/rank*_results_epoch*.json; "
+              f"checkpoint: {args.out}/checkpoints")
+        return 0
+    set_up_process(rc, own_process=args.own_process)
     metrics = train(rc, args.out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
                     given=args.given)
     if metrics is not None and not os.environ.get("MTCORE_LAUNCHED"):  # the main process, unless mtcore launched it
@@ -81,106 +90,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_devices(rc) -> None:
-    """A CPU device is a process's share of the cores (torch: a gloo rank; JAX: a host device):
-    more of them than cores is not a measurement of anything. GPUs and TPUs are counted by the
-    frameworks themselves when they start."""
-    from mtcore.perf.threads import usable_cores
-
-    if rc.device == "cpu" and rc.devices > 1 and not under_torchrun() and not rc.num_processes:
-        cores = len(usable_cores())
-        if rc.devices > cores:
-            raise MTCoreError(f"--devices {rc.devices} on CPU: this process may use {cores} core(s), one per CPU device")
-    if rc.device == "gpu" and rc.framework == "torch" and rc.devices > 1 and not under_torchrun():
-        # Checked before torchrun starts ranks that would each fail the same way.
-        from mtcore.devices import torch_devices
-
-        gpus = [d for d in torch_devices() if d.startswith("gpu")]
-        if rc.devices > len(gpus):
-            raise MTCoreError(f"--devices {rc.devices}: torch sees {len(gpus)} GPU(s){': ' if gpus else ''}"
-                              f"{', '.join(gpus)}")
-
-
-def _keep_freed_memory(frameworks: tuple[str, ...]) -> None:
-    """Epoch times are compared across frameworks as the benches' steps are: no step pays for page
-    faults that the allocator's give-back caused (mtcore/perf/allocator.py). Only where mtcore is the
-    program: a process that calls ``main()`` keeps its allocator."""
-    from mtcore.perf.allocator import keep_freed_memory, run_jax_on_calling_thread
-
-    keep_freed_memory()
-    if "jax" in frameworks:
-        run_jax_on_calling_thread()
-
-
-def _join(rc, own_process: bool = True) -> None:
-    """Before any framework starts: on a CPU, keep freed memory in the process (when mtcore is the
-    program: ``main()`` called from another one, a test or a notebook, leaves its allocator alone)
-    and pin its cores (a torch rank its share; with --threads, T cores per device); join
-    jax.distributed when asked to."""
-    import os
-
-    from mtcore.perf import threads
-
-    if rc.device == "cpu":
-        if own_process:
-            _keep_freed_memory((rc.framework,))
-        cores = len(threads.usable_cores())
-        if rc.framework == "torch" and under_torchrun():
-            local, local_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-            share = rc.threads or int(os.environ.get("MTCORE_RANK_THREADS", 0)) or max(1, cores // local_size)
-            threads.apply(min(share, cores), slot=local, slots=local_size)
-        elif rc.threads:
-            # A JAX process drives its host devices on the cores it may use: T for each of them.
-            local_devices = rc.devices // (rc.num_processes or 1) if rc.framework == "jax" else 1
-            threads.apply(rc.threads * local_devices)
-    if rc.framework == "jax" and (rc.coordinator or rc.num_processes):
-        from mtcore.jax import parallel
-
-        # "auto": JAX finds the coordinator, process count and id itself (TPU pods, SLURM).
-        coordinator = None if rc.coordinator == "auto" else rc.coordinator
-        parallel.initialize(coordinator, rc.num_processes, rc.process_id,
-                            cpu_devices=rc.devices // (rc.num_processes or 1) if rc.device == "cpu" else None)
-
-
-def _launch_torch(rc, args: argparse.Namespace) -> int:
-    """``mtcore train --framework torch --devices N``: the same command as N ranks under torch's
-    elastic agent; a failed rank stops them all and leaves metrics.json naming the last good
-    checkpoint."""
-    from pathlib import Path
-
-    from mtcore.files import read_json, write_json
-    from mtcore.torch.parallel import launch
-
-    try:
-        launch(rc.devices, sys.argv[1:] if args.argv is None else args.argv, log_dir=Path(args.out) / "logs")
-    except MTCoreError as e:
-        metrics_file = Path(args.out) / "metrics.json"
-        checkpoint = _last_checkpoint(Path(args.out))
-        message = f"{e}; {checkpoint}"
-        if metrics_file.is_file():
-            metrics = read_json(metrics_file)
-            metrics["status"] = f"failed: {message}"
-            write_json(metrics_file, metrics)
-        raise MTCoreError(message) from None
-    metrics = read_json(Path(args.out) / "metrics.json")
-    print(_summary(metrics))
-    print(f"metrics: {args.out}/metrics.json; rank files: {args.out}/rank*_results_epoch*.json; "
-          f"checkpoint: {args.out}/checkpoints")
-    return 0
-
-
-def _last_checkpoint(out) -> str:
-    latest = out / "checkpoints" / "latest"
-    if not latest.is_file():
-        return "no checkpoint was written"
-    from mtcore.files import read_json
-
-    info = read_json(latest)
-    return f"the last good checkpoint is {out / 'checkpoints' / info['dir']} (epoch {info['epoch']}; --resume continues)"
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mtcore.train.run import compare
+    from mtcore.train import compare
+    from mtcore.train.launch import check_devices, set_up_process
 
     frameworks = tuple(f.strip() for f in args.frameworks.split(",") if f.strip())
     try:
@@ -188,9 +100,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except ValueError:
         raise MTCoreError(f"--devices: expected a comma list of device counts like 1,2, got {args.devices!r}") from None
     rc = _run_config(args, framework=frameworks[0], devices=max(devices or (1,)))
-    _check_devices(rc)
-    if rc.device == "cpu" and args.own_process:
-        _keep_freed_memory(frameworks)  # at one device both frameworks train in this process
+    check_devices(rc)
+    if devices in ((), (1,)):  # both frameworks train in this process
+        set_up_process(dataclasses.replace(rc, devices=1), own_process=args.own_process, frameworks=frameworks)
     report = compare(dataclasses.replace(rc, devices=1), args.out, frameworks=frameworks, devices=devices or (1,),
                      scaling=args.scaling, target_loss=args.target_loss, progress=not args.quiet,
                      overwrite=args.overwrite)

@@ -100,7 +100,7 @@ def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
 
 
 # ---- Hugging Face Marian ------------------------------------------------------------------------
-def _hf_name(name: str) -> str:
+def hf_name(name: str) -> str:
     if name == "final_logits_bias":
         return name
     return "model." + name.replace("mlp.fc", "fc")
@@ -125,7 +125,7 @@ def from_hf_state_dict(cfg: ModelConfig, state: Mapping[str, np.ndarray], where:
         state["final_logits_bias"] = np.zeros(cfg.vocab_size, np.float32)
     tree = {}
     for name in param_shapes(cfg):
-        hf = _hf_name(name)
+        hf = hf_name(name)
         if hf not in state:
             raise MTCoreError(f"{where}: no tensor {hf!r}; is this a Marian checkpoint of this config?")
         tree[name] = np.asarray(state[hf]).reshape(-1) if name == "final_logits_bias" else np.asarray(state[hf])
@@ -135,7 +135,7 @@ def from_hf_state_dict(cfg: ModelConfig, state: Mapping[str, np.ndarray], where:
 def to_hf_state_dict(cfg: ModelConfig, tree: Mapping[str, np.ndarray]) -> Tree:
     """A ``MarianMTModel`` state dict (numpy) from a canonical tree, tied copies included."""
     tree = check_tree(cfg, tree)
-    state = {_hf_name(k): v for k, v in tree.items()}
+    state = {hf_name(k): v for k, v in tree.items()}
     state["final_logits_bias"] = tree["final_logits_bias"][None, :]
     for alias in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"):
         state[alias] = tree["shared.weight"]
@@ -153,11 +153,11 @@ def read_hf_checkpoint(path: str | os.PathLike, cfg: ModelConfig | None = None) 
     if os.path.isfile(st):
         state = load_safetensors(st)
     elif os.path.isfile(bin_):
-        try:
-            import torch
-        except ImportError:
-            raise MTCoreError(f"{bin_}: reading .bin checkpoints needs PyTorch; convert it to safetensors") from None
-        state = {k: v.float().numpy() for k, v in torch.load(bin_, map_location="cpu", weights_only=True).items()}
+        from mtcore.backend import available, framework
+
+        if available("torch"):
+            raise MTCoreError(f"{bin_}: reading .bin checkpoints needs PyTorch; convert it to safetensors")
+        state = framework("torch").load_state_dict(bin_)
     else:
         raise MTCoreError(f"{path}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
     return cfg, from_hf_state_dict(cfg, state, where=path)

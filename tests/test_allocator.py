@@ -66,12 +66,13 @@ def test_freed_memory_is_reused_without_page_faults():
 JAX_PROBE = """
 import resource, sys
 from mtcore.perf import threads
-from mtcore.perf.allocator import keep_freed_memory, run_jax_on_calling_thread
+from mtcore.perf.allocator import keep_freed_memory
 threads.apply(1)  # as a bench with --threads 1: XLA's pool sized before JAX starts
 if "mallopt" in sys.argv[1]:
     assert isinstance(keep_freed_memory()["mallopt"], dict)
 if "sync" in sys.argv[1]:
-    run_jax_on_calling_thread()
+    from mtcore.jax.backend import run_on_calling_thread
+    run_on_calling_thread()
 import jax, jax.numpy as jnp
 @jax.jit
 def f(x):
@@ -106,9 +107,9 @@ def test_jax_temporary_buffers_are_reused_without_page_faults():
 @pytest.mark.jax
 def test_jax_dispatch_setting_says_what_the_backend_read():
     def answers(script):
-        return _run("import jax\nfrom mtcore.perf.allocator import run_jax_on_calling_thread as run\n" + script)
+        return _run("import jax\nfrom mtcore.jax.backend import run_on_calling_thread as run\n" + script)
 
-    word = "print(run()['jax_cpu_dispatch'].split()[0])\n"
+    word = "print(run().split()[0])\n"
     # In time, and asked again once the backend runs: synchronous both times.
     assert answers(word + "jax.devices()\n" + word) == ["synchronous", "synchronous"]
     # Too late (the backend started first, asynchronous): it says so instead of claiming the setting.

@@ -46,8 +46,11 @@ def test_autosave_then_compare(tmp_path):
     assert mtcore_info["hardware"]["frameworks"]["torch"]["device_counts"]["cpu"] == 1
     assert mtcore_info["threads"]["threads"] == 1 and mtcore_info["threads"]["pinned"] is True
     # Set before the storage fingerprint asked JAX for its devices (after, it would be ignored).
-    assert mtcore_info["allocator"]["jax_cpu_dispatch"].startswith("synchronous"), mtcore_info["allocator"]
-    assert "JAX CPU dispatch: synchronous" in out, out[-3000:]
+    assert mtcore_info["frameworks"]["jax"]["cpu_dispatch"].startswith("synchronous"), mtcore_info["frameworks"]
+    assert "CPU dispatch synchronous" in out, out[-3000:]
+    # One process set-up: full-precision fp32 matmuls in both frameworks, recorded as run.json has it.
+    assert {fw["fp32_matmul_precision"] for fw in mtcore_info["frameworks"].values()} == {"highest"}
+    assert set(mtcore_info["frameworks"]) == {"torch", "jax"} and mtcore_info["compile_cache"] == "on"
     # What varies from run to run on one machine stays out of machine_info.
     assert "gemm_peak_flops" not in mtcore_info and "hz_actual" not in data["machine_info"]["cpu"]
     rows = {b["param"]: b for b in data["benchmarks"]}

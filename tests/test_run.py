@@ -165,6 +165,31 @@ def test_cli_train_writes_metrics_json(tmp_path, capsys):
     assert "jax: 1 epochs" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_cli_train_records_the_process_set_up(framework, tmp_path):
+    """``mtcore train`` as its own program runs the one process set-up the benches run and says so
+    in run.json and metrics.json: the same fp32 matmul precision in both frameworks, the thread
+    budget, the allocator, the compile cache."""
+    import subprocess
+    import sys
+
+    need(framework)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "mtcore", "train", "--framework", framework, "--epochs", "1",
+                           "--synthetic-size", "120", "--validation", "8", "--test", "8", "--eval-sentences", "0",
+                           "--max-len", "16", "--threads", "1", "--compile-cache", "off", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    process = json.loads((out / "run.json").read_text())["process"]
+    assert process == json.loads((out / "metrics.json").read_text())["run"]["process"]
+    assert process["frameworks"][framework]["fp32_matmul_precision"] == "highest"
+    assert process["frameworks"][framework]["compile_cache"] == "off" and process["compile_cache"] == "off"
+    assert process["threads"]["threads"] == 1 and process["threads"]["pinned"] is True
+    assert process["allocator"]["allocator"].startswith(("glibc", "not glibc"))
+    if framework == "jax":
+        assert process["frameworks"]["jax"]["cpu_dispatch"].startswith("synchronous")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "enormous"], "not a preset"),
     (["--data", "/nonexistent/corpus"], "not 'synthetic'"),

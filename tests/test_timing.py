@@ -61,8 +61,8 @@ def test_fresh_inductor_caches_are_removed_when_the_process_exits(tmp_path):
 
     script = (
         "import os, sys\n"
-        "from mtcore.perf.timing import torch_fresh_compile_env\n"
-        "a, b = torch_fresh_compile_env(), torch_fresh_compile_env()\n"
+        "from mtcore.torch.backend import fresh_compile_env\n"
+        "a, b = fresh_compile_env(), fresh_compile_env()\n"
         "assert a != b and not os.listdir(a) and os.environ['TORCHINDUCTOR_CACHE_DIR'] == b\n"
         "open(os.path.join(b, 'kernel.py'), 'w').close()\n"
         "print(os.path.dirname(a), os.path.dirname(b))\n"

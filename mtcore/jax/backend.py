@@ -16,10 +16,15 @@ from mtcore.config import ModelConfig, TrainConfig
 from mtcore.errors import MTCoreError
 from mtcore.jax import decode, parallel, train
 from mtcore.jax.model import Transformer
+from mtcore.jax.parallel import initialize as initialize_distributed  # noqa: F401  (Framework: jax.distributed)
 from mtcore.weights import Tree, check_tree, read_hf_checkpoint
 
 PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
 _LAYER = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
+
+
+# ---- the framework in this process (mtcore.backend.Framework) ----------------------------------
+PACKAGES = ("jax", "jaxlib", "flax", "optax")
 
 
 def set_threads(n: int) -> None:
@@ -31,6 +36,100 @@ def set_threads(n: int) -> None:
         import warnings
 
         warnings.warn(f"JAX's CPU backend already started: its thread pool keeps its size, not {n}", stacklevel=3)
+
+
+def configure(*, synchronous_cpu: bool, compile_cache: str | None) -> dict:
+    """The process set-up's part (``mtcore.perf.setup``), before JAX starts its backends: fp32
+    matmuls in full precision (XLA would run them as TF32 on NVIDIA GPUs, torch does not), CPU
+    programs on the calling thread (``synchronous_cpu``), and the persistent compilation cache in
+    ``compile_cache`` (None: off). Returns what was done."""
+    jax.config.update("jax_default_matmul_precision", "highest")
+    if compile_cache:
+        jax.config.update("jax_enable_compilation_cache", True)
+        jax.config.update("jax_compilation_cache_dir", compile_cache)
+    else:
+        jax.config.update("jax_enable_compilation_cache", False)
+    out = {"fp32_matmul_precision": "highest", "compile_cache": compile_cache or "off"}
+    if synchronous_cpu:
+        out["cpu_dispatch"] = run_on_calling_thread()
+    return out
+
+
+def run_on_calling_thread() -> str:
+    """Turn JAX's asynchronous CPU dispatch off (before its CPU backend exists; it reads the flag
+    once), so XLA's per-run buffers come from the main heap that ``mtcore.perf.allocator`` keeps;
+    a timed step is waited for anyway. Returns what the backend runs with."""
+    from jax._src import xla_bridge  # as set_threads: no public API asks this
+
+    if not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+    elif jax.config.read("jax_cpu_enable_async_dispatch"):
+        # Too late to change: the CPU client read the flag when it started. Say what it read.
+        return "asynchronous (JAX's backends had started before it could be changed)"
+    return "synchronous (programs run on the calling thread)"
+
+
+def visible_devices() -> list[str]:
+    return [f"{d.platform}:{d.id} {d.device_kind}" for d in jax.devices()] + (
+        [] if jax.default_backend() == "cpu" else [f"cpu:{d.id} {d.device_kind}" for d in jax.devices("cpu")]
+    )
+
+
+def device_counts() -> dict[str, int]:
+    counts = {}
+    for kind in PLATFORMS:
+        try:
+            counts[kind] = len(jax.devices(PLATFORMS[kind]))
+        except RuntimeError:
+            counts[kind] = 0
+    return counts
+
+
+def gemm_peak(device: str, dtype: str = "fp32", n: int | None = None, repeats: int = 5) -> float:
+    """Best measured FLOP/s of an ``n x n @ n x n`` matmul on ``device`` (``mtcore.perf.timing.peak_flops``)."""
+    from mtcore.perf.timing import peak_flops
+
+    n = n or (8192 if device != "cpu" else 1024)
+    dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    dev = jax.devices(PLATFORMS[device])[0]
+    keys = jax.random.split(jax.random.key(0))
+    a = jax.device_put(jax.random.normal(keys[0], (n, n), dt), dev)
+    b = jax.device_put(jax.random.normal(keys[1], (n, n), dt), dev)
+    # Full fp32 precision: XLA would otherwise use TF32 on GPUs for fp32 matmuls.
+    f = jax.jit(lambda x, y: jnp.matmul(x, y, precision="highest" if dtype == "fp32" else None))
+    return peak_flops(lambda: f(a, b), jax.block_until_ready, n, repeats)
+
+
+def fresh_compile(fn, *args: Any, clear: bool = True, **jit_kwargs: Any) -> tuple[float, float, Any]:
+    """(trace+lower seconds, XLA compile seconds, compiled) for a compile nothing can reuse: new
+    function object, persistent cache off, in-memory caches cleared (unless ``clear`` is False)."""
+    import time
+
+    cache_on = jax.config.read("jax_enable_compilation_cache")
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        if clear:
+            jax.clear_caches()
+        fresh = jax.jit(lambda *a: fn(*a), **jit_kwargs)  # a new function object: no tracing cache hit
+        start = time.perf_counter()
+        lowered = fresh.lower(*args)
+        traced = time.perf_counter()
+        compiled = lowered.compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_on)
+    return traced - start, time.perf_counter() - traced, compiled
+
+
+def compiled_memory(compiled: Any) -> int | None:
+    """XLA's own account of a compiled program's memory: arguments + outputs + temporaries,
+    less what donation lets outputs reuse."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if m is None:
+        return None
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
 class JaxBackend:
@@ -157,8 +256,6 @@ class JaxBackend:
         caches are cleared first, without it the last compile of the same program is reused); the
         seconds are that compile's tracing, lowering and compiling alone. The
         compiled step's XLA memory account is kept in ``self.last_compiled_memory``."""
-        from mtcore.perf.timing import jax_compiled_memory, jax_fresh_compile
-
         batch = self.device_batch(batch, cfg)
         # The program is fixed by the configs, the device and the batch's shapes (the state's follow
         # from the configs). A fresh compile replaces the stored one; a non-fresh call reuses it, with
@@ -167,10 +264,10 @@ class JaxBackend:
                tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())))
         if fresh or key not in _COMPILED_STEPS:
             fn = train.make_train_step(cfg, tcfg, jit=False)
-            trace_s, compile_s, compiled = jax_fresh_compile(fn, state, batch, donate_argnums=0, clear=fresh)
+            trace_s, compile_s, compiled = fresh_compile(fn, state, batch, donate_argnums=0, clear=fresh)
             _COMPILED_STEPS[key] = (compiled, trace_s + compile_s)
         compiled, seconds = _COMPILED_STEPS[key]
-        self.last_compiled_memory = jax_compiled_memory(compiled)
+        self.last_compiled_memory = compiled_memory(compiled)
         state, metrics = compiled(state, batch)
         return compiled, seconds, state, metrics
 
@@ -271,9 +368,7 @@ class JaxBackend:
         return jax.block_until_ready(value)
 
     def devices(self) -> list[str]:
-        from mtcore.devices import jax_devices
-
-        return jax_devices()
+        return visible_devices()
 
 
 # (model config, train config, device, batch shapes) -> (compiled train step, its compile seconds)

@@ -10,7 +10,6 @@ process then have the same budget, and a measurement can say which budget it had
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 
@@ -45,6 +44,12 @@ def usable_cores() -> tuple[int, ...]:
     if hasattr(os, "sched_getaffinity"):
         return tuple(sorted(os.sched_getaffinity(0)))
     return tuple(range(os.cpu_count() or 1))
+
+
+def whole_machine() -> ThreadBudget:
+    """The budget of a process left as it is: every core it may use, pools as the frameworks choose."""
+    return ThreadBudget(threads=len(usable_cores()), cores=usable_cores(), pinned=False,
+                        affinity=hasattr(os, "sched_setaffinity"))
 
 
 def parse(value: str | None) -> int | None:
@@ -94,9 +99,8 @@ def _limit_pools(n: int) -> None:
         pass
     else:
         threadpool_limits(n)
-    from mtcore.backend import BACKENDS, available
+    from mtcore.backend import BACKENDS, available, framework, framework_of
 
-    # One call per module: the HF baseline runs on the torch backend's module.
-    modules = {module for name, (module, _, _, _) in BACKENDS.items() if available(name) is None}
-    for module in modules:
-        importlib.import_module(module).set_threads(n)
+    # One call per framework: the HF baseline runs on torch's.
+    for name in {framework_of(b) for b in BACKENDS if available(b) is None}:
+        framework(name).set_threads(n)

@@ -1,4 +1,4 @@
-"""Honest timing: device-synchronised calls, fresh compiles, GEMM peaks and peak memory.
+"""Honest timing: device-synchronised calls, paired-ratio statistics, the GEMM peak, host memory.
 
 Every timed call ends with a device sync (``block_until_ready`` / ``torch.cuda.synchronize``):
 both frameworks queue work asynchronously, and timing the queueing would flatter them.
@@ -6,13 +6,8 @@ both frameworks queue work asynchronously, and timing the queueing would flatter
 
 from __future__ import annotations
 
-import atexit
-import functools
-import os
 import resource
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -61,77 +56,14 @@ def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int]:
     return k, n - 1 - k
 
 
-# ---- compile time ------------------------------------------------------------------------------
-def jax_fresh_compile(fn: Callable, *args: Any, clear: bool = True, **jit_kwargs: Any) -> tuple[float, float, Any]:
-    """(trace+lower seconds, XLA compile seconds, compiled) for a compile nothing can reuse: new
-    function object, persistent cache off, in-memory caches cleared (unless ``clear`` is False)."""
-    import jax
-
-    jax.config.update("jax_enable_compilation_cache", False)
-    if clear:
-        jax.clear_caches()
-    fresh = jax.jit(lambda *a: fn(*a), **jit_kwargs)  # a new function object: no tracing cache hit
-    start = time.perf_counter()
-    lowered = fresh.lower(*args)
-    traced = time.perf_counter()
-    compiled = lowered.compile()
-    return traced - start, time.perf_counter() - traced, compiled
-
-
-def torch_fresh_compile_env() -> str:
-    """Reset dynamo and point inductor at an empty cache directory, so the next
-    ``torch.compile``'d call compiles from scratch. Returns the directory."""
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    # An empty directory is enough to make this compile fresh; the caches stay on, so later
-    # compiles of the same graph in this process (not timed as compiles) may reuse its work.
-    # Each is a few MB: one parent per process, removed at exit, so benches do not fill /tmp.
-    cache = tempfile.mkdtemp(dir=_inductor_root())
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-    return cache
-
-
-@functools.cache
-def _inductor_root() -> str:
-    root = tempfile.mkdtemp(prefix="mtcore-inductor-")
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return root
-
-
 # ---- hardware peak -----------------------------------------------------------------------------
-def gemm_peak(framework: str, device: str, dtype: str = "fp32", n: int | None = None, repeats: int = 5) -> float:
-    """Best measured FLOP/s of an ``n x n @ n x n`` matmul: the ceiling MFU is measured against.
-
-    Measured, not looked up: on a shared or throttled machine the datasheet peak is fiction.
-    """
-    n = n or (8192 if device != "cpu" else 1024)
-    flops = 2 * n**3
-    if framework == "torch":
-        import torch
-
-        dev = torch.device("cuda" if device == "gpu" else "cpu")
-        dt = torch.bfloat16 if dtype == "bf16" else torch.float32
-        a = torch.randn(n, n, device=dev, dtype=dt)
-        b = torch.randn(n, n, device=dev, dtype=dt)
-        sync = (lambda x: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda x: x)
-        matmul = lambda: a @ b  # noqa: E731
-    else:
-        import jax
-        import jax.numpy as jnp
-
-        dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
-        dev = jax.devices(device)[0]
-        keys = jax.random.split(jax.random.key(0))
-        a = jax.device_put(jax.random.normal(keys[0], (n, n), dt), dev)
-        b = jax.device_put(jax.random.normal(keys[1], (n, n), dt), dev)
-        # Full fp32 precision: XLA would otherwise use TF32 on GPUs for fp32 matmuls.
-        f = jax.jit(lambda x, y: jnp.matmul(x, y, precision="highest" if dtype == "fp32" else None))
-        sync = jax.block_until_ready
-        matmul = lambda: f(a, b)  # noqa: E731
+def peak_flops(matmul: Callable[[], Any], sync: Callable[[Any], Any], n: int, repeats: int = 5) -> float:
+    """Best measured FLOP/s of ``matmul()``, an ``n x n @ n x n`` product (each framework's
+    ``gemm_peak`` builds it): the ceiling MFU is measured against. Measured, not looked up: on a
+    shared or throttled machine the datasheet peak is fiction."""
     sync(matmul())  # warm-up (and compile)
     best = min(timed(matmul, sync)[0] for _ in range(repeats))
-    return flops / best
+    return 2 * n**3 / best
 
 
 # ---- memory ------------------------------------------------------------------------------------
@@ -172,29 +104,3 @@ def _status_bytes(field: str) -> int | None:
     except OSError:
         pass
     return None
-
-
-def torch_peak_memory(reset: bool = False) -> int | None:
-    """Peak CUDA allocator bytes since the last reset, or None off CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    if reset:
-        torch.cuda.reset_peak_memory_stats()
-        return None
-    return int(torch.cuda.max_memory_allocated())
-
-
-def jax_compiled_memory(compiled: Any) -> int | None:
-    """XLA's own account of a compiled program's memory: arguments + outputs + temporaries,
-    less what donation lets outputs reuse."""
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # not every backend implements it
-        return None
-    if m is None:
-        return None
-    return int(
-        m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-    )

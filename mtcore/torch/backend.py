@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import os
+import shutil
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -12,6 +17,7 @@ from mtcore.config import COMPILE_MODES, ModelConfig, TrainConfig
 from mtcore.errors import MTCoreError
 from mtcore.torch import decode, parallel, train
 from mtcore.torch.model import Transformer
+from mtcore.torch.parallel import launch as launch_ranks  # noqa: F401  (Framework: torch's ranks)
 from mtcore.weights import Tree, check_tree, read_hf_checkpoint
 
 DEVICE_TYPES = {"cpu": "cpu", "gpu": "cuda"}
@@ -29,9 +35,81 @@ def compile_mode(compile: bool | str | None) -> bool | str:
     raise MTCoreError(f"compile: unknown torch.compile mode {compile!r}; choose {', '.join(COMPILE_MODES)}")
 
 
+# ---- the framework in this process (mtcore.backend.Framework) ----------------------------------
+PACKAGES = ("torch",)
+
+
 def set_threads(n: int) -> None:
     """Intra-op threads for CPU work (``mtcore.perf.threads`` pins the process's cores)."""
     torch.set_num_threads(n)
+
+
+def configure(*, synchronous_cpu: bool, compile_cache: str | None) -> dict:
+    """The process set-up's part (``mtcore.perf.setup``): fp32 matmuls in full precision (torch's
+    default, stated, as JAX is told), and inductor's caches in ``compile_cache`` (None: off, each
+    compile from scratch in a directory removed at exit). torch's CPU work runs on the calling
+    thread anyway (``synchronous_cpu`` changes nothing). Returns what was done."""
+    torch.set_float32_matmul_precision("highest")
+    if compile_cache:
+        # The environment's choice stands (a user's, or a test's cold cache).
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", compile_cache)
+        where = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    else:
+        from torch._inductor import config as inductor
+
+        inductor.fx_graph_cache = False
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = where = tempfile.mkdtemp(dir=_inductor_root())
+    return {"fp32_matmul_precision": "highest", "compile_cache": where if compile_cache else "off"}
+
+
+def visible_devices() -> list[str]:
+    out = [f"cpu ({torch.get_num_threads()} threads)"]
+    if torch.cuda.is_available():
+        out += [f"gpu:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    return out
+
+
+def device_counts() -> dict[str, int]:
+    return {"cpu": 1, "gpu": torch.cuda.device_count() if torch.cuda.is_available() else 0, "tpu": 0}
+
+
+def gemm_peak(device: str, dtype: str = "fp32", n: int | None = None, repeats: int = 5) -> float:
+    """Best measured FLOP/s of an ``n x n @ n x n`` matmul on ``device`` (``mtcore.perf.timing.peak_flops``)."""
+    from mtcore.perf.timing import peak_flops
+
+    n = n or (8192 if device != "cpu" else 1024)
+    dev = torch.device(DEVICE_TYPES[device])
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a = torch.randn(n, n, device=dev, dtype=dt)
+    b = torch.randn(n, n, device=dev, dtype=dt)
+    sync = (lambda x: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda x: x)
+    return peak_flops(lambda: a @ b, sync, n, repeats)
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A pickled PyTorch state dict (``pytorch_model.bin``) as float32 numpy arrays."""
+    return {k: v.float().numpy() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+
+
+def fresh_compile_env() -> str:
+    """Reset dynamo and point inductor at an empty cache directory, so the next
+    ``torch.compile``'d call compiles from scratch. Returns the directory."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    # An empty directory is enough to make this compile fresh; the caches stay on, so later
+    # compiles of the same graph in this process (not timed as compiles) may reuse its work.
+    # Each is a few MB: one parent per process, removed at exit, so benches do not fill /tmp.
+    cache = tempfile.mkdtemp(dir=_inductor_root())
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    return cache
+
+
+@functools.cache
+def _inductor_root() -> str:
+    root = tempfile.mkdtemp(prefix="mtcore-inductor-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
 class TorchBackend:
@@ -63,10 +141,14 @@ class TorchBackend:
         return self.from_numpy(cfg, tree)
 
     def peak_memory(self, reset: bool = False) -> int | None:
-        """Peak device bytes since the last ``reset`` (CUDA allocator), or None on CPU."""
-        from mtcore.perf.timing import torch_peak_memory
-
-        return torch_peak_memory(reset) if self.device.type == "cuda" else None
+        """Peak device bytes since the last reset (CUDA allocator), or None on CPU. ``reset``:
+        start a new window and return None."""
+        if self.device.type != "cuda":
+            return None
+        if reset:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return None
+        return int(torch.cuda.max_memory_allocated(self.device))
 
     def to_numpy(self, params: Transformer) -> Tree:
         return {k: v.detach().float().cpu().numpy() for k, v in params.state_dict().items()}
@@ -129,11 +211,11 @@ class TorchBackend:
         inductor may reuse kernels this process already built)."""
         import torch._dynamo
 
-        from mtcore.perf.timing import timed, torch_fresh_compile_env
+        from mtcore.perf.timing import timed
 
         compile = compile_mode(compile)
         if compile and fresh:
-            torch_fresh_compile_env()
+            fresh_compile_env()
         elif compile:
             torch._dynamo.reset()
         step = self.make_train_step(cfg, tcfg, compile=compile)
@@ -229,87 +311,4 @@ class TorchBackend:
         return value
 
     def devices(self) -> list[str]:
-        from mtcore.devices import torch_devices
-
-        return torch_devices()
-
-
-
-class HFMarian(torch.nn.Module):
-    """Hugging Face ``MarianMTModel`` behind mtcore's model interface: the baseline users would
-    otherwise train."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        from transformers import MarianMTModel
-
-        self.cfg = cfg
-        self.hf = MarianMTModel(cfg.to_hf())
-
-    def forward(self, src_ids, src_mask, tgt_in):
-        return self.hf(input_ids=src_ids, attention_mask=src_mask, decoder_input_ids=tgt_in).logits
-
-
-class HFBackend(TorchBackend):
-    """The same train step and optimizer as ``TorchBackend``, around Hugging Face's model."""
-
-    name = "hf"
-
-    def __repr__(self) -> str:
-        return f"HFBackend(device={self.device_kind!r}, devices={self.world.devices})"
-
-    def init_params(self, cfg: ModelConfig, seed: int = 0) -> HFMarian:
-        from mtcore.weights import init_tree
-
-        return self.from_numpy(cfg, init_tree(cfg, seed))
-
-    def to_numpy(self, params: HFMarian) -> Tree:
-        from mtcore.weights import from_hf_state_dict
-
-        state = {k: v.detach().float().cpu().numpy() for k, v in params.hf.state_dict().items()}
-        return from_hf_state_dict(params.cfg, state)
-
-    def from_numpy(self, cfg: ModelConfig, tree: Tree) -> HFMarian:
-        from mtcore.weights import to_hf_state_dict
-
-        model = HFMarian(cfg)
-        state = {k: torch.from_numpy(v) for k, v in to_hf_state_dict(cfg, tree).items()}
-        _, unexpected = model.hf.load_state_dict(state, strict=False)
-        if unexpected:
-            raise MTCoreError(f"HF Marian did not take {unexpected[:3]}")
-        return model.to(self.device)
-
-    def _named_parameters(self, model: HFMarian) -> list[tuple[str, torch.Tensor]]:
-        from mtcore.weights import _hf_name, param_shapes
-
-        by_hf = dict(model.hf.named_parameters())
-        return [(name, by_hf[_hf_name(name)]) for name in param_shapes(model.cfg) if _hf_name(name) in by_hf]
-
-    @staticmethod
-    def _eager_only(compile: bool | str | None) -> None:
-        if compile_mode(compile):
-            raise MTCoreError("the HF baseline runs eager only")
-
-    def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, compile: bool | str = False):
-        self._eager_only(compile)
-        return super().make_train_step(cfg, tcfg)
-
-    def compile_train_step(self, cfg, tcfg, state, batch, compile: bool | str = False, fresh: bool = True):
-        self._eager_only(compile)
-        return super().compile_train_step(cfg, tcfg, state, batch)
-
-    def generate(self, params: HFMarian, cfg: ModelConfig, src_ids, src_mask=None, *, max_len=64, num_beams=1,
-                 length_penalty=1.0, early_stopping=False, compile=False) -> np.ndarray:
-        self._eager_only(compile)
-        src_ids, src_mask = check_source(cfg, src_ids, src_mask, max_len, num_beams, early_stopping)
-        params.eval()
-        with torch.no_grad():
-            # A Marian checkpoint's generation settings, stated: a model built from a config alone
-            # may not carry them.
-            out = params.hf.generate(
-                input_ids=torch.from_numpy(src_ids).to(self.device),
-                attention_mask=torch.from_numpy(src_mask).to(self.device),
-                num_beams=num_beams, do_sample=False, max_length=max_len + 1, length_penalty=length_penalty,
-                early_stopping=early_stopping, bad_words_ids=[[cfg.pad_id]], forced_eos_token_id=cfg.eos_id,
-            )[:, 1:].cpu().numpy()
-        return np.pad(out, ((0, 0), (0, max_len - out.shape[1])), constant_values=cfg.pad_id).astype(np.int32)
+        return visible_devices()

@@ -1,26 +1,101 @@
-"""Starting a run in processes of its own: the one launcher of ``mtcore train`` and
-``mtcore compare``."""
+"""Starting runs, once for ``mtcore train`` and ``mtcore compare``: the process set-up of a run's
+process (``set_up_process``), and the one launcher (``launch``) that runs ``mtcore train`` in
+processes of its own — torch's ranks under torch's elastic agent, any other run as one child
+process — and, when one fails, records it in the run's ``metrics.json`` with the last good
+checkpoint, the same way whoever launched it."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from mtcore.errors import MTCoreError
+from mtcore.files import read_json, write_json
+from mtcore.parallel import under_torchrun
+from mtcore.perf import threads
+from mtcore.perf.setup import ProcessSetup, set_up
 from mtcore.train.options import RunConfig, run_arguments
+from mtcore.train.trainer import last_checkpoint
 
 
-def _train_in_a_process(rc: RunConfig, out: Path) -> None:
-    import signal
-    import subprocess
-    import sys
+def check_devices(rc: RunConfig) -> None:
+    """A CPU device is a process's share of the cores (torch: a gloo rank; JAX: a host device):
+    more of them than cores is not a measurement of anything. GPUs are counted before torch's
+    ranks start, each to fail the same way; JAX counts its own when it starts."""
+    if rc.device == "cpu" and rc.devices > 1 and not under_torchrun() and not rc.num_processes:
+        cores = len(threads.usable_cores())
+        if rc.devices > cores:
+            raise MTCoreError(f"--devices {rc.devices} on CPU: this process may use {cores} core(s), one per CPU device")
+    if rc.device == "gpu" and rc.framework == "torch" and rc.devices > 1 and not under_torchrun():
+        from mtcore.backend import framework
 
-    if rc.framework == "torch" and rc.devices > 1:
-        from mtcore.torch.parallel import launch
+        gpus = [d for d in framework("torch").visible_devices() if d.startswith("gpu")]
+        if rc.devices > len(gpus):
+            raise MTCoreError(f"--devices {rc.devices}: torch sees {len(gpus)} GPU(s){': ' if gpus else ''}"
+                              f"{', '.join(gpus)}")
 
-        launch(rc.devices, ["train", *run_arguments(rc), "--out", str(out), "--quiet"], log_dir=out / "logs")
-        return
-    command = [sys.executable, "-m", "mtcore", "train", *run_arguments(rc), "--out", str(out), "--quiet"]
+
+def set_up_process(rc: RunConfig, *, own_process: bool = True, frameworks: tuple[str, ...] | None = None) -> ProcessSetup:
+    """This process's set-up for ``rc`` (``mtcore.perf.setup``), before any framework starts: on a
+    CPU its cores pinned (a torch rank its share; with --threads, T cores per device), freed memory
+    kept where mtcore is the program (``own_process``), JAX's CPU programs on the calling thread;
+    fp32 matmuls in full precision and the compile cache as asked, for every framework in
+    ``frameworks`` (default: the run's); then jax.distributed joined when asked to."""
+    budget, slot, slots = None, 0, 1
+    if rc.device == "cpu":
+        cores = len(threads.usable_cores())
+        if rc.framework == "torch" and under_torchrun():
+            slot, slots = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+            share = rc.threads or int(os.environ.get("MTCORE_RANK_THREADS", 0)) or max(1, cores // slots)
+            budget = min(share, cores)
+        elif rc.threads:
+            # A JAX process drives its host devices on the cores it may use: T for each of them.
+            local_devices = rc.devices // (rc.num_processes or 1) if rc.framework == "jax" else 1
+            budget = rc.threads * local_devices
+    setup = set_up(frameworks or (rc.framework,), threads=budget, slot=slot, slots=slots, own_process=own_process,
+                   synchronous_cpu=rc.device == "cpu", compile_cache=rc.compile_cache == "on")
+    if rc.framework == "jax" and (rc.coordinator or rc.num_processes):
+        from mtcore.backend import framework
+
+        # "auto": JAX finds the coordinator, process count and id itself (TPU pods, SLURM).
+        coordinator = None if rc.coordinator == "auto" else rc.coordinator
+        framework("jax").initialize_distributed(coordinator, rc.num_processes, rc.process_id,
+                                                cpu_devices=rc.devices // (rc.num_processes or 1)
+                                                if rc.device == "cpu" else None)
+    return setup
+
+
+def launch(rc: RunConfig, out: str | os.PathLike, argv: list[str] | None = None) -> None:
+    """Run ``mtcore train ARGV`` (default: ``rc`` as options, into ``out``, quietly) in processes of
+    its own: ``rc.devices`` torch ranks under torch's elastic agent (one per device; rank 0 prints
+    here, every rank's output is kept in ``out/logs``), or one child process. A failure stops
+    every process, is written into ``out/metrics.json``'s status as ``failed: ...`` with the last
+    good checkpoint, and raised as one MTCoreError saying the same."""
+    out = Path(out)
+    argv = argv if argv is not None else ["train", *run_arguments(rc), "--out", str(out), "--quiet"]
+    try:
+        if rc.framework == "torch" and rc.devices > 1:
+            from mtcore.backend import framework
+
+            framework("torch").launch_ranks(rc.devices, argv, log_dir=out / "logs")
+        else:
+            _run_child([sys.executable, "-m", "mtcore", *argv], what=f"{rc.framework} on {rc.devices} device(s)")
+    except MTCoreError as e:
+        message = f"{e}; {last_checkpoint(out)}"
+        metrics_file = out / "metrics.json"
+        if metrics_file.is_file():
+            metrics = read_json(metrics_file)
+            metrics["status"] = f"failed: {message}"
+            write_json(metrics_file, metrics)
+        raise MTCoreError(message) from None
+
+
+def _run_child(command: list[str], what: str) -> None:
+    """``command`` as a child in a process group of its own, killed with everything it started if
+    this process is interrupted; its last line of error output names a failure."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -30,7 +105,8 @@ def _train_in_a_process(rc: RunConfig, out: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     if proc.returncode:
-        last = (err.strip().splitlines() or ["(no output)"])[-1]
-        raise MTCoreError(f"{rc.framework} on {rc.devices} device(s) failed: {last}")
-
-
+        if proc.returncode < 0:
+            last = f"killed by signal {signal.Signals(-proc.returncode).name}"
+        else:
+            last = (err.strip().splitlines() or ["(no output)"])[-1].removeprefix("mtcore: error: ")
+        raise MTCoreError(f"{what} failed: {last}")

@@ -47,6 +47,9 @@ class RunConfig:
     compile: str = option("none", "torch: the train step's forward and loss through torch.compile ('default' mode, "
                                   "or 'reduce-overhead': CUDA graphs on a GPU); JAX always compiles",
                           choices=COMPILE_MODES)
+    compile_cache: str = option("on", "keep compiled programs between runs, both frameworks alike (torch: inductor's "
+                                      "cache; JAX: its persistent compilation cache), or compile every program from "
+                                      "scratch", choices=("on", "off"))
     seed: int = option(0, "seed of the data split, the tokenizer, the initial weights and dropout")
     dropout: float | None = option(None, "override the model's dropout")
     max_len: int = option(64, "longest sentence pair in tokens; longer training pairs are dropped and counted")
@@ -101,7 +104,7 @@ class RunConfig:
 
 # Options a resumed run may change: how long and on what it runs, not what it learns or from what.
 RESUMABLE = frozenset({"epochs", "devices", "global_batch_size", "batch_size", "coordinator", "num_processes",
-                       "process_id", "threads"})
+                       "process_id", "threads", "compile_cache"})
 
 
 def option_flag(name: str) -> str:

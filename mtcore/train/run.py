@@ -25,7 +25,7 @@ from typing import Any
 
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
-from mtcore.train.launch import _train_in_a_process
+from mtcore.train.launch import launch
 from mtcore.train.options import RESUMABLE, RunConfig, main_process, option_flag
 from mtcore.train.prepare import prepare
 from mtcore.train.trainer import Trainer
@@ -95,7 +95,8 @@ def resumed_config(rc: RunConfig, out: Path, given: set[str] | None) -> RunConfi
     # batch the run had, so the next steps are the ones it would have taken.
     return dataclasses.replace(saved, epochs=rc.epochs if "epochs" in asked else saved.epochs, devices=rc.devices,
                                global_batch_size=saved.global_batch(), coordinator=rc.coordinator,
-                               num_processes=rc.num_processes, process_id=rc.process_id, threads=rc.threads)
+                               num_processes=rc.num_processes, process_id=rc.process_id, threads=rc.threads,
+                               compile_cache=rc.compile_cache)
 
 
 def check_request(rc: RunConfig, out: Path, *, resume: bool, overwrite: bool,
@@ -185,7 +186,7 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
                                       tokenizer=str(out / "tokenizer"))
             # Each run in a process of its own: its own thread budget and framework start-up
             # (XLA sizes its CPU pool and host devices once per process).
-            _train_in_a_process(run, out / f"{fw}-{n}")
+            launch(run, out / f"{fw}-{n}")
     return write_report(out)
 
 

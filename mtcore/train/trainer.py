@@ -21,6 +21,7 @@ from mtcore.data.corpus import Corpus
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
 from mtcore.metrics import bleu, chrf
+from mtcore.perf import setup
 from mtcore.train.options import RunConfig
 from mtcore.train.prepare import Prepared
 from mtcore.weights import load_safetensors, save_safetensors
@@ -68,6 +69,15 @@ class RunIO:
                 shutil.rmtree(old, ignore_errors=True)
 
 
+def last_checkpoint(out: Path) -> str:
+    """The sentence every stopped or failed run ends with: where its last good checkpoint is."""
+    latest = Path(out) / "checkpoints" / "latest"
+    if not latest.is_file():
+        return "no checkpoint was written"
+    info = read_json(latest)
+    return f"the last good checkpoint is {Path(out) / 'checkpoints' / info['dir']} (epoch {info['epoch']}); --resume continues"
+
+
 def rank_file(out: Path, process: int, epoch: int) -> Path:
     return out / f"rank{process}_results_epoch{epoch}.json"
 
@@ -98,7 +108,7 @@ class Trainer:
             self.epoch, self.state = self._load_checkpoint()
             self.metrics["epochs"] = [e for e in self.metrics["epochs"] if e["epoch"] <= self.epoch]
             self.metrics["status"] = "running"
-            self.metrics["run"].update(devices=rc.devices, world=self.world.as_dict(),
+            self.metrics["run"].update(devices=rc.devices, world=self.world.as_dict(), process=setup.current(),
                                        global_batch_size=self.global_batch, devices_used=self._devices_used())
             self.metrics.pop("test", None)
         else:
@@ -109,10 +119,11 @@ class Trainer:
                         "num_params": self.cfg.num_params(), "devices_used": self._devices_used(),
                         "world": self.world.as_dict(), "global_batch_size": self.global_batch,
                         "train_pairs": len(prepared.train), "validation_pairs": len(prepared.validation),
-                        "test_pairs": len(prepared.test), "notes": prepared.notes},
+                        "test_pairs": len(prepared.test), "notes": prepared.notes, "process": setup.current()},
                 "initial": None, "epochs": [], "test": None, "status": "running",
             }
-            self.io.write("run.json", {"run_config": dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg)})
+            self.io.write("run.json", {"run_config": dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg),
+                                       "process": self.metrics["run"]["process"]})
         self.validation_batches = plan_batches(self.cfg, prepared.validation, rc.batch_size, max_len=self.max_len,
                                                shuffle=False)
         self.test_batches = plan_batches(self.cfg, prepared.test, rc.batch_size, max_len=self.max_len, shuffle=False)
@@ -228,9 +239,7 @@ class Trainer:
 
     def _stop(self, epoch: int, step: int, loss: float, bar) -> None:
         bar.close()
-        last = self.epoch
-        where = (f"the last good checkpoint is {self.out / 'checkpoints' / f'epoch-{last}'} (epoch {last})"
-                 if last else "no checkpoint was written (it diverged in the first epoch)")
+        where = last_checkpoint(self.out) if self.epoch else "no checkpoint was written (it diverged in the first epoch)"
         message = f"{self.rc.framework}: loss became {loss} at epoch {epoch}, step {step} of the epoch; stopped. {where}"
         self.metrics["status"] = f"stopped: {message}"
         self.io.write("metrics.json", self.metrics)
