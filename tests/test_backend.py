@@ -130,3 +130,26 @@ def test_compile_modes_are_checked_before_anything_runs(backends):
                  lambda: hf.generate(hf.from_numpy(cfg, init_tree(cfg, 0)), cfg, batch.src_ids, compile="default")):
         with pytest.raises(MTCoreError, match="the HF baseline runs eager only"):
             call()
+
+
+def test_no_framework_is_imported_outside_its_folder():
+    """A framework is one folder and one registry line: no module of mtcore outside mtcore/torch/ and
+    mtcore/jax/ imports torch, JAX, Flax, optax or those folders, even lazily inside a function;
+    they are reached through mtcore.backend.framework / backend."""
+    import ast
+    from pathlib import Path
+
+    root = Path(mtcore.__file__).parent
+    banned = ("torch", "jax", "flax", "optax", "mtcore.torch", "mtcore.jax")
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] in ("torch", "jax"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "mtcore":
+                names = [f"mtcore.{a.name}" for a in node.names]
+            found += [f"{path.relative_to(root.parent)}:{node.lineno} {n}" for n in names
+                      if any(n == b or n.startswith(b + ".") for b in banned)]
+    assert found == [], found
