@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from functools import cache
 from typing import Any
 
@@ -17,10 +16,9 @@ from mtcore.errors import MTCoreError
 from mtcore.jax import decode, parallel, train
 from mtcore.jax.model import Transformer
 from mtcore.jax.parallel import initialize as initialize_distributed  # noqa: F401  (Framework: jax.distributed)
-from mtcore.weights import Tree, check_tree, read_hf_checkpoint
+from mtcore.weights import Tree, check_tree, from_flax_leaves, read_hf_checkpoint, to_flax_variables
 
 PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
-_LAYER = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
 
 
 # ---- the framework in this process (mtcore.backend.Framework) ----------------------------------
@@ -170,44 +168,11 @@ class JaxBackend:
         return self.from_numpy(cfg, tree)
 
     def to_numpy(self, params: dict[str, Any]) -> Tree:
-        tree: Tree = {}
         flat = {_path(p): np.asarray(v, np.float32) for p, v in jax.tree_util.tree_leaves_with_path(params)}
-        for path, value in flat.items():
-            collection, *parts = path
-            if collection == "consts":
-                tree[parts[-1]] = value
-            elif parts[0] == "shared":
-                tree["shared.weight"] = value
-            elif parts[1] == "layers":  # scanned: a leading layer axis
-                for i, layer_value in enumerate(value):
-                    tree[_canonical(parts[0], i, parts[2:])] = _to_torch_layout(parts[-1], layer_value)
-            else:  # looped: layers_{i}
-                i = int(parts[1].removeprefix("layers_"))
-                tree[_canonical(parts[0], i, parts[2:])] = _to_torch_layout(parts[-1], value)
-        return tree
+        return from_flax_leaves(flat)
 
     def from_numpy(self, cfg: ModelConfig, tree: Tree) -> dict[str, Any]:
-        tree = check_tree(cfg, tree)
-        variables: dict[str, Any] = {"params": {}, "consts": {"final_logits_bias": tree["final_logits_bias"]}}
-        variables["params"]["shared"] = {"embedding": tree["shared.weight"]}
-        per_layer: dict[tuple, list[tuple[int, np.ndarray]]] = {}
-        for name, value in tree.items():
-            m = _LAYER.match(name)
-            if not m:
-                continue
-            side, i, rest = m.group(1), int(m.group(2)), m.group(3).split(".")
-            parent, leaf = rest[:-1], rest[-1]
-            if leaf == "weight":
-                leaf = "scale" if parent[-1].endswith("layer_norm") else "kernel"
-                value = value if leaf == "scale" else value.T  # torch (out, in) -> flax (in, out)
-            per_layer.setdefault((side, *parent, leaf), []).append((i, value))
-        for (side, *path), items in per_layer.items():
-            items.sort(key=lambda t: t[0])
-            if cfg.layer_stacking == "scan":
-                _put(variables["params"], (side, "layers", *path), np.stack([v for _, v in items]))
-            else:
-                for i, v in items:
-                    _put(variables["params"], (side, f"layers_{i}", *path), v)
+        variables = to_flax_variables(cfg, check_tree(cfg, tree))
         return jax.device_put(jax.tree.map(jnp.asarray, variables), self.jax_device)
 
     @staticmethod
@@ -387,21 +352,3 @@ def _forward(cfg: ModelConfig):
 
 def _path(keypath) -> tuple[str, ...]:
     return tuple(str(k.key) for k in keypath)
-
-
-def _canonical(side: str, i: int, parts: list[str]) -> str:
-    *parent, leaf = parts
-    if leaf in ("kernel", "scale"):
-        leaf = "weight"
-    return ".".join([side, "layers", str(i), *parent, leaf])
-
-
-def _to_torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:
-    return value.T if leaf == "kernel" else value
-
-
-def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    *parents, leaf = path
-    for p in parents:
-        tree = tree.setdefault(p, {})
-    tree[leaf] = value
