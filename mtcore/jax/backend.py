@@ -103,7 +103,7 @@ def fresh_compile(fn, *args: Any, clear: bool = True, **jit_kwargs: Any) -> tupl
     function object, persistent cache off, in-memory caches cleared (unless ``clear`` is False)."""
     import time
 
-    cache_on = jax.config.read("jax_enable_compilation_cache")
+    cache_on = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     try:
         if clear:
