@@ -35,8 +35,9 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
            slot=local if framework == "torch" else 0, slots=devices if framework == "torch" else 1,
            synchronous_cpu=False)
 
+    from inputs import batch, weights
+
     import mtcore
-    from conftest import batch, weights
 
     be = mtcore.backend(framework, device, devices=devices)
     cfg, tcfg = mtcore.ModelConfig.preset(size), mtcore.TrainConfig(precision=precision)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from inputs import batch, reference_logits, thread_budget, weights
 
-from conftest import batch, reference_logits, thread_budget, weights
 from mtcore.metrics import smoothed_loss
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 from math import log
 
 import pytest
+from cases import DEPTHS
+from inputs import thread_budget
 from test_compile import fresh_compile
 
 import mtcore
-from conftest import DEPTHS, thread_budget
 from mtcore.weights import init_tree
 
 # Compiles above this take one round: a second would add minutes and little information.

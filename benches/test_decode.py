@@ -7,9 +7,9 @@ from functools import cache
 
 import numpy as np
 import pytest
+from inputs import SHAPES, median_seconds, other_framework, thread_budget, timed
 
 import mtcore
-from conftest import SHAPES, median_seconds, other_framework, thread_budget, timed
 
 MAX_LEN = 32
 NUM_BEAMS = 4

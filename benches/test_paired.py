@@ -15,8 +15,8 @@ import statistics
 import time
 
 import pytest
+from inputs import MIN_PAIRS, batch, check_first_loss, thread_budget, timed, weights
 
-from conftest import MIN_PAIRS, batch, check_first_loss, thread_budget, timed, weights
 from mtcore.perf.timing import ratio_stats
 
 

@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import batch, check_first_loss, median_seconds, thread_budget, timed
+from inputs import batch, check_first_loss, median_seconds, thread_budget, timed
 
 HERE = Path(__file__).parent
 # tokens/s of each (framework, device, size) at one device, this session: the efficiency's base.

@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 import pytest
+from inputs import batch, check_first_loss, gemm_peak, median_seconds, reference_logits, thread_budget, timed, weights
 
-from conftest import batch, check_first_loss, gemm_peak, median_seconds, reference_logits, thread_budget, timed, weights
 from mtcore.metrics import train_step_flops
 from mtcore.perf.timing import HostMemory, process_max_rss_bytes
 

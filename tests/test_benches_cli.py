@@ -142,19 +142,15 @@ def test_compile_vs_depth_stops_where_the_budget_runs_out(tmp_path):
     assert "over --compile-budget 0.5 s" in out, out[-3000:]
 
 
-def _bench_conftest():
-    """benches/conftest.py as a module of its own (the tests have their own ``conftest``)."""
-    import importlib.util
+def _bench_module(name: str):
+    """A module of benches/ (they import one another plainly, as pytest puts benches/ on sys.path)."""
+    import importlib
 
-    sys.path.insert(0, str(ROOT / "benches"))  # its `turns` import
+    sys.path.insert(0, str(ROOT / "benches"))
     try:
-        spec = importlib.util.spec_from_file_location("benches_conftest", ROOT / "benches" / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benches"))
-    return module
 
 
 def test_the_summary_compares_each_framework_at_its_best_against_the_bars():
@@ -176,7 +172,7 @@ def test_the_summary_compares_each_framework_at_its_best_against_the_bars():
         bench("train_step cpu-tiny-fp32 1thr", "torch", "eager", 0.03), bench("train_step cpu-tiny-fp32 1thr", "jax", "scan", 0.02),
         bench("train_step cpu-tiny-fp32 1thr", "hf", "eager", 0.01),  # the HF baseline is not mtcore's torch at its best
     ]
-    lines = _bench_conftest()._fair_fight(benchmarks)
+    lines = _bench_module("summary")._fair_fight(benchmarks)
     assert lines == [
         "decode-greedy gpu-marian-en-hu: torch (cudagraphs) 200.00 ms, jax (scan) 100.00 ms: torch/jax 2.00 "
         "(bar <= 1.5: NOT met)",
