@@ -94,22 +94,6 @@ class Pairing:
     def cases(self) -> tuple[Case, Case]:
         return Case("torch", self.device, self.size, self.precision), Case("jax", self.device, self.size, self.precision)
 
-    @property
-    def framework(self) -> str:
-        return "torch+jax"
-
-    @property
-    def default(self) -> bool:
-        return self.precision == "fp32"
-
-    @property
-    def variant(self) -> str:
-        return ""
-
-    @property
-    def compile(self) -> bool:
-        return False  # the pair is of the default variants
-
     def missing(self) -> str | None:
         return next((f"{c.framework}: {r}" for c in self.cases if (r := c.missing())), None)
 
@@ -187,6 +171,9 @@ def visible(framework: str, device: str) -> int:
 
 
 def marks(case, kind: str) -> list:
+    """A case's marks, or a pair's (``pair_marks``)."""
+    if isinstance(case, Pairing):
+        return pair_marks(case)
     marks = []
     if kind == "scaling":
         # Worker processes, one case at a time: two cases' ranks would share the cores.
@@ -198,18 +185,15 @@ def marks(case, kind: str) -> list:
                 what = "cores for one thread each" if case.device == "cpu" else f"{case.device.upper()}s"
                 marks.append(pytest.mark.skip(reason=f"{case.id}: needs {case.devices} devices; "
                                                      f"{case.framework} sees {seen} ({what})"))
-    if case.device in ("gpu", "tpu"):
-        marks.append(getattr(pytest.mark, case.device))
-    if case.size in ("base", "marian-en-hu") or case.compile:
+    marks += _hardware_and_size(case)
+    if case.compile:
         marks.append(pytest.mark.slow)
     # The quick subset: what the regression gate tracks. fp32, default variants, the default
-    # sizes; train steps of mtcore's two implementations, decoding, and the paired headline.
-    if kind in ("train", "decode", "paired") and case.default and case.size in DEFAULT_SIZES and case.framework != "hf":
-        marks.append(pytest.mark.quick)
-        # The pull-request gate's subset (scripts/bench_gate.py): each framework's own numbers.
-        # The paired bench is a torch-vs-JAX comparison, not a property of one tree.
-        if kind != "paired":
-            marks.append(pytest.mark.gate)
+    # sizes; train steps of mtcore's two implementations and decoding (the paired headline too:
+    # pair_marks). The pull-request gate's subset (scripts/bench_gate.py) is the same cases:
+    # each framework's own numbers.
+    if kind in ("train", "decode") and case.default and case.size in DEFAULT_SIZES and case.framework != "hf":
+        marks += [pytest.mark.quick, pytest.mark.gate]
     # The two slowest families share a process each under `-n 2 --dist loadgroup`: torch.compile
     # cases reuse the kernels the first of them built, and the unrolled-loop compiles (minutes at
     # 24 layers on a CPU) do not queue behind them.
@@ -224,9 +208,21 @@ def marks(case, kind: str) -> list:
         marks.append(pytest.mark.xdist_group("jax-loop"))
     elif case.framework == "jax" and case.precision == "fp32" and kind in ("compile", "train"):
         marks.append(pytest.mark.xdist_group(f"jax-{case.device}-{case.size}"))
+    return marks + _missing(case)
+
+
+def pair_marks(pair: Pairing) -> list:
+    """The paired headline: in the quick subset (fp32, default sizes), never in the gate's: it is a
+    torch-vs-JAX comparison, not a property of one tree."""
+    quick = [pytest.mark.quick] if pair.precision == "fp32" and pair.size in DEFAULT_SIZES else []
+    return _hardware_and_size(pair) + quick + _missing(pair)
+
+
+def _hardware_and_size(case) -> list:
+    marks = [getattr(pytest.mark, case.device)] if case.device in ("gpu", "tpu") else []
+    return marks + ([pytest.mark.slow] if case.size in ("base", "marian-en-hu") else [])
+
+
+def _missing(case) -> list:
     reason = case.missing()
-    if reason:
-        marks.append(pytest.mark.skip(reason=f"{case.id}: {reason}"))
-    return marks
-
-
+    return [pytest.mark.skip(reason=f"{case.id}: {reason}")] if reason else []
