@@ -1,8 +1,16 @@
 """Data: parallel-text readers and a synthetic corpus, tokenizers, length-bucketed batches."""
 
 from mtcore.data.batching import BUCKETS, Encoded, PlannedBatch, encode, plan_batches
-from mtcore.data.corpus import Corpus, Splits, load_corpus, read_hf_dataset, read_parallel, read_tsv, split
-from mtcore.data.synthetic import synthetic_corpus
+from mtcore.data.corpus import (
+    Corpus,
+    Splits,
+    load_corpus,
+    read_hf_dataset,
+    read_parallel,
+    read_tsv,
+    split,
+    synthetic_corpus,
+)
 from mtcore.data.tokenizer import MarianTokenizer, SentencePieceTokenizer, load_tokenizer
 
 __all__ = [

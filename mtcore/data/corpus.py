@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtcore.data.synthetic import synthetic_pairs
 from mtcore.errors import MTCoreError
 
 
@@ -36,6 +37,13 @@ class Corpus:
 
     def subset(self, indices: Sequence[int], name: str) -> Corpus:
         return Corpus(tuple(self.source[i] for i in indices), tuple(self.target[i] for i in indices), name)
+
+
+def synthetic_corpus(size: int = 4000, seed: int = 0) -> Corpus:
+    """The synthetic English -> Hungarian corpus (``mtcore.data.synthetic``): ``size`` distinct
+    pairs, the same for the same seed on every machine."""
+    pairs = synthetic_pairs(size, seed)
+    return Corpus(tuple(pairs), tuple(pairs.values()), f"synthetic-{size}-seed{seed}")
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -150,8 +158,6 @@ def load_corpus(spec: str | os.PathLike, *, source_lang: str = "en", target_lang
     ``datasets.load_dataset(NAME)``."""
     spec = os.fspath(spec)
     if spec == "synthetic":
-        from mtcore.data.synthetic import synthetic_corpus
-
         return synthetic_corpus(synthetic_size, seed=seed)
     if spec.startswith("hf:"):
         return read_hf_dataset(spec[3:], source_lang=source_lang, target_lang=target_lang, on_error=on_error)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtcore.data.corpus import Corpus
-
 # English: (nominative, accusative)
 NOUNS = {
     "dog": ("kutya", "kutyát"), "cat": ("macska", "macskát"), "bird": ("madár", "madarat"),
@@ -52,11 +50,12 @@ def synthetic_pair(rng: np.random.Generator) -> tuple[str, str]:
     return " ".join(en), " ".join(hu)
 
 
-def synthetic_corpus(size: int = 4000, seed: int = 0) -> Corpus:
-    """``size`` distinct pairs, the same for the same seed on every machine."""
+def synthetic_pairs(size: int = 4000, seed: int = 0) -> dict[str, str]:
+    """``size`` distinct pairs, English -> Hungarian, the same for the same seed on every machine
+    (``mtcore.data.corpus.synthetic_corpus`` makes them a Corpus)."""
     rng = np.random.default_rng(seed)
     pairs: dict[str, str] = {}
     while len(pairs) < size:
         en, hu = synthetic_pair(rng)
         pairs.setdefault(en, hu)
-    return Corpus(tuple(pairs), tuple(pairs.values()), f"synthetic-{size}-seed{seed}")
+    return pairs
