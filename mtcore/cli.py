@@ -35,7 +35,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     from mtcore.config import ModelConfig
 
-    cfg = ModelConfig.from_hf(args.model) if "/" in args.model else ModelConfig.preset(args.model)
+    cfg = ModelConfig.of(args.model)
     print(f"{args.model}: {cfg.num_params():,} trainable parameters")
     print(json.dumps(cfg.__dict__, indent=2))
     return 0

@@ -95,6 +95,17 @@ class ModelConfig:
             raise MTCoreError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
+    @classmethod
+    def of(cls, model: str) -> ModelConfig:
+        """What ``--model`` names: a preset, or else a local Hugging Face checkpoint directory
+        (relative or absolute), decided the same way everywhere (``mtcore train``, ``compare``,
+        ``params``)."""
+        if model in PRESETS:
+            return cls.preset(model)
+        if is_checkpoint_dir(model):
+            return cls.from_hf(model)
+        return cls.preset(model)  # the unknown-preset error, naming the presets
+
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
@@ -333,3 +344,11 @@ class GenerateConfig:
                        early_stopping=raw.get("early_stopping", False))
         except (TypeError, ValueError) as e:
             raise MTCoreError(f"{where}: {e}") from None
+
+
+def is_checkpoint_dir(model: str) -> bool:
+    """Whether ``--model`` names a checkpoint directory rather than a preset: any existing
+    directory that is not a preset's name."""
+    import os
+
+    return model not in PRESETS and os.path.isdir(model)

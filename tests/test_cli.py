@@ -77,3 +77,16 @@ def test_skips_are_summarised_one_line_per_reason():
     lines.clear()
     root.pytest_terminal_summary(reporter, 0, SimpleNamespace(option=SimpleNamespace(reportchars="fEXs")))
     assert lines == []  # -rs: pytest lists each skip itself
+
+
+def test_params_reads_a_checkpoint_directory_given_relatively(tmp_path, monkeypatch, capsys):
+    """``mtcore params DIR`` decides "checkpoint" as ``mtcore train --model DIR`` does: any directory
+    (a relative one too), not only a path with a slash in it."""
+    pytest.importorskip("transformers")
+    from mtcore.config import ModelConfig
+
+    cfg = ModelConfig.preset("tiny")
+    cfg.to_hf().save_pretrained(tmp_path / "ckpt")
+    monkeypatch.chdir(tmp_path)
+    assert main(["params", "ckpt"]) == 0
+    assert f"ckpt: {cfg.num_params():,} trainable parameters" in capsys.readouterr().out

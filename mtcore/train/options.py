@@ -7,10 +7,9 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from mtcore.config import COMPILE_MODES, PRECISIONS, PRESETS, TrainConfig
+from mtcore.config import COMPILE_MODES, PRECISIONS, PRESETS, TrainConfig, is_checkpoint_dir
 from mtcore.devices import DEVICE_KINDS, FRAMEWORKS
 from mtcore.errors import MTCoreError
 from mtcore.parallel import global_batch_size
@@ -88,7 +87,7 @@ class RunConfig:
         need(self.max_len >= 4, f"--max-len must be at least 4, got {self.max_len}")
         need(self.eval_sentences >= 0, f"--eval-sentences must be >= 0, got {self.eval_sentences}")
         need(self.on_error in ("raise", "skip"), f"--on-error must be raise or skip, got {self.on_error!r}")
-        if self.model not in PRESETS and not Path(self.model).is_dir():
+        if self.model not in PRESETS and not is_checkpoint_dir(self.model):
             raise MTCoreError(
                 f"--model {self.model!r}: not a preset ({', '.join(PRESETS)}) nor a Hugging Face checkpoint directory"
             )
