@@ -99,6 +99,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         devices = tuple(int(n) for n in args.devices.split(",") if n.strip())
     except ValueError:
         raise MTCoreError(f"--devices: expected a comma list of device counts like 1,2, got {args.devices!r}") from None
+    if not frameworks:
+        raise MTCoreError(f"--frameworks: expected a comma list like torch,jax, got {args.frameworks!r}")
+    for fw in frameworks:  # each one checked as train checks it
+        _run_config(args, framework=fw, devices=max(devices or (1,)))
     rc = _run_config(args, framework=frameworks[0], devices=max(devices or (1,)))
     check_devices(rc)
     if devices in ((), (1,)):  # both frameworks train in this process
@@ -223,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_train, argv=None)
     p = sub.add_parser("compare", help="train both frameworks from the same weights on the same batches; report.md + plots")
-    p.add_argument("--frameworks", default="torch,jax", help="comma list (default torch,jax)")
+    p.add_argument("--frameworks", default="torch,jax", help="comma list of torch, jax, hf (default torch,jax)")
     p.add_argument("--devices", default="1", help="device counts to train at, a comma list (e.g. 1,2; default 1)")
     p.add_argument("--scaling", default="weak", choices=("weak", "strong"),
                    help="weak: --batch-size per device, the global batch grows; strong: the global batch is fixed "

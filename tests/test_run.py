@@ -190,6 +190,22 @@ def test_cli_train_records_the_process_set_up(framework, tmp_path):
         assert process["frameworks"]["jax"]["cpu_dispatch"].startswith("synchronous")
 
 
+def test_the_hf_baseline_trains_from_the_cli_and_compare_checks_every_framework(tmp_path, capsys):
+    """``--framework hf`` means the same to train, compare and RunConfig: the baseline, accepted on one
+    device, refused on several; every name in ``compare --frameworks`` is checked before anything runs."""
+    need("hf")
+    out = tmp_path / "hf"
+    assert main(["train", "--framework", "hf", "--epochs", "1", "--synthetic-size", "120", "--validation", "8",
+                 "--test", "8", "--eval-sentences", "4", "--max-len", "16", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["status"] == "finished"
+    capsys.readouterr()
+    assert main(["train", "--framework", "hf", "--devices", "2", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == "mtcore: error: --devices: the HF baseline trains on one device"
+    assert main(["compare", "--frameworks", "torch,tensorflow", "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown framework 'tensorflow'" in err and err.count("\n") == 1 and not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "enormous"], "not a preset"),
     (["--data", "/nonexistent/corpus"], "not 'synthetic'"),

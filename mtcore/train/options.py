@@ -20,13 +20,18 @@ def option(default: Any, help: str, **argparse: Any) -> Any:
     return field(default=default, metadata={"help": help, **argparse})
 
 
+# What a run may train: mtcore's two implementations, and the HF baseline on torch's train step.
+RUN_FRAMEWORKS = (*FRAMEWORKS, "hf")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """What ``mtcore train`` is asked. One config serves both frameworks; ``framework``,
     ``device`` and ``devices`` only say where it runs. Every field is a command-line option
     (``mtcore/cli.py`` generates them), declared here once."""
 
-    framework: str = option("torch", "torch or jax", choices=FRAMEWORKS)
+    framework: str = option("torch", "torch, jax, or hf (Hugging Face MarianMTModel under torch's train step: the "
+                                     "baseline, one device)", choices=RUN_FRAMEWORKS)
     device: str = option("cpu", "the kind of device to train on", choices=DEVICE_KINDS)
     devices: int = option(1, "devices to train on, data parallel (torch: one process each, through torchrun; jax: "
                              "one process drives its devices)")
@@ -74,7 +79,9 @@ class RunConfig:
             if not ok:
                 raise MTCoreError(what)
 
-        need(self.framework in (*FRAMEWORKS, "hf"), f"--framework: unknown framework {self.framework!r}; choose torch or jax")
+        need(self.framework in RUN_FRAMEWORKS,
+             f"--framework: unknown framework {self.framework!r}; choose {', '.join(RUN_FRAMEWORKS)}")
+        need(self.framework != "hf" or self.devices == 1, "--devices: the HF baseline trains on one device")
         need(self.device in DEVICE_KINDS, f"--device: unknown device {self.device!r}; choose {', '.join(DEVICE_KINDS)}")
         need(self.precision in PRECISIONS, f"--precision: unknown precision {self.precision!r}; choose fp32 or bf16")
         need(self.compile in COMPILE_MODES, f"--compile: unknown mode {self.compile!r}; choose {', '.join(COMPILE_MODES)}")
