@@ -72,6 +72,9 @@ def pytest_configure(config):
         machine.stop(str(e))
     if any(config.getoption(o) for o in ("benchmark_autosave", "benchmark_save", "benchmark_compare")):
         machine.store_by_fingerprint()
+    if config.getoption("benchmark_autosave") or config.getoption("benchmark_save"):
+        # A saved run keeps its raw rounds, so mtcore bench-compare (its rank test) takes it too.
+        config.option.benchmark_save_data = True
     if not _given(config, "--benchmark-max-time"):
         config.option.benchmark_max_time = str(MAX_TIME_S)
     if not _given(config, "--benchmark-min-rounds"):

@@ -147,7 +147,8 @@ def cmd_bench_history(args: argparse.Namespace) -> int:
         drifted = history.drift(runs, fp_id, window=args.window, threshold=args.drift)
         lines.append(f"{fp_id}: {len(runs)} runs, latest {history.short_commit(runs[-1])}; "
                      + (f"{len(drifted)} drifted" if drifted else "no drift")
-                     + (" (fewer than 4 runs: drift needs 3 before the latest)" if len(runs) < 4 else ""))
+                     + (f" (fewer than {history.BEFORE_LATEST + 1} runs: drift needs {history.BEFORE_LATEST} before "
+                        "the latest)" if len(runs) <= history.BEFORE_LATEST else ""))
         for d in drifted:
             lines.append(f"  DRIFT {d.benchmark}: median {d.latest * 1e3:.2f} ms is {d.ratio:.2f}x the rolling "
                          f"median {d.baseline * 1e3:.2f} ms of the {d.runs} runs before it")
@@ -162,7 +163,7 @@ def cmd_bench_export(args: argparse.Namespace) -> int:
 
     from mtcore.perf import history, records
 
-    bigger, smaller = history.export(records.load_run(args.run))
+    bigger, smaller = history.export(records.load_run(args.run, samples=False))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, entries in (("bigger_is_better.json", bigger), ("smaller_is_better.json", smaller)):

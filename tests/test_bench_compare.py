@@ -407,3 +407,20 @@ def test_a_paired_round_begins_with_an_untimed_call_after_the_hand_over(monkeypa
     assert calls == ["call", "call"] and not turns.paired
     os.close(partner_in)
     assert Turns("").before_round(lambda: calls.append("call"))() is None and len(calls) == 2  # no gate: nothing
+
+
+def test_a_run_saved_without_raw_rounds_exports_from_its_medians_but_is_not_compared(tmp_path, capsys):
+    """pytest-benchmark saves runs without ``stats.data`` unless told (--benchmark-save-data):
+    bench-export needs only medians; bench-compare's rank test needs the rounds and says so."""
+    path = tmp_path / "run.json"
+    write_run(path)
+    data = json.loads(path.read_text())
+    medians = {}
+    for b in data["benchmarks"]:
+        medians[b["fullname"]] = b["stats"]["median"] = float(np.median(b["stats"].pop("data")))
+    path.write_text(json.dumps(data))
+    assert main(["bench-export", str(path), "--out", str(tmp_path / "export")]) == 0
+    smaller = json.loads((tmp_path / "export" / "smaller_is_better.json").read_text())
+    assert {e["name"]: e["value"] for e in smaller} == {f"{name} time": m * 1e3 for name, m in medians.items()}
+    assert run_cli("--base", str(path), "--head", str(path)) == 2
+    assert "has no raw samples (stats.data)" in capsys.readouterr().err

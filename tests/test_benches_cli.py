@@ -42,6 +42,11 @@ def test_autosave_then_compare(tmp_path):
     saved = sorted(store.rglob("*.json"))
     assert len(saved) == 1
     data = json.loads(saved[0].read_text())
+    # A saved run keeps its raw rounds (bench-compare's rank test reads them) and exports as it is.
+    assert all(len(b["stats"]["data"]) == 3 for b in data["benchmarks"])
+    from mtcore.cli import main
+
+    assert main(["bench-export", str(saved[0]), "--out", str(tmp_path / "export")]) == 0
     mtcore_info = data["machine_info"]["mtcore"]
     assert mtcore_info["hardware"]["frameworks"]["torch"]["device_counts"]["cpu"] == 1
     assert mtcore_info["threads"]["threads"] == 1 and mtcore_info["threads"]["pinned"] is True

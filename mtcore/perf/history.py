@@ -11,11 +11,11 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtcore.perf.records import BadRuns, Run, as_dict, fingerprint_id, finite, load_run
-from mtcore.perf.regression import METRIC, value
+from mtcore.perf.records import BadRuns, Run, as_dict, fingerprint_id, finite, load_run, median_time
 
 DRIFT = 0.15  # the latest median against the rolling median of the last WINDOW runs
 WINDOW = 20
+BEFORE_LATEST = 3  # runs before the latest, at least, that a drift is judged against
 
 
 def store(run_path: str | Path, history: str | Path, commit: str | None = None) -> Path:
@@ -58,16 +58,16 @@ class Drift:
 
 def drift(runs: list[Run], fp_id: str, window: int = WINDOW, threshold: float = DRIFT) -> list[Drift]:
     """Benchmarks whose latest median step time is past ``1 + threshold`` times the median of the
-    previous ``window`` runs' medians (at least 3 of them) on the same fingerprint."""
-    if len(runs) < 4:
+    previous ``window`` runs' medians (at least ``BEFORE_LATEST`` of them) on the same fingerprint."""
+    if len(runs) <= BEFORE_LATEST:
         return []
     latest, previous = runs[-1], runs[-1 - window:-1]
     out = []
     for name, entry in latest.benchmarks.items():
-        before = [value(r.benchmarks[name], METRIC["time"]) for r in previous if name in r.benchmarks]
-        if len(before) < 3:
+        before = [median_time(r.benchmarks[name]) for r in previous if name in r.benchmarks]
+        if len(before) < BEFORE_LATEST:
             continue
-        now, baseline = value(entry, METRIC["time"]), statistics.median(before)
+        now, baseline = median_time(entry), statistics.median(before)
         if now > (1 + threshold) * baseline:
             out.append(Drift(fp_id, name, now, baseline, len(before)))
     return out
@@ -96,7 +96,7 @@ def plot_history(history: dict[str, list[Run]], out: str | Path) -> list[Path]:
             for name in sorted(names):
                 xs = [i for i, r in enumerate(runs) if name in r.benchmarks]
                 stats = [runs[i].benchmarks[name]["stats"] for i in xs]
-                median = [statistics.median(s["data"]) * 1e3 for s in stats]
+                median = [median_time(runs[i].benchmarks[name]) * 1e3 for i in xs]
                 label = name.split("[", 1)[-1].rstrip("]") if "[" in name else name
                 line, = ax_t.plot(xs, median, marker="o", ms=3, label=label)
                 if all(finite(s.get("q1")) and finite(s.get("q3")) for s in stats):
@@ -126,13 +126,14 @@ def plot_history(history: dict[str, list[Run]], out: str | Path) -> list[Path]:
 def export(run: Run) -> tuple[list[dict], list[dict]]:
     """github-action-benchmark's ``customBiggerIsBetter`` and ``customSmallerIsBetter`` entries:
     tokens/s and MFU, median time. A missing value is left out, never written as null (the
-    action would chart it as 0)."""
+    action would chart it as 0). Medians are enough: ``run`` may be read without raw rounds
+    (``load_run(path, samples=False)``)."""
     bigger, smaller = [], []
     fp = fingerprint_id(run.fingerprint)
     for name, entry in sorted(run.benchmarks.items()):
         stats, extra = entry["stats"], as_dict(entry.get("extra_info"))
-        median = statistics.median(stats["data"])
-        note = f"{len(stats['data'])} rounds; hardware {fp}; threads {run.threads}"
+        median = median_time(entry)
+        note = f"{stats.get('rounds') or len(stats.get('data') or [])} rounds; hardware {fp}; threads {run.threads}"
         iqr = stats.get("iqr")
         smaller.append({"name": f"{name} time", "unit": "ms", "value": median * 1e3,
                         **({"range": f"IQR {iqr * 1e3:.3f} ms"} if finite(iqr) else {}), "extra": note})

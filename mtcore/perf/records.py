@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ class Run:
         return {k: t.get(k) for k in ("threads", "pinned") if k in t}
 
 
-def load_run(path: str | Path) -> Run:
-    """Read and check one pytest-benchmark JSON file; BadRuns names the file and what is wrong."""
+def load_run(path: str | Path, samples: bool = True) -> Run:
+    """Read and check one pytest-benchmark JSON file; BadRuns names the file and what is wrong.
+    ``samples``: every benchmark must carry its raw rounds (``stats.data``), as the gate's rank
+    test needs; without, its median is enough (an export, a history plot)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -60,14 +63,22 @@ def load_run(path: str | Path) -> Run:
         stats = entry.get("stats") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not isinstance(stats, dict):
             raise BadRuns(f"{path}: not a pytest-benchmark JSON file (a benchmark without 'fullname' and 'stats')")
-        samples = stats.get("data")
-        if not isinstance(samples, list) or not samples or not all(finite(x) for x in samples):
+        rounds = stats.get("data")
+        has_rounds = isinstance(rounds, list) and rounds and all(finite(x) for x in rounds)
+        if not has_rounds and (samples or not finite(stats.get("median"))):
             raise BadRuns(f"{path}: {name} has no raw samples (stats.data); write runs with --benchmark-json, "
                           "or add --benchmark-save-data to --benchmark-autosave")
         benchmarks[name] = entry
     if not benchmarks:
         raise BadRuns(f"{path}: no timed benchmark in it (was it run with --benchmark-disable?)")
     return Run(path, data["machine_info"], as_dict(data.get("commit_info")), str(data.get("datetime", "")), benchmarks)
+
+
+def median_time(entry: dict) -> float:
+    """A benchmark's median round in seconds: from its raw rounds where the run kept them, else
+    pytest-benchmark's own median."""
+    data = entry["stats"].get("data")
+    return float(statistics.median(data)) if data else float(entry["stats"]["median"])
 
 
 def finite(x: Any) -> bool:

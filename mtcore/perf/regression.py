@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtcore.errors import MTCoreError
-from mtcore.perf.records import BadRuns, Run, as_dict, check_comparable, describe, fingerprint_id, finite, load_run
+from mtcore.perf.records import BadRuns, Run, as_dict, check_comparable, describe, fingerprint_id, finite, load_run, median_time
 
 # From 10 A/A and 10 slowdown gates on this project's 2-core VM (README "Regression gate",
 # scripts/gate_calibration.py): the worst A/A gate's median pair ratio was 1.089 (std of log pair
@@ -76,7 +76,7 @@ def value(entry: dict, metric: Metric) -> float | None:
     """The metric's value in one run, or None where the run has none (or it does not apply)."""
     extra = as_dict(entry.get("extra_info"))
     if metric.key == "time":
-        return float(statistics.median(entry["stats"]["data"]))
+        return median_time(entry)
     if not metric.applies(extra):
         return None
     v = extra.get(metric.key)
