@@ -62,7 +62,9 @@ def update_machine_info(machine_info: dict) -> None:
         machine_info.get("cpu", {}).pop(key, None)
     machine_info["mtcore"] = {
         "hardware": hardware(),
-        **session.setup.as_dict(),  # threads, allocator, each framework's settings, compile cache: as run.json has them
+        # Threads, allocator, each framework's settings, the compile cache: as run.json has them.
+        **session.setup.as_dict(),
+        "cpu_bf16": list(mtcore.devices.cpu_bf16()),  # bf16 instructions, or none: emulated
         "transformers": mtcore.devices.info()["transformers"],
         # XLA's compiler flags move JAX's numbers (README, "Why JAX's small CPU step is slower"):
         # a run says which it had, and a comparison says when they differ.

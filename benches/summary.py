@@ -7,6 +7,10 @@ from __future__ import annotations
 import math
 import os
 
+from inputs import session
+
+from mtcore.devices import BF16_CPU_FLAGS, cpu_bf16
+
 
 def _fmt(value, scale=1.0, digits=1, suffix=""):
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -15,8 +19,8 @@ def _fmt(value, scale=1.0, digits=1, suffix=""):
 
 
 def write(terminalreporter, config):
-    session = getattr(config, "_benchmarksession", None)
-    benchmarks = [b for b in getattr(session, "benchmarks", []) if b.extra_info]
+    benchmark_session = getattr(config, "_benchmarksession", None)
+    benchmarks = [b for b in getattr(benchmark_session, "benchmarks", []) if b.extra_info]
     if not benchmarks or session.setup is None:
         return
     tr = terminalreporter
@@ -68,7 +72,15 @@ BF16_AT_MOST = 0.6
 MFU_AT_LEAST = 0.5
 
 
-def _fair_fight(benchmarks) -> list[str]:
+def _bf16_note(flags: tuple[str, ...]) -> str:
+    """What a CPU's bf16 ratio means: without bf16 instructions the frameworks emulate it."""
+    if flags:
+        return f" (this CPU has bf16 arithmetic: {', '.join(flags)})"
+    return (f" (this CPU has no bf16 arithmetic ({' / '.join(BF16_CPU_FLAGS)} absent): bf16 is emulated here, "
+            "so this ratio is no verdict on bf16)")
+
+
+def _fair_fight(benchmarks, cpu_bf16: tuple[str, ...] = ()) -> list[str]:
     """Lines comparing each framework at its best: per train-step and greedy-decode group, the
     fastest variant of each framework (torch: eager, compile, cudagraphs), the torch/JAX ratio of
     those, bf16's median over the same variant's fp32 one, and the best MFU at bf16; on
@@ -103,7 +115,8 @@ def _fair_fight(benchmarks) -> list[str]:
                 if v in fp32.get(fw, {}):
                     ratio = fws[fw][v][0] / fp32[fw][v][0]
                     lines.append(f"{kind} {where}: {fw} ({v}) bf16/fp32 step time {ratio:.2f}"
-                                 + verdict(ratio <= BF16_AT_MOST, accelerator, f"<= {BF16_AT_MOST}"))
+                                 + verdict(ratio <= BF16_AT_MOST, accelerator, f"<= {BF16_AT_MOST}")
+                                 + ("" if accelerator else _bf16_note(cpu_bf16)))
             winner = min(fws, key=lambda fw: fws[fw][best[fw]][0])
             mfu = fws[winner][best[winner]][1]
             if mfu is not None:
@@ -123,7 +136,7 @@ def _write_section(tr, heading: str, lines: list[str]) -> None:
 
 def _print_fair_fight(tr, benchmarks):
     _write_section(tr, "each framework at its best (fastest variant per group; cases ran one after another, so this "
-                       "is an indication; bars apply on accelerators):", _fair_fight(benchmarks))
+                       "is an indication; bars apply on accelerators):", _fair_fight(benchmarks, cpu_bf16()))
 
 
 def _print_ratios(tr, benchmarks):

@@ -9,6 +9,8 @@ import platform
 
 FRAMEWORKS = ("torch", "jax")
 DEVICE_KINDS = ("cpu", "gpu", "tpu")
+# The x86 instructions that do bf16 arithmetic; without them a CPU's bf16 step is an emulation.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def _version(package: str) -> str | None:
@@ -16,6 +18,25 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def cpu_bf16() -> tuple[str, ...]:
+    """Which of ``BF16_CPU_FLAGS`` this CPU has (Linux's /proc/cpuinfo; elsewhere py-cpuinfo's flags)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        try:
+            from cpuinfo import get_cpu_info
+
+            flags = set(get_cpu_info().get("flags", []))
+        except ImportError:
+            pass
+    return tuple(f for f in BF16_CPU_FLAGS if f in flags)
 
 
 def device_counts(name: str) -> dict[str, int]:

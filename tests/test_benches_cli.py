@@ -192,3 +192,19 @@ def test_the_summary_compares_each_framework_at_its_best_against_the_bars():
         "train_step gpu-marian-en-hu-b64-fp32: torch (cudagraphs) 60.00 ms, jax (loop) 45.00 ms: torch/jax 1.33 "
         "(bar <= 1.25: NOT met)",
     ]
+
+
+def test_a_cpu_bf16_ratio_says_whether_the_cpu_has_bf16_arithmetic():
+    from types import SimpleNamespace
+
+    def bench(group, framework, median):
+        return SimpleNamespace(group=group, stats=SimpleNamespace(median=median),
+                               extra_info={"framework": framework, "variant": "eager", "mfu": None})
+
+    benchmarks = [bench("train_step cpu-tiny-fp32 1thr", "torch", 0.01), bench("train_step cpu-tiny-bf16 1thr", "torch", 0.19)]
+    summary = _bench_module("summary")
+    without, = [line for line in summary._fair_fight(benchmarks, ()) if "bf16/fp32" in line]
+    assert without.startswith("train_step cpu-tiny-bf16: torch (eager) bf16/fp32 step time 19.00")
+    assert "no bf16 arithmetic (avx512_bf16 / amx_bf16 absent): bf16 is emulated here" in without
+    with_amx, = [line for line in summary._fair_fight(benchmarks, ("amx_bf16",)) if "bf16/fp32" in line]
+    assert with_amx.endswith("(this CPU has bf16 arithmetic: amx_bf16)")
