@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,9 +42,11 @@ class Workers:
         port = self.server.getsockname()[1]
         script = [str(HERE / "scaling_worker.py"), case.framework, case.device, str(case.devices), case.size,
                   case.precision, str(per_device_threads), str(port)]
+        # torchrun's logs, removed on exit (without --log-dir it leaves a torchelastic_* folder behind).
+        self.logs = tempfile.mkdtemp(prefix="mtcore-scaling-")
         if case.framework == "torch" and case.devices > 1:
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                       str(case.devices), *script]
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", self.logs,
+                       "--nproc-per-node", str(case.devices), *script]
             self.processes = case.devices
         else:
             command = [sys.executable, *script]
@@ -94,6 +98,7 @@ class Workers:
             pass
         self.proc.wait()
         self.server.close()
+        shutil.rmtree(self.logs, ignore_errors=True)
 
 
 @pytest.mark.cases("scaling")

@@ -125,8 +125,10 @@ def run_together(commands: list[list[str]], timeout: float = 60) -> list[str]:
     return outputs
 
 
-def torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *args]
+def torchrun(log_dir: Path, *args: str) -> list[str]:
+    """torchrun's command line, its logs in ``log_dir`` (without one it makes a torchelastic_*
+    folder in the temporary folder and leaves it there)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--log-dir", str(log_dir), *args]
 
 
 @pytest.mark.torch
@@ -135,7 +137,7 @@ def torchrun(*args: str) -> list[str]:
 @pytest.mark.xdist_group("processes")  # multi-process tests run one at a time, on one worker
 def test_torch_ddp_two_processes_train_as_one(reference, tmp_path):
     out = tmp_path / "torch2.npz"
-    run_together([torchrun("--standalone", "--nproc-per-node", "2", str(HERE / "dist_worker.py"), "torch", str(out))])
+    run_together([torchrun(tmp_path / "logs", "--standalone", "--nproc-per-node", "2", str(HERE / "dist_worker.py"), "torch", str(out))])
     assert_same_training(saved_training(out), reference)
 
 
@@ -148,7 +150,7 @@ def test_torch_two_nodes_on_loopback_train_as_one(reference, tmp_path):
     endpoint = f"127.0.0.1:{free_port()}"
     node = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
             "--rdzv-id", "mtcore-test"]
-    run_together([torchrun(*node, "--node-rank", str(r), str(HERE / "dist_worker.py"), "torch", str(out))
+    run_together([torchrun(tmp_path / f"logs-{r}", *node, "--node-rank", str(r), str(HERE / "dist_worker.py"), "torch", str(out))
                   for r in range(2)])
     assert_same_training(saved_training(out), reference)
 
@@ -228,6 +230,40 @@ def test_a_rank_that_dies_stops_every_rank(tmp_path):
     assert "mtcore: error: rank 1 of 2 failed (killed by signal SIGKILL)" in stderr, stderr[-2000:]
     status = json.loads((out / "metrics.json").read_text())["status"]
     assert status.startswith("failed: rank 1") and "checkpoints/epoch-" in status, status
+    assert "the last good checkpoint is" in status and "--resume continues" in status, status
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_a_rank_that_dies_under_compare_is_recorded_as_under_train(tmp_path):
+    """compare's runs go through the same launcher as train's: a killed rank of the 2-device torch
+    run stops every rank and leaves that run's metrics.json saying ``failed: ...`` with the last
+    good checkpoint. (``--devices 2`` alone: a 1-device run first would only add its epochs.)"""
+    import json
+    import time
+
+    out = tmp_path / "compare"
+    proc = mtcore_cli("compare", "--frameworks", "torch", "--devices", "2", "--epochs", "50", "--out", str(out),
+                      *QUICK_RUN)
+    run = out / "torch-2"
+    try:
+        first = run / "rank1_results_epoch1.json"
+        deadline = time.monotonic() + 90
+        while not first.is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert first.is_file(), "rank 1 never finished its first epoch"
+        os.kill(json.loads(first.read_text())["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        stdout, stderr = finish(proc, timeout=60)
+    finally:
+        finish(proc, timeout=1) if proc.poll() is None else None
+    assert time.monotonic() - killed < 30, "the other rank kept running"
+    assert proc.returncode == 2
+    assert stderr.strip().splitlines()[-1].startswith("mtcore: error: rank 1 of 2 failed (killed by signal SIGKILL)")
+    status = json.loads((run / "metrics.json").read_text())["status"]
+    assert status.startswith("failed: rank 1 of 2 failed") and "checkpoints/epoch-" in status, status
+    assert "the last good checkpoint is" in status and "--resume continues" in status, status
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
