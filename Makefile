@@ -40,8 +40,8 @@ bench-check: install  ## the quick subset against the last saved run: fails on a
 bench-gate: install  ## the pull-request gate here: BASE and this tree taking turns, 3 pairs, then mtcore bench-compare (~10 min)
 	$(PY) scripts/bench_gate.py --base $(BASE) --out gate
 
-test: install  ## the tests (the 15 slowest listed at the end)
-	$(call pytest,tests --durations=15)
+test: install  ## the tests, over two processes (the multi-process tests one at a time, on one of them); the 15 slowest listed at the end
+	$(call pytest,tests -n 2 --dist loadgroup --durations=15)
 
 smoke: install  ## every bench once, untimed, results checked (CI); nothing is timed, so no pinned budget
 	$(call pytest,benches --benchmark-disable -q -n 2 --dist loadgroup --threads all)

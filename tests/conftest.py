@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 import mtcore
+from mtcore.perf import threads
+
+# The compile caches mtcore keeps between runs (mtcore.perf.setup) start empty for every test
+# session and go with it: a test never depends on an earlier session's compiles, and nothing is
+# left behind. (torch's own inductor cache stays where TORCHINDUCTOR_CACHE_DIR says.)
+if "MTCORE_CACHE_DIR" not in os.environ:
+    os.environ["MTCORE_CACHE_DIR"] = tempfile.mkdtemp(prefix="mtcore-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MTCORE_CACHE_DIR"], ignore_errors=True)
 
 try:
     import jax
@@ -15,6 +26,12 @@ try:
     jax.config.update("jax_num_cpu_devices", 4)
 except ImportError:
     pass
+
+# Under pytest -n N each worker's torch and BLAS pools take their share of the cores (no affinity:
+# a test that starts processes gives them every core), as the benches' workers do.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    threads.apply(None, slot=int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0),
+                  slots=int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
 
 
 def _backend_or_skip(name: str):
