@@ -124,9 +124,9 @@ def cases(kind: str, frameworks, devices, sizes) -> list:
     for device in devices:
         for size in sizes:
             if kind == "paired" and {"torch", "jax"} <= set(frameworks):
-                # bf16 pairs on accelerators only: this CPU has no bf16 matmul units, so both bf16
-                # steps are conversion paths nobody trains on (make bench, 2026-11-27: JAX's 1.16-1.19x
-                # its fp32 step, torch's 0.79-2.34x); the train bench still times each.
+                # bf16 pairs on accelerators only: on a CPU both bf16 steps are conversion paths
+                # nobody trains on (docs/findings/2026-11-27-cpu-bf16.md); the train bench still
+                # times each, and the summary says whether the CPU has bf16 arithmetic.
                 cases += [Pairing(device, size)] + ([Pairing(device, size, "bf16")] if device != "cpu" else [])
             for fw in ("torch", "jax"):
                 if fw not in frameworks:

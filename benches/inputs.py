@@ -23,8 +23,8 @@ from mtcore.perf.setup import ProcessSetup
 # (batch, source length, target length) per size; marian-en-hu is the issue's 8 x 64 tokens.
 SHAPES = {"tiny": (16, 32, 32), "small": (16, 48, 48), "base": (8, 64, 64), "marian-en-hu": (8, 64, 64)}
 # Timed work per case, when --benchmark-max-time is not given: pytest-benchmark's calibration
-# runs as many rounds as fit (at least --benchmark-min-rounds). Measured on a 2-core CPU, one
-# thread: 2 s per case kept tiny/small train-step medians within a few percent run to run.
+# runs as many rounds as fit (at least --benchmark-min-rounds): enough timed work for tiny/small
+# train-step medians to hold still run to run (docs/measurement.md).
 MAX_TIME_S = 2.0
 MIN_ROUNDS = 10
 # The paired bench alternates the frameworks; its ratio needs enough pairs for a tight interval.
@@ -80,7 +80,7 @@ def timed(benchmark, fn, rounds: int | None, warmup_rounds: int = 2, min_rounds:
 
 
 def speed_probe(reps: int = 9) -> float:
-    """Median seconds of one fixed float32 matmul (512 x 512, ~3 ms on one core), on the
+    """Median seconds of one fixed float32 matmul (512 x 512), on the
     thread budget's BLAS pool: a yardstick of the core's speed at this moment."""
     a = np.random.default_rng(0).standard_normal((512, 512), dtype=np.float32)
     times = []

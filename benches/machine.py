@@ -66,7 +66,7 @@ def update_machine_info(machine_info: dict) -> None:
         **session.setup.as_dict(),
         "cpu_bf16": list(mtcore.devices.cpu_bf16()),  # bf16 instructions, or none: emulated
         "transformers": mtcore.devices.info()["transformers"],
-        # XLA's compiler flags move JAX's numbers (README, "Why JAX's small CPU step is slower"):
+        # XLA's compiler flags move JAX's numbers (docs/findings/2026-11-27-jax-small-cpu-step.md):
         # a run says which it had, and a comparison says when they differ.
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # Which tree's mtcore these benches measured: the gate runs them against a base checkout too.

@@ -64,7 +64,7 @@ def _print_paired(tr, benchmarks):
             f"{e['threads']['threads']} thread(s) each): {faster} {factor:.2f}x faster")
 
 
-# The bars a fair fight clears on an accelerator (README: "each framework at its best"): torch's
+# The bars a fair fight clears on an accelerator (docs/benchmarks.md, "each framework at its best"): torch's
 # fastest variant against JAX's, bf16 against the same framework and variant's fp32, and the faster
 # framework's MFU at bf16 against the measured bf16 GEMM peak.
 TORCH_WITHIN = {"train_step": 1.25, "decode-greedy": 1.5}

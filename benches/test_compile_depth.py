@@ -48,8 +48,8 @@ def test_compile_time_vs_depth(benchmark, case, depth, request):
     history = _measured.setdefault(case.id, [])
     budget = request.config.getoption("--compile-budget")
     expected = predicted_seconds(history, depth)
-    # MARGIN times the extrapolation against the budget: growth steepens with depth (this CPU's loop: 6 -> 12
-    # layers predicted 24 layers at 45 s, which took 78 s).
+    # MARGIN times the extrapolation against the budget: growth steepens with depth
+    # (docs/findings/2026-11-27-compile-vs-depth.md).
     if expected is not None and MARGIN * expected > budget:
         measured = ", ".join(f"{d} layers {t:.1f} s" for d, t in history)
         pytest.skip(f"compile vs depth: {depth} layers would take ~{expected:.0f} s to compile ({measured}; "

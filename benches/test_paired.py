@@ -3,9 +3,9 @@ alternate round by round in one process (torch-jax, jax-torch, ...), each synced
 weights, batch and thread budget. Each round gives one paired ratio; the bench reports their median
 with quartiles and a confidence interval of the median, as ``mtcore compare`` does for epochs.
 
-Timed single-framework cases run minutes apart, and on a shared 2-core machine their medians drift
-by more than the frameworks differ; a ratio of pairs taken back to back reproduced within +-2%
-across processes.
+Timed single-framework cases run minutes apart, and on a shared machine their medians drift by
+more than the frameworks differ; a ratio of pairs taken back to back holds still across processes
+(docs/findings/2026-11-27-back-to-back-runs.md).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def _rows(x):
     as torch's ``F.linear`` flattens its input. On the ``(B, T, D)`` arrays themselves, autodiff's
     weight gradient contracts two axes at once, which XLA:CPU ran in Eigen with both operands
     transposed (plus a copy to transpose one); as rows it is one ``(N, D)^T (N, O)`` matrix
-    product (measured: README, "Why JAX's `small` CPU step is slower", item 3)."""
+    product (docs/findings/2026-11-27-jax-small-cpu-step.md, item 3)."""
     return x.reshape(-1, x.shape[-1])  # (N, D), N = the product of the leading axes
 
 
@@ -68,7 +68,7 @@ class _MlpBlock(nn.Module):
 # The backward pass recomputes the activation (and fc2's input) from fc1's saved output, instead of
 # keeping them: under nn.scan every saved (B, T, F) array is written into a stacked buffer in the
 # forward loop and read back in the backward one, which cost more than the elementwise work
-# (README, "Why JAX's `small` CPU step is slower", item 4; the step also keeps fewer arrays).
+# (docs/findings/2026-11-27-jax-small-cpu-step.md, item 4; the step also keeps fewer arrays).
 # JAX's "gradient checkpointing" guide: jax.checkpoint with a names policy. An activation_dropout
 # mask is drawn again in the backward pass, from the same key (a test checks the gradients).
 MlpBlock = nn.remat(_MlpBlock, policy=jax.checkpoint_policies.save_only_these_names("fc1"))

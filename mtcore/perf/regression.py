@@ -10,7 +10,7 @@ head. Drift between pairs cancels out of each pair's ratio; a benchmark regresse
   (asv's second condition; it asks the rounds, not only the medians).
 
 What each metric means and how it is gated is in ``METRICS``; the thresholds are calibrated by A/A
-runs on a 2-core VM (README, "Regression gate"). Reading runs and the hardware fingerprint they are
+runs (docs/regression-gate.md). Reading runs and the hardware fingerprint they are
 keyed and refused by are in ``mtcore.perf.records``; the history over commits and the chart export in
 ``mtcore.perf.history``.
 """
@@ -27,11 +27,9 @@ from pathlib import Path
 from mtcore.errors import MTCoreError
 from mtcore.perf.records import BadRuns, Run, as_dict, check_comparable, describe, fingerprint_id, finite, load_run, median_time
 
-# From 10 A/A and 10 slowdown gates on this project's 2-core VM (README "Regression gate",
-# scripts/gate_calibration.py): the worst A/A gate's median pair ratio was 1.089 (std of log pair
-# ratios 0.009-0.057 per benchmark), so 15% is above every A/A gate with room; no A/A gate failed at
-# 10-25%, every slowdown gate (+19% to +29% per train step) failed at each. The floor asks every pair
-# to agree by 5%, beyond the spread of one pair.
+# Calibrated by A/A and slowdown gates (scripts/gate_calibration.py): the threshold sits above every
+# A/A gate's median pair ratio with room; the floor asks every pair to agree, beyond the spread of
+# one pair. The gates and their figures: docs/findings/2026-11-27-gate-calibration.md.
 TIME_THRESHOLD = 0.15
 TIME_FLOOR = 0.05
 ALPHA = 0.002  # asv's p-value for its Mann-Whitney U test

@@ -1,7 +1,7 @@
 """The CPU thread budget of a process: how many cores each framework may use, pinned.
 
-On a CPU, thread counts move timings more than most code changes do: a 4 ms numpy step gave
-per-process medians from 2.4 to 96 ms on 2 OpenBLAS threads and 3.9-4.4 ms on one. A budget of
+On a CPU, thread counts move timings more than most code changes do
+(docs/findings/2026-11-23-thread-budget.md). A budget of
 ``n`` threads pins the process to ``n`` cores (so XLA:CPU, which sizes its pool from the cores it
 may run on and ignores its old ``intra_op_parallelism_threads`` flag, gets ``n`` too), gives torch
 ``n`` intra-op threads, and limits BLAS/OpenMP pools through threadpoolctl. Both frameworks in one

@@ -113,7 +113,7 @@ class DecoderLayer(nn.Module):
             # In place, so the cache keeps its buffers from step to step (what a CUDA graph
             # replays), and into the stacked arrays at (layer, :, index) rather than through a
             # per-layer view: torch.compile turns a write into a view of an input into a copy of
-            # the whole stacked array per layer (a compiled beam step ran 25% slower than eager).
+            # the whole stacked array per layer (docs/findings/2026-11-27-torch-compiled-decoding.md).
             at = (self.layer_index, slice(None), index.view(1))
             for name, new in (("k", k), ("v", v)):
                 cache[name][at] = new.transpose(0, 1).to(cache[name].dtype)  # (1, B, H, Dh)

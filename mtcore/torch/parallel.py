@@ -87,8 +87,8 @@ def launch(nproc: int, argv: list[str], *, log_dir: str | os.PathLike, cpu_threa
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=run_id, rdzv_backend="c10d",
         rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5, logs_specs=logs,
     )
-    # torchrun would set OMP_NUM_THREADS=1; mtcore pins each rank to its share of the cores instead
-    # (2 ranks x 2 threads on 2 cores ran 4-5x slower than 2 x 1).
+    # torchrun would set OMP_NUM_THREADS=1; mtcore pins each rank to its share of the cores instead:
+    # ranks whose threads outnumber the cores fight over them (docs/findings/2026-11-23-thread-budget.md).
     os.environ.setdefault("MTCORE_RANK_THREADS", str(cpu_threads or max(1, (os.cpu_count() or 1) // nproc)))
     os.environ["MTCORE_LAUNCHED"] = "1"  # the ranks leave the summary to this process
     try:

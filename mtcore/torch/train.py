@@ -51,8 +51,8 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, labe
     correct predictions, and the token count that divides both once summed over devices.
 
     A prediction is correct when the label's logit is the row's largest (a tie counts), compared
-    with a max rather than an argmax: XLA:CPU runs an argmax as a scalar loop, 19 of JAX's 460 ms
-    on ``small``, and both frameworks must count alike."""
+    with a max rather than an argmax: XLA:CPU runs an argmax as a scalar loop
+    (docs/findings/2026-11-27-jax-small-cpu-step.md, item 2), and both frameworks must count alike."""
     v = logits.shape[-1]
     per_token = F.cross_entropy(
         logits.float().reshape(-1, v), labels.reshape(-1).long(), reduction="none", label_smoothing=label_smoothing
