@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Extra pytest arguments: make bench ARGS="--size small --framework jax"
 ARGS ?=
-# The regression gate's threshold for train-step and decode medians (README: "Regression check").
+# make bench-check's threshold for train-step and decode medians (docs/measurement.md).
 FAIL ?= median:15%
 
 # pytest exits 5 when it selects no test: say so, and do not fail the target for it.
@@ -41,7 +41,8 @@ bench-gate: install  ## the pull-request gate here: BASE and this tree taking tu
 	$(PY) scripts/bench_gate.py --base $(BASE) --out gate
 
 test: install  ## the tests, over two processes (the multi-process tests one at a time, on one of them); the 15 slowest listed at the end
-	$(call pytest,tests -n 2 --dist loadgroup --durations=15)
+	@mkdir -p .tmp  # the run's temporary files (pytest's, torch's caches) stay in the checkout, not the machine's temporary folder
+	TMPDIR=$(CURDIR)/.tmp $(call pytest,tests -n 2 --dist loadgroup --durations=15)
 
 smoke: install  ## every bench once, untimed, results checked (CI); nothing is timed, so no pinned budget
 	$(call pytest,benches --benchmark-disable -q -n 2 --dist loadgroup --threads all)

@@ -32,6 +32,11 @@ except ImportError:
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     threads.apply(None, slot=int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0),
                   slots=int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+# The pytest and bench sessions the tests start are sessions of their own, not xdist workers
+# (pytest-benchmark reads PYTEST_XDIST_WORKER and would turn itself off); xdist itself keeps what
+# it needs in the worker's config.
+for _name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+    os.environ.pop(_name, None)
 
 
 def _backend_or_skip(name: str):

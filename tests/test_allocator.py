@@ -61,8 +61,9 @@ def test_freed_memory_is_reused_without_page_faults():
     assert max(kept[1:]) < pages // 100, kept
 
 
-# A jitted JAX program with ~256 MB of intermediates (XLA's temporary buffer, taken per run), run
-# six times; prints the process's minor page faults per run.
+# A jitted JAX program with ~128 MB of intermediates (XLA's temporary buffer, taken per run: twice
+# the 64 MB heap a glibc arena other than the main one holds), run six times; prints the process's
+# minor page faults per run.
 JAX_PROBE = """
 import resource, sys
 from mtcore.perf import threads
@@ -79,7 +80,7 @@ def f(x):
     a = jnp.sin(x)
     b = jnp.cumsum(a, axis=0)  # a and b are both alive: neither fuses away
     return (b * a[::-1]).sum()
-x = jnp.ones((8192, 4096), jnp.float32)  # 128 MB
+x = jnp.ones((4096, 4096), jnp.float32)  # 64 MB
 faults = []
 for _ in range(6):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -92,7 +93,7 @@ print(*faults)
 @pytest.mark.jax
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt; other C libraries are left alone")
 def test_jax_temporary_buffers_are_reused_without_page_faults():
-    pages = (128 << 20) // 4096
+    pages = (64 << 20) // 4096  # one 64 MB array: the temporary buffer holds two
     # As JAX comes, and with the mallopt half alone (XLA's worker thread maps the buffer afresh,
     # its arena cannot hold it): every run faults the buffer in again.
     for mode in ("plain", "mallopt"):

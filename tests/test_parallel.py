@@ -325,6 +325,13 @@ def test_compare_at_one_and_two_devices_reports_scaling(tmp_path):
     for plot in ("training_time_comparison.png", "tokens_per_second_comparison.png"):
         assert (tmp_path / plot).stat().st_size > 1000
     runs = {n: json.loads((tmp_path / f"jax-{n}" / "metrics.json").read_text()) for n in (1, 2)}
+    # Each run's process ran the one process set-up (mtcore train as its own program) and says so.
+    for n in (1, 2):
+        process = json.loads((tmp_path / f"jax-{n}" / "run.json").read_text())["process"]
+        jax_setup = process["frameworks"]["jax"]
+        assert jax_setup["fp32_matmul_precision"] == "highest" and jax_setup["cpu_dispatch"].startswith("synchronous")
+        assert process["threads"]["pinned"] and process["threads"]["threads"] == n  # one core per device
+        assert process["compile_cache"] == "on" and process["allocator"]["allocator"].startswith(("glibc", "not glibc"))
     # Weak scaling: two devices step on twice the rows, so half as many steps per epoch.
     assert runs[2]["epochs"][0]["steps"] < runs[1]["epochs"][0]["steps"]
     assert [len(r["threads"]["cores"]) for r in (json.loads((tmp_path / f"jax-{n}" / "rank0_results_epoch2.json")

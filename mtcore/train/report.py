@@ -97,6 +97,17 @@ def _torch_mode(run: dict[str, Any]) -> str:
     return "torch eager" if mode == "none" else f"torch.compile {mode}"
 
 
+def _process(run: dict[str, Any]) -> str:
+    """The process set-up the run recorded (mtcore.perf.setup): the compile cache, which decides
+    what the first epoch's compile costs, and the fp32 matmul precision, the same in both."""
+    process = run.get("process") or {}
+    if "compile_cache" not in process:
+        return "process set-up not recorded"
+    precision = {fw["fp32_matmul_precision"] for fw in process.get("frameworks", {}).values()}
+    return (f"compile cache {process['compile_cache']} (both frameworks)"
+            + (f", fp32 matmuls {precision.pop()}" if len(precision) == 1 else ""))
+
+
 def _setting(run: dict[str, Any]) -> str:
     return (f"model {run['model']}, {run.get('device', 'cpu')} x{run.get('devices', 1)}, batch {run['batch_size']}, "
             f"{run['precision']}, {_torch_mode(run)}")
@@ -199,7 +210,8 @@ def write_report(directory: str | os.PathLike) -> Path:
         "",
         f"Model `{first['model']}` ({first['num_params']:,} parameters), data `{first['data']}` "
         f"({first['train_pairs']:,} training pairs), batch {first['batch_size']}, lr {first['lr']}, "
-        f"{first['precision']}, {_torch_mode(first)}, seed {first['seed']}, {len(runs[names[0]]['epochs'])} epochs. "
+        f"{first['precision']}, {_torch_mode(first)}, seed {first['seed']}, {len(runs[names[0]]['epochs'])} epochs; "
+        f"{_process(first)}. "
         "Same initial weights "
         "and the same batches in every framework; " + ("each run in turn (see Scaling)." if many else
                                                        "epochs interleaved in one process."),
