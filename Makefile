@@ -37,7 +37,7 @@ bench-quick: install  ## the quick subset the regression gate tracks, saved (a c
 bench-check: install  ## the quick subset against the last saved run: fails on a slower median
 	$(call pytest,benches -m quick --benchmark-autosave --benchmark-compare --benchmark-compare-fail=$(FAIL))
 
-bench-gate: install  ## the pull-request gate here: BASE and this tree taking turns, 3 pairs, then mtcore bench-compare (~10 min)
+bench-gate: install  ## the pull-request gate here: BASE and this tree taking turns, 3 pairs, then mtcore bench-compare (time: docs/regression-gate.md)
 	$(PY) scripts/bench_gate.py --base $(BASE) --out gate
 
 test: install  ## the tests, over two processes (the multi-process tests one at a time, on one of them); the 15 slowest listed at the end

@@ -11,8 +11,8 @@ Base and head are checked out side by side, ``TMP/base`` and ``TMP/head`` (git w
 also gets this checkout's uncommitted ``mtcore/``), and this checkout's ``benches/``,
 ``conftest.py`` and ``pytest.ini`` are copied into both: the same benches measure both trees, only
 ``mtcore/`` differs, and both run from the same kind of path. (With the head in the checkout and
-the base in a worktree, two A/A gates here had the head's train steps faster in all 8 medians,
-by 2-20%; the cause is not pinned down, the symmetry removes it whatever it is.)
+the base in a worktree, A/A gates had the head's train steps faster in every median; the cause is
+not pinned down, the symmetry removes it whatever it is: docs/findings/2026-12-01-figures-moved-from-code-comments.md.)
 
 Every session runs the ``gate`` subset (train step and decode, tiny and small, fp32, default
 variants) on one pinned core (``--threads 1``: torch, XLA and BLAS pools of one), writing
@@ -20,8 +20,8 @@ variants) on one pinned core (``--threads 1``: torch, XLA and BLAS pools of one)
 never together: they take turns through two pipes (``benches/turns.py``), handing over before every
 timed round, so base and head rounds alternate and a slow spell of the machine hits both alike. The
 side that holds the first turn alternates between pairs (base, head, base). Run one after the other,
-whole sessions of an unchanged tree landed up to 30-40% apart here on short steps (a step's rounds
-switch between two speeds for seconds at a time), more than the regressions worth catching.
+whole sessions of an unchanged tree landed further apart than the regressions worth catching (a
+step's rounds switch between two speeds for seconds at a time: docs/findings/2026-11-27-gate-calibration.md).
 
 Exit status: bench-compare's (0 no regression, 1 regression, 2 runs that cannot be compared); 1 when
 the head's benches fail; 0 with a warning when the base cannot run the head's benches (the gate is

@@ -1,6 +1,6 @@
 """A pytest plugin that makes every benchmarked train step do more work: after each update, a
 forward pass of the model on part of the batch (``MTCORE_SLOWER_STEP_ROWS``: a fraction of its
-rows, default 1.25: a step about 30% slower, measured). Real extra
+rows, default 1.25; how much slower that makes each step: docs/findings/2026-11-27-gate-calibration.md). Real extra
 arithmetic, in both frameworks, through the same backend calls the benches make: what the
 regression gate must catch. Not a sleep, and nowhere near product code.
 
