@@ -12,12 +12,13 @@ import pytest
 from inputs import backend, session
 
 import mtcore
+from mtcore.backend import BACKENDS
 from mtcore.config import PRESETS
 from mtcore.devices import DEVICE_KINDS, device_counts, missing
 from mtcore.errors import MTCoreError
 from mtcore.perf import threads
 
-FRAMEWORKS = ("torch", "jax", "hf")
+FRAMEWORKS = tuple(BACKENDS)  # torch, jax, hf: every backend is benchmarked
 DEFAULT_SIZES = ("tiny", "small")
 # On accelerators the big presets also train at the source experiment's batch: 64 sentences per
 # device (x 64 tokens), where launch overhead no longer hides the arithmetic.

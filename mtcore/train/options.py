@@ -9,8 +9,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from mtcore.backend import BACKENDS
 from mtcore.config import COMPILE_MODES, PRECISIONS, PRESETS, TrainConfig, is_checkpoint_dir
-from mtcore.devices import DEVICE_KINDS, FRAMEWORKS
+from mtcore.devices import DEVICE_KINDS
 from mtcore.errors import MTCoreError
 from mtcore.parallel import global_batch_size
 
@@ -20,8 +21,9 @@ def option(default: Any, help: str, **argparse: Any) -> Any:
     return field(default=default, metadata={"help": help, **argparse})
 
 
-# What a run may train: mtcore's two implementations, and the HF baseline on torch's train step.
-RUN_FRAMEWORKS = (*FRAMEWORKS, "hf")
+# What a run may train: every backend (mtcore's two implementations, the HF baseline on torch's
+# train step).
+RUN_FRAMEWORKS = tuple(BACKENDS)
 
 
 @dataclass(frozen=True)
