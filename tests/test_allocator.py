@@ -46,8 +46,8 @@ def _run(script: str, *args: str) -> list[str]:
     return out.split()
 
 
-def _faults(probe: str, mode: str) -> list[int]:
-    return [int(x) for x in _run(probe, mode)]
+def _faults(probe: str, *args: str) -> list[int]:
+    return [int(x) for x in _run(probe, *args)]
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt; other C libraries are left alone")
@@ -62,7 +62,7 @@ def test_freed_memory_is_reused_without_page_faults():
 
 
 # A jitted JAX program with ~128 MB of intermediates (XLA's temporary buffer, taken per run: twice
-# the 64 MB heap a glibc arena other than the main one holds), run six times; prints the process's
+# the 64 MB heap a glibc arena other than the main one holds), run argv[2] times; prints the process's
 # minor page faults per run.
 JAX_PROBE = """
 import resource, sys
@@ -82,7 +82,7 @@ def f(x):
     return (b * a[::-1]).sum()
 x = jnp.ones((4096, 4096), jnp.float32)  # 64 MB
 faults = []
-for _ in range(6):
+for _ in range(int(sys.argv[2])):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -97,11 +97,11 @@ def test_jax_temporary_buffers_are_reused_without_page_faults():
     # As JAX comes, and with the mallopt half alone (XLA's worker thread maps the buffer afresh,
     # its arena cannot hold it): every run faults the buffer in again.
     for mode in ("plain", "mallopt"):
-        runs = _faults(JAX_PROBE, mode)
+        runs = _faults(JAX_PROBE, mode, "4")
         assert min(runs[1:]) >= pages // 2, (mode, runs)
     # Both halves: the buffer comes from the main heap, kept; once the heap has grown, a typical run
     # faults nothing (the median: a busy machine has seen a stray run map its buffer again).
-    both = _faults(JAX_PROBE, "mallopt+sync")
+    both = _faults(JAX_PROBE, "mallopt+sync", "6")
     assert sorted(both[1:])[2] < pages // 100, both
 
 

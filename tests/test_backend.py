@@ -1,5 +1,7 @@
 """The backend seam: each framework optional, clear errors for bad arguments."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -153,3 +155,29 @@ def test_no_framework_is_imported_outside_its_folder():
             found += [f"{path.relative_to(root.parent)}:{node.lineno} {n}" for n in names
                       if any(n == b or n.startswith(b + ".") for b in banned)]
     assert found == [], found
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_the_compile_cache_is_on_or_off_for_each_framework_alike(framework, tmp_path):
+    """The process set-up's compile cache (mtcore.perf.setup): on, a framework keeps compiled
+    programs under MTCORE_CACHE_DIR/<framework> (torch: unless TORCHINDUCTOR_CACHE_DIR says
+    otherwise); off, it compiles from scratch; fp32 matmuls in full precision either way. In a
+    process of its own: the settings are global."""
+    if mtcore.available(framework):
+        pytest.skip(mtcore.available(framework))
+    script = (
+        "import json, sys\n"
+        "from mtcore.perf.setup import set_up\n"
+        f"done = [set_up(('{framework}',), own_process=False, compile_cache=on).frameworks['{framework}'] "
+        "for on in (True, False)]\n"
+        + ("import jax\ndone.append(jax.config.jax_enable_compilation_cache)\n" if framework == "jax" else
+           "from torch._inductor import config\ndone.append(config.fx_graph_cache)\n")
+        + "print(json.dumps(done))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["MTCORE_CACHE_DIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    on, off, still_caching = json.loads(out.stdout.strip().splitlines()[-1])
+    assert on == {"fp32_matmul_precision": "highest", "compile_cache": str(tmp_path / framework)}
+    assert off == {"fp32_matmul_precision": "highest", "compile_cache": "off"} and still_caching is False
