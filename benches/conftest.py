@@ -66,8 +66,10 @@ def pytest_configure(config):
         # dispatch flag once, when the CPU backend starts. Freed memory stays in the process, so no
         # round pays for the previous one's page faults; fp32 matmuls in full precision in both
         # frameworks (XLA would otherwise run them as TF32 on NVIDIA GPUs); bf16 cases are the fast
-        # path. The compile benches compile from scratch whatever the cache setting.
-        session.setup = set_up(frameworks, threads=budget, slot=int(worker.removeprefix("gw") or 0), slots=slots)
+        # path. The compile cache is off for both frameworks: a compile bench measures a compile
+        # from scratch, never a cache read (JAX decides once per process whether to read its cache).
+        session.setup = set_up(frameworks, threads=budget, slot=int(worker.removeprefix("gw") or 0), slots=slots,
+                               compile_cache=False)
     except MTCoreError as e:
         machine.stop(str(e))
     if any(config.getoption(o) for o in ("benchmark_autosave", "benchmark_save", "benchmark_compare")):

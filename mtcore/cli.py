@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from mtcore.train import train
     from mtcore.train.launch import check_devices, launch, set_up_process
-    from mtcore.train.run import check_request
+    from mtcore.train.run import check_request, resumed_config
 
     rc = _run_config(args)
     check_devices(rc)
@@ -81,7 +81,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"metrics: {args.out}/metrics.json; rank files: {args.out}/rank*_results_epoch*.json; "
               f"checkpoint: {args.out}/checkpoints")
         return 0
-    set_up_process(rc, own_process=args.own_process)
+    # A resumed run is set up as it was trained (its framework, device, threads), not as the
+    # command line's defaults would have it.
+    setup_rc = resumed_config(rc, Path(args.out), args.given) if args.resume else rc
+    set_up_process(setup_rc, own_process=args.own_process)
     metrics = train(rc, args.out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
                     given=args.given)
     if metrics is not None and not os.environ.get("MTCORE_LAUNCHED"):  # the main process, unless mtcore launched it
@@ -105,7 +108,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _run_config(args, framework=fw, devices=max(devices or (1,)))
     rc = _run_config(args, framework=frameworks[0], devices=max(devices or (1,)))
     check_devices(rc)
-    if devices in ((), (1,)):  # both frameworks train in this process
+    if set(devices) <= {1}:  # both frameworks train in this process
         set_up_process(dataclasses.replace(rc, devices=1), own_process=args.own_process, frameworks=frameworks)
     report = compare(dataclasses.replace(rc, devices=1), args.out, frameworks=frameworks, devices=devices or (1,),
                      scaling=args.scaling, target_loss=args.target_loss, progress=not args.quiet,
@@ -184,7 +187,7 @@ def _fraction(value: str) -> float:
 
 def _add_run_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One option per ``RunConfig`` field (its default, help and choices), so a new run option is
-    declared once, in ``mtcore/train/run.py``."""
+    declared once, in ``mtcore/train/options.py``."""
     from mtcore.train.options import RunConfig, option_flag
 
     types = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str,
@@ -223,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out after its last checkpoint; options that conflict with the saved "
-                        "run are refused (only --epochs, --devices, --threads and the JAX process options may change)")
+                        "run are refused (only --epochs, --devices, the batch split, --threads, --compile-cache and the JAX process "
+                        "options may change)")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (default: refuse to touch it)")
     _add_run_options(p)
     p.set_defaults(func=cmd_train, argv=None)

@@ -6,6 +6,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# numpy.fft up front: torch.compile imports it lazily, from whichever thread compiles first, and a
+# numpy extension whose import was interrupted cannot be imported again in that process ("cannot
+# load module more than once per process"); one xdist worker's later HF tests failed so.
+import numpy.fft  # noqa: F401
 import pytest
 
 import mtcore

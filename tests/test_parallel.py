@@ -341,3 +341,36 @@ def test_compare_at_one_and_two_devices_reports_scaling(tmp_path):
         metrics.unlink()
     again = write_report(tmp_path).read_text()
     assert "rank files alone" in again and "| jax | 2 | 1 | 16 |" in again
+
+
+def test_the_launcher_keeps_a_status_its_run_wrote_and_records_a_failure_once(tmp_path, monkeypatch):
+    """A run that stopped itself (a non-finite loss) has said why in metrics.json: the launcher keeps
+    that; a run that still says 'running' is marked failed with its last good checkpoint, once."""
+    import json
+
+    from mtcore.errors import MTCoreError
+    from mtcore.train import RunConfig
+    from mtcore.train import launch as launcher
+
+    def fails(message):
+        def run_child(command, what):
+            raise MTCoreError(message)
+        return run_child
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "latest").write_text(json.dumps({"epoch": 1, "dir": "epoch-1", "step": 3}))
+    rc = RunConfig(framework="jax")
+    for status, message, want in [
+        ("running", "jax on 1 device(s) failed: killed by signal SIGKILL",
+         f"failed: jax on 1 device(s) failed: killed by signal SIGKILL; the last good checkpoint is "
+         f"{out / 'checkpoints' / 'epoch-1'} (epoch 1); --resume continues"),
+        ("stopped: loss became nan ...", "jax on 1 device(s) failed: ... the last good checkpoint is X (epoch 1)",
+         "stopped: loss became nan ..."),
+    ]:
+        (out / "metrics.json").write_text(json.dumps({"status": status}))
+        monkeypatch.setattr(launcher, "_run_child", fails(message))
+        with pytest.raises(MTCoreError) as raised:
+            launcher.launch(rc, out)
+        assert str(raised.value).count("last good checkpoint") == 1
+        assert json.loads((out / "metrics.json").read_text())["status"] == want

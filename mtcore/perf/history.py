@@ -37,7 +37,7 @@ def load_history(history: str | Path) -> dict[str, list[Run]]:
         raise BadRuns(f"{history}: no such directory")
     out = {}
     for fp_dir in sorted(p for p in history.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        runs = [load_run(p) for p in fp_dir.glob("*.json")]
+        runs = [load_run(p, samples=False) for p in fp_dir.glob("*.json")]  # medians are enough
         if runs:
             out[fp_dir.name] = sorted(runs, key=lambda r: (r.commit_info.get("time") or r.datetime, r.datetime))
     return out

@@ -55,8 +55,9 @@ def set_up_process(rc: RunConfig, *, own_process: bool = True, frameworks: tuple
             # A JAX process drives its host devices on the cores it may use: T for each of them.
             local_devices = rc.devices // (rc.num_processes or 1) if rc.framework == "jax" else 1
             budget = rc.threads * local_devices
-    setup = set_up(frameworks or (rc.framework,), threads=budget, slot=slot, slots=slots, own_process=own_process,
-                   synchronous_cpu=rc.device == "cpu", compile_cache=rc.compile_cache == "on")
+    # The allocator and JAX's dispatch are a CPU run's (a GPU run's host memory is given back as usual).
+    setup = set_up(frameworks or (rc.framework,), threads=budget, slot=slot, slots=slots,
+                   own_process=own_process and rc.device == "cpu", compile_cache=rc.compile_cache == "on")
     if rc.framework == "jax" and (rc.coordinator or rc.num_processes):
         from mtcore.backend import framework
 
@@ -84,12 +85,14 @@ def launch(rc: RunConfig, out: str | os.PathLike, argv: list[str] | None = None)
         else:
             _run_child([sys.executable, "-m", "mtcore", *argv], what=f"{rc.framework} on {rc.devices} device(s)")
     except MTCoreError as e:
-        message = f"{e}; {last_checkpoint(out)}"
+        message = str(e) if "last good checkpoint" in str(e) else f"{e}; {last_checkpoint(out)}"
         metrics_file = out / "metrics.json"
         if metrics_file.is_file():
             metrics = read_json(metrics_file)
-            metrics["status"] = f"failed: {message}"
-            write_json(metrics_file, metrics)
+            # A run that stopped itself (a non-finite loss) has said why; a killed one still says running.
+            if metrics.get("status") == "running":
+                metrics["status"] = f"failed: {message}"
+                write_json(metrics_file, metrics)
         raise MTCoreError(message) from None
 
 

@@ -69,13 +69,15 @@ class RunIO:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def last_checkpoint(out: Path) -> str:
-    """The sentence every stopped or failed run ends with: where its last good checkpoint is."""
+def last_checkpoint(out: Path, resume: bool = True) -> str:
+    """The sentence every stopped or failed run ends with: where its last good checkpoint is (and,
+    with ``resume``, that ``--resume`` continues from it)."""
     latest = Path(out) / "checkpoints" / "latest"
     if not latest.is_file():
         return "no checkpoint was written"
     info = read_json(latest)
-    return f"the last good checkpoint is {Path(out) / 'checkpoints' / info['dir']} (epoch {info['epoch']}); --resume continues"
+    where = f"the last good checkpoint is {Path(out) / 'checkpoints' / info['dir']} (epoch {info['epoch']})"
+    return where + ("; --resume continues" if resume else "")
 
 
 def rank_file(out: Path, process: int, epoch: int) -> Path:
@@ -111,6 +113,8 @@ class Trainer:
             self.metrics["run"].update(devices=rc.devices, world=self.world.as_dict(), process=setup.current(),
                                        global_batch_size=self.global_batch, devices_used=self._devices_used())
             self.metrics.pop("test", None)
+            self.io.write("run.json", {"run_config": dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg),
+                                       "process": self.metrics["run"]["process"]})
         else:
             self.epoch = 0
             self.state = self.be.init_train_state(self.be.from_numpy(self.cfg, prepared.initial), self.tcfg)
@@ -239,7 +243,9 @@ class Trainer:
 
     def _stop(self, epoch: int, step: int, loss: float, bar) -> None:
         bar.close()
-        where = last_checkpoint(self.out) if self.epoch else "no checkpoint was written (it diverged in the first epoch)"
+        # No resume hint: the same steps would diverge again; a new --out from it, with a lower --lr.
+        where = (last_checkpoint(self.out, resume=False) if self.epoch
+                 else "no checkpoint was written (it diverged in the first epoch)")
         message = f"{self.rc.framework}: loss became {loss} at epoch {epoch}, step {step} of the epoch; stopped. {where}"
         self.metrics["status"] = f"stopped: {message}"
         self.io.write("metrics.json", self.metrics)
