@@ -204,31 +204,38 @@ def test_cli_torch_two_ranks_write_rank_files(tmp_path):
         assert sum(r["tokens"] for r in ranks) == metrics["epochs"][epoch - 1]["tokens"]
 
 
-@pytest.mark.torch
-@pytest.mark.slow
-@pytest.mark.xdist_group("processes")
-def test_a_rank_that_dies_stops_every_rank(tmp_path):
+def kill_rank_one_mid_run(*argv: str, run) -> tuple[int, str, str]:
+    """Start ``mtcore ARGV``, SIGKILL rank 1 of the 2-rank run writing into ``run`` once its first
+    epoch is done, and check every rank stops soon after: ``(exit status, its stderr, run's
+    metrics.json status)``."""
     import json
     import time
 
-    out = tmp_path / "run"
-    proc = mtcore_cli("train", "--framework", "torch", "--devices", "2", "--epochs", "50", "--out", str(out),
-                      *QUICK_RUN)
+    proc = mtcore_cli(*argv, *QUICK_RUN)
     try:
-        first = out / "rank1_results_epoch1.json"
+        first = run / "rank1_results_epoch1.json"
         deadline = time.monotonic() + 90
         while not first.is_file() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert first.is_file(), "rank 1 never finished its first epoch"
         os.kill(json.loads(first.read_text())["pid"], signal.SIGKILL)
         killed = time.monotonic()
-        stdout, stderr = finish(proc, timeout=60)
+        _, stderr = finish(proc, timeout=60)
     finally:
         finish(proc, timeout=1) if proc.poll() is None else None
     assert time.monotonic() - killed < 30, "the other rank kept running"
-    assert proc.returncode != 0
+    return proc.returncode, stderr, json.loads((run / "metrics.json").read_text())["status"]
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_a_rank_that_dies_stops_every_rank(tmp_path):
+    out = tmp_path / "run"
+    code, stderr, status = kill_rank_one_mid_run("train", "--framework", "torch", "--devices", "2", "--epochs", "50",
+                                                 "--out", str(out), run=out)
+    assert code != 0
     assert "mtcore: error: rank 1 of 2 failed (killed by signal SIGKILL)" in stderr, stderr[-2000:]
-    status = json.loads((out / "metrics.json").read_text())["status"]
     assert status.startswith("failed: rank 1") and "checkpoints/epoch-" in status, status
     assert "the last good checkpoint is" in status and "--resume continues" in status, status
 
@@ -240,28 +247,11 @@ def test_a_rank_that_dies_under_compare_is_recorded_as_under_train(tmp_path):
     """compare's runs go through the same launcher as train's: a killed rank of the 2-device torch
     run stops every rank and leaves that run's metrics.json saying ``failed: ...`` with the last
     good checkpoint. (``--devices 2`` alone: a 1-device run first would only add its epochs.)"""
-    import json
-    import time
-
     out = tmp_path / "compare"
-    proc = mtcore_cli("compare", "--frameworks", "torch", "--devices", "2", "--epochs", "50", "--out", str(out),
-                      *QUICK_RUN)
-    run = out / "torch-2"
-    try:
-        first = run / "rank1_results_epoch1.json"
-        deadline = time.monotonic() + 90
-        while not first.is_file() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert first.is_file(), "rank 1 never finished its first epoch"
-        os.kill(json.loads(first.read_text())["pid"], signal.SIGKILL)
-        killed = time.monotonic()
-        stdout, stderr = finish(proc, timeout=60)
-    finally:
-        finish(proc, timeout=1) if proc.poll() is None else None
-    assert time.monotonic() - killed < 30, "the other rank kept running"
-    assert proc.returncode == 2
+    code, stderr, status = kill_rank_one_mid_run("compare", "--frameworks", "torch", "--devices", "2", "--epochs", "50",
+                                                 "--out", str(out), run=out / "torch-2")
+    assert code == 2
     assert stderr.strip().splitlines()[-1].startswith("mtcore: error: rank 1 of 2 failed (killed by signal SIGKILL)")
-    status = json.loads((run / "metrics.json").read_text())["status"]
     assert status.startswith("failed: rank 1 of 2 failed") and "checkpoints/epoch-" in status, status
     assert "the last good checkpoint is" in status and "--resume continues" in status, status
 
