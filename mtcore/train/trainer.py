@@ -113,8 +113,6 @@ class Trainer:
             self.metrics["run"].update(devices=rc.devices, world=self.world.as_dict(), process=setup.current(),
                                        global_batch_size=self.global_batch, devices_used=self._devices_used())
             self.metrics.pop("test", None)
-            self.io.write("run.json", {"run_config": dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg),
-                                       "process": self.metrics["run"]["process"]})
         else:
             self.epoch = 0
             self.state = self.be.init_train_state(self.be.from_numpy(self.cfg, prepared.initial), self.tcfg)
@@ -126,8 +124,9 @@ class Trainer:
                         "test_pairs": len(prepared.test), "notes": prepared.notes, "process": setup.current()},
                 "initial": None, "epochs": [], "test": None, "status": "running",
             }
-            self.io.write("run.json", {"run_config": dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg),
-                                       "process": self.metrics["run"]["process"]})
+        # What was asked, and the process set-up it runs under now (a resume may change it).
+        self.io.write("run.json", {"run_config": dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg),
+                                   "process": self.metrics["run"]["process"]})
         self.validation_batches = plan_batches(self.cfg, prepared.validation, rc.batch_size, max_len=self.max_len,
                                                shuffle=False)
         self.test_batches = plan_batches(self.cfg, prepared.test, rc.batch_size, max_len=self.max_len, shuffle=False)
