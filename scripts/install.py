@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,10 +66,22 @@ def install_torch(spec: str) -> None:
     cpu, why = resolves_to_cpu_build(spec)
     print(why, flush=True)
     if cpu:
-        pip("install", spec)
+        pip("install", "--no-compile", spec)
     else:
         print(f"installing {spec} from PyTorch's CPU index instead", flush=True)
-        pip("install", "--index-url", CPU_INDEX, "--extra-index-url", "https://pypi.org/simple", spec)
+        pip("install", "--no-compile", "--index-url", CPU_INDEX, "--extra-index-url", "https://pypi.org/simple", spec)
+
+
+def byte_compile() -> None:
+    """The installed packages' bytecode, over every core: pip compiles file by file on one, which was
+    most of the install's time (docs/findings/2026-12-02-install-time.md). Without it every process
+    would compile torch's modules again at import where Python may not write them
+    (PYTHONDONTWRITEBYTECODE)."""
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    cmd = [sys.executable, "-m", "compileall", "-q", "-j", "0", *paths]
+    print("+", " ".join(cmd), flush=True)
+    # Packages ship files that do not compile (templates, other Pythons' tests), as pip ignores them.
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.no_torch:
         install_torch(os.environ.get("MTCORE_TORCH", DEFAULT_TORCH))
-    pip("install", "--quiet", "-e", f"{ROOT}[{args.extras}]")
+    pip("install", "--quiet", "--no-compile", "-e", f"{ROOT}[{args.extras}]")
+    byte_compile()
     return 0
 
 

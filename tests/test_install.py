@@ -44,7 +44,7 @@ def test_a_cpu_build_on_the_configured_index_is_installed_from_it(install, monke
     monkeypatch.setattr(install.importlib.util, "find_spec", lambda name: None)
     install.report = _report(["filelock", "sympy>=1.13.3", "optree>=0.13.0; extra == \"optree\""], "2.13.0+cpu")
     install.install_torch("torch==2.13.0")
-    assert _installed(install.calls) == [("install", "torch==2.13.0")]
+    assert _installed(install.calls) == [("install", "--no-compile", "torch==2.13.0")]
 
 
 def test_a_cuda_build_sends_it_to_the_cpu_index(install, monkeypatch):
@@ -52,7 +52,7 @@ def test_a_cuda_build_sends_it_to_the_cpu_index(install, monkeypatch):
     install.report = _report(["filelock", "nvidia-cuda-runtime-cu12==12.8.90; platform_system == \"Linux\"", "triton==3.5"])
     install.install_torch("torch==2.13.0")
     (call,) = _installed(install.calls)
-    assert call[:3] == ("install", "--index-url", "https://download.pytorch.org/whl/cpu") and call[-1] == "torch==2.13.0"
+    assert call[:4] == ("install", "--no-compile", "--index-url", "https://download.pytorch.org/whl/cpu") and call[-1] == "torch==2.13.0"
 
 
 def test_an_unresolvable_spec_goes_to_the_cpu_index(install, monkeypatch, capsys):
@@ -69,3 +69,14 @@ def test_an_installed_torch_is_kept(install, monkeypatch, capsys):
     install.install_torch("torch==2.13.0")
     assert install.calls == []
     assert "already installed: kept" in capsys.readouterr().out
+
+
+def test_packages_are_byte_compiled_once_over_every_core(install, monkeypatch):
+    # pip's own byte-compiling runs on one core; the install turns it off and compiles afterwards.
+    ran = []
+    monkeypatch.setattr(install.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
+    install.main(["--no-torch", "--extras", "test"])
+    (extras,) = _installed(install.calls)
+    assert "--no-compile" in extras
+    (compileall,) = ran
+    assert compileall[1:5] == ["-m", "compileall", "-q", "-j"] and compileall[5] == "0"
