@@ -90,6 +90,7 @@ print(*faults)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.jax
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt; other C libraries are left alone")
 def test_jax_temporary_buffers_are_reused_without_page_faults():
@@ -99,10 +100,11 @@ def test_jax_temporary_buffers_are_reused_without_page_faults():
     for mode in ("plain", "mallopt"):
         runs = _faults(JAX_PROBE, mode, "4")
         assert min(runs[1:]) >= pages // 2, (mode, runs)
-    # Both halves: the buffer comes from the main heap, kept; once the heap has grown, a typical run
-    # faults nothing (the median: a busy machine has seen a stray run map its buffer again).
-    both = _faults(JAX_PROBE, "mallopt+sync", "6")
-    assert sorted(both[1:])[2] < pages // 100, both
+    # Both halves: the buffer comes from the main heap, kept; once the heap has grown, runs fault
+    # nothing. How many runs the heap takes to grow varies (on a busy machine the first four faulted
+    # once, and a stray run can map its buffer again): three quiet runs of seven, against none above.
+    both = _faults(JAX_PROBE, "mallopt+sync", "8")
+    assert sum(f < pages // 100 for f in both[1:]) >= 3, both
 
 
 @pytest.mark.jax
