@@ -280,6 +280,7 @@ def test_work(benchmark):
 """
 
 
+@pytest.mark.slow
 def test_timed_twice_through_benchmark_json(pytester, tmp_path, capsys, monkeypatch):
     pytester.makepyfile(test_tiny=BENCH)
 

@@ -134,6 +134,7 @@ def test_a_named_device_that_is_absent_fails(tmp_path):
     assert "--device tpu: no selected framework sees a TPU (jax sees no TPU device" in out, out[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.jax
 def test_compile_vs_depth_stops_where_the_budget_runs_out(tmp_path):
     # The first depth has nothing to extrapolate from and compiles; the next is predicted from it

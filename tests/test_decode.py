@@ -226,6 +226,7 @@ def test_beam_search_is_hfs_on_many_rows_that_finish_early(backends, framework):
     assert early >= 50, f"only {early} of 320 rows finished before the limit: the test lost its point"
 
 
+@pytest.mark.slow
 @pytest.mark.hf
 def test_compiled_torch_decoding_is_eager_decoding_and_compiles_once_per_shape(backends):
     """``generate(compile=True)``: every step after the first is one ``torch.compile`` program
@@ -255,6 +256,7 @@ def test_compiled_torch_decoding_is_eager_decoding_and_compiles_once_per_shape(b
     assert ends == {"early", "limit"}, f"rows ended only {ends}: the checkpoints lost the test its point"
 
 
+@pytest.mark.slow
 def test_cuda_graphed_torch_decoding_keeps_its_cache_per_thread_and_shape(backends):
     """``compile="reduce-overhead"`` (on a CPU the graph is compiled, then run without CUDA graphs):
     the cache lives at the same addresses from call to call, whatever ran between, since a new

@@ -72,6 +72,7 @@ def test_jax_devices_in_one_process_train_as_one(reference, devices):
                                      uneven_batches(PARALLEL_CFG)), reference)
 
 
+@pytest.mark.slow
 @pytest.mark.jax
 def test_jax_dropout_masks_do_not_depend_on_the_split():
     cfg = PARALLEL_CFG.replace(dropout=0.3)

@@ -60,6 +60,7 @@ def test_padding_does_not_change_real_logits(backends, cfg, seed, framework):
     assert np.abs(a[real] - b[real]).max() < TOL
 
 
+@pytest.mark.slow
 @pytest.mark.jax
 @given(cfg=configs, shape=shapes, seed=seeds)
 def test_scan_equals_python_loop(jax_backend, cfg, shape, seed):

@@ -64,6 +64,7 @@ def test_tiny_on_real_en_hu_text_lowers_loss_and_raises_chrf(data_dir, tmp_path)
 
 
 # ---- compare: identical work, agreeing losses, a report ---------------------------------------------
+@pytest.mark.slow
 def test_compare_trains_both_frameworks_identically_and_reports(tmp_path):
     need("torch"), need("jax")
     # No dropout: the frameworks draw different masks, and the claim is about identical arithmetic.
@@ -90,7 +91,7 @@ def test_compare_trains_both_frameworks_identically_and_reports(tmp_path):
 
 
 # ---- checkpoints, resume, non-finite loss --------------------------------------------------------
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("framework", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
 def test_resume_continues_as_if_never_stopped(framework, tmp_path):
     need(framework)
     rc = RunConfig(framework=framework, **QUICK, epochs=2)

@@ -22,6 +22,7 @@ def _steps(be, cfg, tcfg, tree, batches):
     return losses, be.to_numpy(be.state_params(state)), metrics
 
 
+@pytest.mark.slow
 @given(cfg=st.sampled_from(CONFIGS), seed=st.integers(0, 2**16))
 def test_loss_and_update_agree_across_frameworks(backends, cfg, seed):
     # Adam divides by sqrt(v) + eps: with Marian's eps=1e-9 a gradient that is pure rounding noise
@@ -68,7 +69,7 @@ def test_default_train_config_learns_a_batch(backends, framework):
     assert 0.0 <= float(metrics["accuracy"]) <= 1.0
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("framework", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
 def test_bf16_step_is_close_to_fp32(backends, framework):
     cfg = CONFIGS[0]
     tree = init_tree(cfg, 2)
@@ -79,7 +80,7 @@ def test_bf16_step_is_close_to_fp32(backends, framework):
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in p16.values())  # fp32 master weights
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("framework", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
 def test_dropout_is_applied_in_training_only(backends, framework):
     be = backends[framework]
     cfg = CONFIGS[0].replace(dropout=0.3)
