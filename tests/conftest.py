@@ -76,8 +76,3 @@ def data_dir() -> Path:
         pytest.skip(f"no English-Hungarian text at {here} (set MTCORE_DATA to the folder holding en-hu/)")
     return here
 
-
-def pytest_collection_modifyitems(config, items):
-    """The slow tests first: under ``-n 2`` a two-minute test that starts last keeps one worker busy
-    while the other has nothing left, so the longest go out first (the rest keep their order)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
