@@ -121,9 +121,11 @@ def _plots(runs: dict[str, dict[str, Any]], directory: Path) -> dict[str, str]:
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     names = list(runs)
-    colors = {n: c for n, c in zip(names, ("tab:orange", "tab:blue", "tab:green", "tab:red"), strict=False)}
+    # As many runs as there are (frameworks x device counts or meshes): the palette and styles repeat.
+    palette = ("tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
+    colors = {n: palette[i % len(palette)] for i, n in enumerate(names)}
     # Line styles as well as colours: where two curves coincide (they should) both stay visible.
-    styles = {n: s for n, s in zip(names, ("-", "--", ":", "-."), strict=False)}
+    styles = {n: ("-", "--", ":", "-.")[i % 4] for i, n in enumerate(names)}
     thousands = FuncFormatter(lambda x, _: f"{x:,.0f}")
     _, claim = speed_claim(runs)
     setting = _setting(runs[names[0]]["run"])
@@ -338,6 +340,7 @@ def scaling_rows(directory: str | os.PathLike, scaling: str = "weak") -> list[di
         tps = np.array([np.sum([r["tokens_per_sec"] for r in epochs[e]]) for e in complete])
         rows.append({"run": name, "framework": first["framework"], "device": first["device"],
                      "world_size": first["world_size"], "processes": first["processes"],
+                     "mesh": first.get("mesh") or f"data:{first['world_size']}",
                      "global_batch": first["global_batch"], "threads": first.get("threads"),
                      "epochs": complete, "time_mean": times.mean(), "time_sd": times.std(ddof=1) if len(times) > 1 else 0.0,
                      "tps_mean": tps.mean(), "tps_sd": tps.std(ddof=1) if len(tps) > 1 else 0.0})
@@ -352,7 +355,7 @@ def scaling_rows(directory: str | os.PathLike, scaling: str = "weak") -> list[di
         else:
             row["speedup"] = row["tps_mean"] / base["tps_mean"]
             row["efficiency"] = row["speedup"] / n
-    return sorted(rows, key=lambda r: (r["framework"], r["world_size"]))
+    return sorted(rows, key=lambda r: (r["framework"], r["world_size"], r["mesh"]))
 
 
 def time_to_loss(runs: dict[str, dict[str, Any]], directory: Path, target: float | None = None):
@@ -414,16 +417,16 @@ def scaling_section(directory: Path, runs: dict[str, dict[str, Any]], scaling: s
             "efficiency = tokens/s at N / (N x tokens/s at 1)" if scaling == "weak" else
             "strong scaling: the global batch is fixed; efficiency = T_1 / (N x T_N) in epoch time")
     lines = ["", "## Scaling (epochs 2..N; time: mean over ranks, tokens/s: sum over ranks)", "", f"{what}.", "",
-             "| framework | devices | processes | global batch | s / epoch (mean ± sd) | tokens/s (mean ± sd) | "
+             "| framework | devices | mesh | processes | global batch | s / epoch (mean ± sd) | tokens/s (mean ± sd) | "
              "speed-up | efficiency | one device was |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         cores = len((r["threads"] or {}).get("cores") or [])
         per_device = cores / (r["world_size"] // r["processes"])
         one = ("a GPU" if r["device"] == "gpu" else "a TPU core" if r["device"] == "tpu" else
                f"{per_device:g} CPU core(s)" + (", a JAX host device" if r["framework"] == "jax" else
                                                   ", a gloo rank" if r["processes"] > 1 else ""))
-        lines.append(f"| {r['framework']} | {r['world_size']} | {r['processes']} | {r['global_batch']} | "
+        lines.append(f"| {r['framework']} | {r['world_size']} | {r['mesh']} | {r['processes']} | {r['global_batch']} | "
                      f"{r['time_mean']:.2f} ± {r['time_sd']:.2f} | {r['tps_mean']:,.0f} ± {r['tps_sd']:,.0f} | "
                      f"{_f(r['speedup'])}x | {_f(r['efficiency'])} | {one} |")
     target, reached = time_to_loss(runs, directory, target) if runs else (None, {})
