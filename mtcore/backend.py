@@ -15,7 +15,7 @@ import numpy as np
 from mtcore.batch import Batch
 from mtcore.config import ModelConfig, TrainConfig
 from mtcore.errors import BackendUnavailable, MTCoreError
-from mtcore.parallel import World
+from mtcore.parallel import MeshShape, World
 
 # name -> (module, class, the framework it runs on, the packages that must be importable, the pip
 # extra that installs them). A framework ``F`` is the folder ``mtcore/F/``; its ``backend.py`` holds
@@ -42,6 +42,8 @@ class Framework(Protocol):
     def visible_devices(self) -> list[str]: ...
     def device_counts(self) -> dict[str, int]: ...
     def gemm_peak(self, device: str, dtype: str = "fp32", n: int | None = None, repeats: int = 5) -> float: ...
+    # Refuses, in one line naming the API it lacks, a mesh the framework cannot train on.
+    def check_mesh(self, mesh: MeshShape) -> None: ...
     # A framework whose processes another program starts says how: torch's ``launch_ranks(nproc,
     # argv, log_dir)`` (its elastic agent), JAX's ``initialize_distributed(...)`` (jax.distributed).
 
@@ -101,9 +103,10 @@ def available(name: str) -> str | None:
     return None
 
 
-def backend(name: str, device: str = "cpu", devices: int = 1) -> Backend:
+def backend(name: str, device: str = "cpu", devices: int = 1, mesh: str | MeshShape | None = None) -> Backend:
     """The backend of framework ``name`` ("torch" or "jax") on ``device`` ("cpu", "gpu", "tpu"),
-    training data-parallel on ``devices`` of them (see ``mtcore.parallel``)."""
+    training data-parallel on ``devices`` of them, or on the device ``mesh`` (``fsdp:2,tensor:2``;
+    see ``mtcore.parallel``)."""
     if name not in BACKENDS:
         raise MTCoreError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
     reason = available(name)
@@ -112,6 +115,11 @@ def backend(name: str, device: str = "cpu", devices: int = 1) -> Backend:
     module, cls, _, _, _ = BACKENDS[name]
     if not (isinstance(devices, int) and devices >= 1):
         raise MTCoreError(f"devices must be a positive int, got {devices!r}")
+    if mesh is not None:
+        mesh = mesh if isinstance(mesh, MeshShape) else MeshShape.parse(mesh)
+        if devices not in (1, mesh.devices):
+            raise MTCoreError(f"--mesh {mesh} is {mesh.devices} device(s), but --devices {devices} was asked for")
+        return getattr(importlib.import_module(module), cls)(device, mesh.devices, mesh=mesh)
     return getattr(importlib.import_module(module), cls)(device, devices)
 
 

@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # What train() checks, before ranks start, each to fail the same way; then this very
         # command as torch's ranks.
         check_request(rc, Path(args.out), resume=args.resume, overwrite=args.overwrite, given=args.given)
-        launch(rc, args.out, sys.argv[1:] if args.argv is None else args.argv)
+        launch(rc, args.out, args.argv)
         metrics = read_json(Path(args.out) / "metrics.json")
         print(_summary(metrics))
         print(f"metrics: {args.out}/metrics.json; rank files: {args.out}/rank*_results_epoch*.json; "
@@ -104,15 +104,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise MTCoreError(f"--devices: expected a comma list of device counts like 1,2, got {args.devices!r}") from None
     if not frameworks:
         raise MTCoreError(f"--frameworks: expected a comma list like torch,jax, got {args.frameworks!r}")
-    for fw in frameworks:  # each one checked as train checks it
+    meshes = tuple(args.meshes or ())
+    if meshes and args.devices != "1":
+        raise MTCoreError("compare: --mesh and --devices both say where to train: give one (--devices N is --mesh data:N)")
+    for fw in frameworks:  # each one checked as train checks it, on each mesh
         _run_config(args, framework=fw, devices=max(devices or (1,)))
+        for mesh in meshes:
+            check_devices(_run_config(args, framework=fw, devices=1, mesh=mesh))
     rc = _run_config(args, framework=frameworks[0], devices=max(devices or (1,)))
     check_devices(rc)
-    if set(devices) <= {1}:  # both frameworks train in this process
+    if set(devices) <= {1} and not meshes:  # both frameworks train in this process
         set_up_process(dataclasses.replace(rc, devices=1), own_process=args.own_process, frameworks=frameworks)
     report = compare(dataclasses.replace(rc, devices=1), args.out, frameworks=frameworks, devices=devices or (1,),
                      scaling=args.scaling, target_loss=args.target_loss, progress=not args.quiet,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, meshes=meshes or None)
     print(report.read_text(encoding="utf-8").split("## Quality")[0].strip())
     print(f"\nreport: {report}")
     return 0
@@ -241,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report the time to this validation loss (default: the best loss every run reaches)")
     p.add_argument("--out", required=True, help="output directory (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace the comparison in --out (default: refuse)")
-    _add_run_options(p, skip=("framework", "devices", "coordinator", "num_processes", "process_id"))
+    p.add_argument("--mesh", nargs="+", dest="meshes", metavar="MESH",
+                   help="device meshes to train on, every framework on each (data:1 data:2 fsdp:2 tensor:2), each in "
+                        "processes of its own, on the same global batches (instead of --devices)")
+    _add_run_options(p, skip=("framework", "devices", "mesh", "coordinator", "num_processes", "process_id"))
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("report", help="rewrite report.md and the plots of a compare directory")
     p.add_argument("dir", help="a directory written by mtcore compare (its framework runs and compare.json)")
@@ -298,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.given = _given(argv)
     args.own_process = own_process
+    if getattr(args, "argv", "") is None:
+        args.argv = argv  # what launched ranks are told: this command, not the calling program's sys.argv
     try:
         return args.func(args)
     except (MTCoreError, BackendUnavailable) as e:

@@ -80,3 +80,98 @@ def global_batch_size(devices: int, batch_size: int | None, global_batch: int | 
     if batch_size is None or batch_size < 1:
         raise MTCoreError(f"--batch-size must be positive, got {batch_size}")
     return batch_size * devices
+
+
+# ---- device meshes ----------------------------------------------------------------------------
+# The axes a mesh may have, outermost first (as MaxText and torchtitan order them: the tensor axis
+# innermost, on the devices that talk fastest). ``data`` replicates the model and splits the batch;
+# ``fsdp`` splits the batch and shards parameters, gradients and optimizer state (ZeRO-3);
+# ``tensor`` splits attention heads and FFN columns/rows (Megatron), the batch replicated along it.
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+@dataclass(frozen=True)
+class MeshShape:
+    """How many devices each mesh axis spans; written ``AXIS:N[,AXIS:N...]`` (``fsdp:2,tensor:2``).
+    An axis not written has size 1. The device count is the product of the sizes."""
+
+    data: int = 1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def __post_init__(self) -> None:
+        for axis in MESH_AXES:
+            size = getattr(self, axis)
+            if not isinstance(size, int) or size < 1:
+                raise MTCoreError(f"--mesh: axis {axis} must have a size of at least 1, got {size!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> MeshShape:
+        sizes: dict[str, int] = {}
+        for part in str(text).split(","):
+            axis, sep, size = part.strip().partition(":")
+            if not sep or not axis:
+                raise MTCoreError(f"--mesh {text!r}: expected AXIS:N[,AXIS:N...] with the axes {', '.join(MESH_AXES)}, "
+                                  f"like fsdp:2,tensor:2")
+            if axis not in MESH_AXES:
+                raise MTCoreError(f"--mesh {text!r}: unknown axis {axis!r}; the axes are {', '.join(MESH_AXES)}")
+            if axis in sizes:
+                raise MTCoreError(f"--mesh {text!r}: axis {axis} is given twice")
+            try:
+                sizes[axis] = int(size)
+            except ValueError:
+                raise MTCoreError(f"--mesh {text!r}: the size of {axis} must be a whole number, got {size!r}") from None
+            if sizes[axis] < 1:
+                raise MTCoreError(f"--mesh {text!r}: the size of {axis} must be at least 1, got {sizes[axis]}")
+        return cls(**sizes)
+
+    @classmethod
+    def data_parallel(cls, devices: int) -> MeshShape:
+        """What ``--devices N`` means: ``data:N``."""
+        return cls(data=devices)
+
+    @property
+    def devices(self) -> int:
+        return self.data * self.fsdp * self.tensor
+
+    @property
+    def batch_shards(self) -> int:
+        """Into how many parts a global batch is split: the tensor axis sees the whole of its part."""
+        return self.data * self.fsdp
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {axis: getattr(self, axis) for axis in MESH_AXES}
+
+    @property
+    def sharded(self) -> bool:
+        """Whether any parameter is split (anything but replicated data parallelism)."""
+        return self.fsdp > 1 or self.tensor > 1
+
+    def __str__(self) -> str:
+        # The axes of size > 1, in mesh order; one device is data:1.
+        return ",".join(f"{axis}:{n}" for axis, n in self.sizes.items() if n > 1) or "data:1"
+
+    def check_model(self, cfg) -> None:
+        """Every dimension a mesh axis splits must split evenly: an axis never silently replicates
+        what it was asked to shard. ``tensor`` splits the attention heads (whole heads to a device)
+        and the FFN's hidden units; ``fsdp`` splits the model dimension of every weight."""
+        splits = [("tensor", "num_heads", cfg.num_heads, "attention heads"), ("tensor", "ffn_dim", cfg.ffn_dim, "FFN units"),
+                  ("fsdp", "d_model", cfg.d_model, "the model dimension")]
+        for axis, name, dim, what in splits:
+            n = getattr(self, axis)
+            if dim % n:
+                raise MTCoreError(f"--mesh {self}: {axis}:{n} does not divide {name}={dim} ({what} of the model); "
+                                  f"choose a size that divides {dim}")
+
+
+def counted_rows(world: World, mesh: MeshShape, global_batch: int) -> slice:
+    """The rows of a global batch whose tokens this process counts as its own work: its devices'
+    rows; where it is one device of a tensor-parallel group (torch: a process per device), its
+    group's rows on the group's first rank and none on the others, so that the processes' counts
+    add up to every real token once (tensor-parallel ranks are not counted twice)."""
+    if world.local_devices > 1 or mesh.tensor == 1 or world.processes != mesh.devices:
+        return world.rows(global_batch)
+    per = global_batch // mesh.batch_shards
+    shard, t = divmod(world.process, mesh.tensor)
+    return slice(shard * per, (shard + 1) * per) if t == 0 else slice(0, 0)

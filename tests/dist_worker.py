@@ -1,8 +1,9 @@
 """Run by tests/test_parallel.py in child processes (under torchrun, or as one of several
 jax.distributed processes): three AdamW steps on the same global batches as the single-device
-reference, then the main process saves its losses and weights to OUT.npz.
+reference, then the main process saves its losses and weights to OUT.npz (on a MESH also the
+weights and AdamW moments after two steps, the canonical checkpoint tree, as OUT-2.npz).
 
-    python tests/dist_worker.py torch OUT
+    python tests/dist_worker.py torch OUT [MESH]
     python tests/dist_worker.py jax OUT COORDINATOR NUM_PROCESSES PROCESS_ID DEVICES
 """
 
@@ -21,7 +22,8 @@ def main(argv: list[str]) -> None:
     if framework == "torch":
         local, local_size = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
         threads.apply(1, slot=local, slots=local_size)
-        be = backend("torch", "cpu", devices=int(os.environ["WORLD_SIZE"]))
+        mesh = argv[2] if len(argv) > 2 else None
+        be = backend("torch", "cpu", devices=int(os.environ["WORLD_SIZE"]), mesh=mesh)
     else:
         from mtcore.jax import parallel
 
@@ -29,7 +31,25 @@ def main(argv: list[str]) -> None:
         parallel.initialize(coordinator, processes, process, cpu_devices=devices // processes)
         be = backend("jax", "cpu", devices=devices)
     tcfg = TrainConfig(warmup_steps=1, eps=1e-6)
-    losses, tree = train_steps(be, PARALLEL_CFG, tcfg, uneven_batches(PARALLEL_CFG))
+    if framework == "torch" and mesh:
+        from mtcore.weights import init_tree
+
+        state = be.init_train_state(be.from_numpy(PARALLEL_CFG, init_tree(PARALLEL_CFG, 0)), tcfg)
+        step, losses = be.make_train_step(PARALLEL_CFG, tcfg), []
+        for i, batch in enumerate(uneven_batches(PARALLEL_CFG)):
+            if i == 2:  # the checkpoint a run would save here, gathered on every rank
+                weights, (count, moments) = be.to_numpy(be.state_params(state)), be.optimizer_to_numpy(state)
+                if be.world.main:
+                    np.savez(out.replace(".npz", "-2.npz"), count=count, **weights,
+                             **{f"moment.{k}": v for k, v in moments.items()})
+            state, metrics = step(state, batch)
+            losses.append(float(metrics["loss"]))
+        tree = be.to_numpy(be.state_params(state))
+        # Each rank holds its shard, not a replica (tensor: half the FFN units of fc1; fsdp: half its rows).
+        local = state.model.encoder.layers[0].mlp.fc1.weight
+        print(f"rank {be.world.process}: fc1 local shard {tuple(local.to_local().shape)} of {tuple(local.shape)}")
+    else:
+        losses, tree = train_steps(be, PARALLEL_CFG, tcfg, uneven_batches(PARALLEL_CFG))
     if be.world.main:
         np.savez(out, losses=np.array(losses), **tree)
     print(f"process {be.world.process} of {be.world.processes}: {be.world.devices} devices, losses {losses}")

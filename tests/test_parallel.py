@@ -16,7 +16,7 @@ import pytest
 from helpers import PARALLEL_CFG, train_steps, uneven_batches
 
 from mtcore import MTCoreError, TrainConfig, backend
-from mtcore.parallel import World, global_batch_size
+from mtcore.parallel import MeshShape, World, global_batch_size
 
 HERE = Path(__file__).parent
 TCFG = TrainConfig(warmup_steps=1, eps=1e-6)  # see test_train: eps=1e-9 turns rounding noise into lr-sized steps
@@ -94,6 +94,129 @@ def test_torch_several_devices_need_torchrun():
         backend("torch", "cpu", devices=2)
 
 
+# ---- device meshes: data, fsdp, tensor ----------------------------------------------------------
+# Tensor parallelism sums partial products in another order; measured differences stay far below
+# (docs/findings/2026-12-02-mesh-parity.md): as strict as data parallelism.
+MESH_TOLERANCE = 1e-5
+
+
+def test_a_mesh_is_written_axis_colon_size():
+    mesh = MeshShape.parse("fsdp:2,tensor:2")
+    assert (mesh.data, mesh.fsdp, mesh.tensor, mesh.devices, mesh.batch_shards) == (1, 2, 2, 4, 2)
+    assert str(MeshShape.parse("tensor:2,data:2")) == "data:2,tensor:2" and str(MeshShape.parse("data:1")) == "data:1"
+    assert MeshShape.data_parallel(3) == MeshShape.parse("data:3") and not MeshShape.parse("data:4").sharded
+    for bad, why in [("wide:2", "unknown axis 'wide'; the axes are data, fsdp, tensor"), ("data:0", "at least 1, got 0"),
+                     ("fsdp:2,fsdp:2", "axis fsdp is given twice"), ("fsdp", "expected AXIS:N"),
+                     ("tensor:two", "must be a whole number")]:
+        with pytest.raises(MTCoreError, match=why):
+            MeshShape.parse(bad)
+
+
+def test_a_mesh_axis_must_divide_what_it_splits():
+    from mtcore import ModelConfig
+
+    tiny = ModelConfig.preset("tiny")  # 4 heads, 128 FFN units, d_model 64
+    with pytest.raises(MTCoreError, match=r"tensor:3 does not divide num_heads=4 \(attention heads"):
+        MeshShape.parse("tensor:3").check_model(tiny)
+    with pytest.raises(MTCoreError, match="fsdp:3 does not divide d_model=64"):
+        MeshShape.parse("fsdp:3").check_model(tiny)
+    # Marian's 62,522-word vocabulary does not divide 4, but the tied embedding is kept whole along
+    # tensor (docs/parallelism.md): heads (8) and FFN units (2048) split.
+    MeshShape.parse("tensor:4,fsdp:2").check_model(ModelConfig.preset("marian-en-hu"))
+
+
+@pytest.mark.jax
+def test_every_jax_parameter_has_a_sharding_rule():
+    """A parameter no rule names would be replicated silently on every mesh."""
+    import jax
+    import jax.numpy as jnp
+    from helpers import CONFIGS
+
+    from mtcore.jax.model import Transformer
+    from mtcore.jax.parallel import unsharded_parameters
+
+    ids = jnp.zeros((1, 1), jnp.int32)
+    for cfg in [PARALLEL_CFG, PARALLEL_CFG.replace(layer_stacking="loop"), *CONFIGS[1:]]:
+        shapes = jax.eval_shape(Transformer(cfg).init, jax.random.key(0), ids, ids, ids)  # the tree, nothing computed
+        assert unsharded_parameters(shapes["params"]) == [], cfg
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("mesh", ["fsdp:2", "tensor:2", "fsdp:2,tensor:2", "data:2,tensor:2", "fsdp:4"])
+def test_jax_meshes_train_as_one_device(reference, mesh):
+    """fp32, dropout 0, 3 AdamW steps on global batches whose shards hold different numbers of
+    real tokens: every mesh takes one device's steps."""
+    losses, tree = train_steps(backend("jax", "cpu", mesh=mesh), PARALLEL_CFG, TCFG, uneven_batches(PARALLEL_CFG))
+    np.testing.assert_allclose(losses, reference[0], rtol=1e-5)
+    worst = max(float(np.abs(tree[k] - reference[1][k]).max()) for k in reference[1])
+    assert worst < MESH_TOLERANCE, f"{mesh}: weights differ by {worst:.2e}"
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("mesh, axis, dim", [("fsdp:2", "fsdp", 1), ("tensor:2", "tensor", 2)])
+def test_jax_shards_are_shards(mesh, axis, dim):
+    """Each device holds its part of a sharded weight and of its AdamW moments, not a replica:
+    fsdp splits the model dimension, tensor the FFN units (fc1's kernel is (L, D, F))."""
+    be = backend("jax", "cpu", mesh=mesh)
+    state = be.init_train_state(be.init_params(PARALLEL_CFG), TCFG)
+    mu = state.opt_state[1][0].mu
+    for kernel in (state.params["encoder"]["layers"]["mlp"]["fc1"]["kernel"],
+                   mu["encoder"]["layers"]["mlp"]["fc1"]["kernel"]):
+        shards = kernel.addressable_shards
+        assert len(shards) == 2 and len({s.device for s in shards}) == 2
+        assert all(s.data.shape[dim] == kernel.shape[dim] // 2 and s.data.size == kernel.size // 2 for s in shards)
+        assert shards[0].index != shards[1].index and kernel.sharding.spec[dim] == axis  # different halves
+    halves = state.params["encoder"]["layers"]["mlp"]["fc1"]["kernel"].addressable_shards
+    assert not np.array_equal(np.asarray(halves[0].data), np.asarray(halves[1].data))
+    embedding = state.params["shared"]["embedding"]  # (V, D): fsdp splits D, tensor keeps it whole
+    assert embedding.addressable_shards[0].data.shape == ((512, 32) if axis == "fsdp" else (512, 64))
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("first, then", [("fsdp:2", "data:1"), ("data:1", "tensor:2"), ("fsdp:2", "fsdp:2,tensor:2")])
+def test_jax_checkpoints_do_not_depend_on_the_mesh(first, then):
+    """The saved tree and AdamW moments are the canonical ones, gathered whole: a state taken
+    off one mesh resumes on another with the next step's loss of never having stopped."""
+    batches = uneven_batches(PARALLEL_CFG, n=3)
+    be = backend("jax", "cpu", mesh=first)
+    from mtcore.weights import init_tree
+
+    state = be.init_train_state(be.from_numpy(PARALLEL_CFG, init_tree(PARALLEL_CFG, 0)), TCFG)
+    step = be.make_train_step(PARALLEL_CFG, TCFG)
+    for batch in batches[:2]:
+        state, _ = step(state, batch)
+    tree, (count, moments) = be.to_numpy(be.state_params(state)), be.optimizer_to_numpy(state)
+    assert count == 2 and all(v.shape == tree[k.split(".", 1)[1]].shape for k, v in moments.items())
+    _, straight = step(state, batches[2])
+
+    other = backend("jax", "cpu", mesh=then)
+    resumed = other.train_state_from_numpy(PARALLEL_CFG, TCFG, tree, count, moments)
+    _, again = other.make_train_step(PARALLEL_CFG, TCFG)(resumed, batches[2])
+    assert float(again["loss"]) == pytest.approx(float(straight["loss"]), rel=1e-5)
+
+
+def test_bad_meshes_are_refused_before_anything_runs(tmp_path, capsys):
+    from mtcore.cli import main
+    from mtcore.train.options import RunConfig
+
+    with pytest.raises(MTCoreError, match="--mesh fsdp:2 is 2 device"):
+        RunConfig(framework="jax", mesh="fsdp:2", devices=4)
+    with pytest.raises(MTCoreError, match="the HF baseline trains on one device"):
+        RunConfig(framework="hf", mesh="tensor:2")
+    assert RunConfig(framework="jax", mesh="tensor:2,fsdp:2").devices == 4
+    assert RunConfig(framework="jax", mesh="tensor:2", batch_size=16).global_batch() == 16  # the group shares rows
+    for argv, why in [(["--mesh", "wide:2"], "unknown axis 'wide'"), (["--mesh", "tensor:0"], "at least 1"),
+                      (["--mesh", "tensor:3"], "tensor:3 does not divide num_heads=4"),
+                      (["--mesh", "fsdp:2", "--devices", "3"], "is 2 device"),
+                      (["--framework", "torch", "--mesh", "data:2,tensor:2"], "DistributedDataParallel takes no DTensor")]:
+        out = tmp_path / "_".join(argv).replace(":", "").replace("-", "")
+        argv = ["train", "--framework", "jax", *argv] if "--framework" not in argv else ["train", *argv]
+        assert main([*argv, "--out", str(out), "--epochs", "1"]) == 2, argv
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, (argv, err)  # one line
+        assert not out.exists(), argv  # nothing written
+
+
 # ---- across processes ------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -130,6 +253,34 @@ def torchrun(log_dir: Path, *args: str) -> list[str]:
     """torchrun's command line, its logs in ``log_dir`` (without one it makes a torchelastic_*
     folder in the temporary folder and leaves it there)."""
     return [sys.executable, "-m", "torch.distributed.run", "--log-dir", str(log_dir), *args]
+
+
+@pytest.mark.torch
+@pytest.mark.jax
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+@pytest.mark.parametrize("mesh, ranks", [("fsdp:2", 2), ("tensor:2", 2), ("fsdp:2,tensor:2", 4)])
+def test_torch_meshes_train_as_one_device(reference, tmp_path, mesh, ranks):
+    """FSDP2 and DTensor tensor parallel as gloo ranks take one device's steps; each rank holds
+    half of a sharded weight; the checkpoint they gather after two steps is the canonical tree,
+    which JAX on one device reads and continues with torch's next loss."""
+    out = tmp_path / "torch.npz"
+    (log,) = run_together([torchrun(tmp_path / "logs", "--standalone", "--nproc-per-node", str(ranks), "--tee", "3",
+                                    str(HERE / "dist_worker.py"), "torch", str(out), mesh)], timeout=90)
+    losses, tree = saved_training(out)
+    np.testing.assert_allclose(losses, reference[0], rtol=1e-5)
+    worst = max(float(np.abs(tree[k] - reference[1][k]).max()) for k in reference[1])
+    assert worst < MESH_TOLERANCE, f"torch {mesh}: weights differ by {worst:.2e}"
+    shards = [line for line in log.splitlines() if "fc1 local shard" in line]
+    assert len(shards) == ranks and all("(64, 64) of (128, 64)" in line or "(32, 64) of (128, 64)" in line
+                                        for line in shards), shards
+    saved = np.load(tmp_path / "torch-2.npz")
+    be = backend("jax")
+    moments = {k.removeprefix("moment."): saved[k] for k in saved.files if k.startswith("moment.")}
+    weights = {k: saved[k] for k in saved.files if k != "count" and not k.startswith("moment.")}
+    state = be.train_state_from_numpy(PARALLEL_CFG, TCFG, weights, int(saved["count"]), moments)
+    _, metrics = be.make_train_step(PARALLEL_CFG, TCFG)(state, uneven_batches(PARALLEL_CFG)[2])
+    assert float(metrics["loss"]) == pytest.approx(losses[2], rel=1e-5)
 
 
 @pytest.mark.torch
@@ -205,6 +356,54 @@ def test_cli_torch_two_ranks_write_rank_files(tmp_path):
         assert sum(r["tokens"] for r in ranks) == metrics["epochs"][epoch - 1]["tokens"]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+@pytest.mark.parametrize("framework, mesh", [("jax", "fsdp:2"), ("jax", "tensor:2"), ("torch", "fsdp:2"),
+                                             ("torch", "tensor:2")])
+def test_cli_mesh_gives_the_step_losses_of_one_device(tmp_path, framework, mesh):
+    """``mtcore train --mesh M --global-batch-size 32 --dropout 0`` takes the steps of
+    ``--devices 1``: the rank files count each real token once, tensor-parallel ranks included."""
+    import json
+
+    from mtcore.train import train
+    from mtcore.train.options import RunConfig
+
+    pytest.importorskip(framework)
+    # No translations to score: the claim is about the training steps (decoding would compile too).
+    args = ["--framework", framework, "--epochs", "1", "--global-batch-size", "32", "--dropout", "0", *QUICK_RUN,
+            "--eval-sentences", "0"]
+    stdout, stderr = finish(mtcore_cli("train", "--mesh", mesh, "--out", str(tmp_path / "mesh"), *args))
+    assert f"{framework}: 1 epochs" in stdout, stdout + stderr[-3000:]
+    sharded = json.loads((tmp_path / "mesh" / "metrics.json").read_text())
+    one = train(RunConfig(framework=framework, epochs=1, global_batch_size=32, dropout=0.0, model="tiny",
+                          synthetic_size=400, validation=32, test=32, eval_sentences=0, batch_size=16),
+                tmp_path / "one", progress=False)
+    np.testing.assert_allclose(sharded["epochs"][0]["step_losses"], one["epochs"][0]["step_losses"], rtol=1e-5)
+    assert sharded["run"]["mesh"] == mesh and sharded["run"]["world"]["devices"] == 2
+    ranks = [json.loads(p.read_text()) for p in sorted((tmp_path / "mesh").glob("rank*_results_epoch1.json"))]
+    assert sum(r["tokens"] for r in ranks) == sharded["epochs"][0]["tokens"] and {r["mesh"] for r in ranks} == {mesh}
+
+
+@pytest.mark.jax
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_compare_trains_every_framework_on_every_mesh(tmp_path):
+    """``mtcore compare --mesh data:1 tensor:2``: each mesh in processes of its own, on the same
+    global batches from the same weights (the same step losses), one report row per mesh."""
+    import json
+
+    out = tmp_path / "cmp"
+    stdout, stderr = finish(mtcore_cli("compare", "--frameworks", "jax", "--mesh", "data:1", "tensor:2", "--epochs", "1",
+                                       "--global-batch-size", "32", "--dropout", "0", "--out", str(out), *QUICK_RUN,
+                                       "--eval-sentences", "0"))
+    assert "report:" in stdout, stdout + stderr[-3000:]
+    assert json.loads((out / "compare.json").read_text())["meshes"] == ["data:1", "tensor:2"]
+    one, split = (json.loads((out / run / "metrics.json").read_text()) for run in ("jax-data1", "jax-tensor2"))
+    np.testing.assert_allclose(split["epochs"][0]["step_losses"], one["epochs"][0]["step_losses"], rtol=1e-5)
+    report = (out / "report.md").read_text()
+    assert "| jax | 2 | tensor:2 | 1 | 32 |" in report and "| jax | 1 | data:1 | 1 | 32 |" in report, report
+
+
 def kill_rank_one_mid_run(*argv: str, run) -> tuple[int, str, str]:
     """Start ``mtcore ARGV``, SIGKILL rank 1 of the 2-rank run writing into ``run`` once its first
     epoch is done, and check every rank stops soon after: ``(exit status, its stderr, run's
@@ -231,9 +430,11 @@ def kill_rank_one_mid_run(*argv: str, run) -> tuple[int, str, str]:
 @pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")
-def test_a_rank_that_dies_stops_every_rank(tmp_path):
+@pytest.mark.parametrize("where", [["--devices", "2"], ["--mesh", "fsdp:2"]], ids=["data", "fsdp"])
+def test_a_rank_that_dies_stops_every_rank(tmp_path, where):
+    """Under data parallelism and under a sharded mesh alike: the same launcher, the same record."""
     out = tmp_path / "run"
-    code, stderr, status = kill_rank_one_mid_run("train", "--framework", "torch", "--devices", "2", "--epochs", "50",
+    code, stderr, status = kill_rank_one_mid_run("train", "--framework", "torch", *where, "--epochs", "50",
                                                  "--out", str(out), run=out)
     assert code != 0
     assert "mtcore: error: rank 1 of 2 failed (killed by signal SIGKILL)" in stderr, stderr[-2000:]
@@ -312,7 +513,7 @@ def test_compare_at_one_and_two_devices_reports_scaling(tmp_path):
     report = compare(rc, tmp_path, frameworks=("jax",), devices=(1, 2), progress=False)
     text = report.read_text()
     assert "## Scaling" in text and "weak scaling" in text
-    assert "| jax | 1 | 1 | 8 |" in text and "| jax | 2 | 1 | 16 |" in text and "1 CPU core(s), a JAX host device" in text
+    assert "| jax | 1 | data:1 | 1 | 8 |" in text and "| jax | 2 | data:2 | 1 | 16 |" in text and "1 CPU core(s), a JAX host device" in text
     for plot in ("training_time_comparison.png", "tokens_per_second_comparison.png"):
         assert (tmp_path / plot).stat().st_size > 1000
     runs = {n: json.loads((tmp_path / f"jax-{n}" / "metrics.json").read_text()) for n in (1, 2)}
@@ -331,7 +532,7 @@ def test_compare_at_one_and_two_devices_reports_scaling(tmp_path):
     for metrics in tmp_path.glob("*/metrics.json"):
         metrics.unlink()
     again = write_report(tmp_path).read_text()
-    assert "rank files alone" in again and "| jax | 2 | 1 | 16 |" in again
+    assert "rank files alone" in again and "| jax | 2 | data:2 | 1 | 16 |" in again
 
 
 def test_the_launcher_keeps_a_status_its_run_wrote_and_records_a_failure_once(tmp_path, monkeypatch):

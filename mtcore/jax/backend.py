@@ -16,6 +16,7 @@ from mtcore.errors import MTCoreError
 from mtcore.jax import decode, parallel, train
 from mtcore.jax.model import Transformer
 from mtcore.jax.parallel import initialize as initialize_distributed  # noqa: F401  (Framework: jax.distributed)
+from mtcore.parallel import MeshShape
 from mtcore.weights import Tree, check_tree, from_flax_leaves, read_hf_checkpoint, to_flax_variables
 
 PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
@@ -130,18 +131,25 @@ def compiled_memory(compiled: Any) -> int | None:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
+def check_mesh(mesh: MeshShape) -> None:
+    """Every mesh of ``data``, ``fsdp`` and ``tensor`` is one ``jax.jit`` (GSPMD): nothing to refuse."""
+
+
 class JaxBackend:
-    """``devices`` > 1: the train state replicated over a ``data`` mesh of that many devices (all
-    of this process's, or, under ``jax.distributed``, the same number from every process), each
-    global batch split along it. Evaluation and decoding run on this process's first device."""
+    """On a mesh (``mesh``, or ``devices`` > 1: ``data:N``) of this process's devices (or, under
+    ``jax.distributed``, the same number from every process): each global batch split along
+    ``data`` x ``fsdp``, the train state placed by ``parallel.state_shardings`` (replicated under
+    plain data parallelism), the step compiled with those shardings pinned in and out. Evaluation
+    and decoding run on this process's first device, on a gathered copy."""
 
     name = "jax"
 
-    def __init__(self, device: str = "cpu", devices: int = 1):
+    def __init__(self, device: str = "cpu", devices: int = 1, mesh: MeshShape | None = None):
         if device not in PLATFORMS:
             raise MTCoreError(f"jax backend: unknown device {device!r}; expected one of {sorted(PLATFORMS)}")
+        self.mesh_shape = mesh or MeshShape.data_parallel(devices)
         try:
-            self.mesh, self.world = parallel.make_mesh(PLATFORMS[device], devices)
+            self.mesh, self.world = parallel.make_mesh(PLATFORMS[device], self.mesh_shape)
         except MTCoreError as e:
             raise MTCoreError(f"jax backend: {e}") from None
         # The first of the mesh's devices this process drives (process 0's device is another
@@ -153,7 +161,7 @@ class JaxBackend:
         self.last_compiled_memory = None
 
     def __repr__(self) -> str:
-        return f"JaxBackend(device={self.device_kind!r}, devices={self.world.devices})"
+        return f"JaxBackend(device={self.device_kind!r}, mesh={str(self.mesh_shape)!r})"
 
     # ---- parameters ----------------------------------------------------------------------------
     def init_params(self, cfg: ModelConfig, seed: int = 0) -> dict[str, Any]:
@@ -189,28 +197,46 @@ class JaxBackend:
             batch.validate(cfg)
         if self.world.processes == 1:
             return jax.device_put(batch.arrays(), self.split)
-        local = self.world.local(batch)
-        return {k: jax.make_array_from_process_local_data(self.split, v, batch.arrays()[k].shape)
-                for k, v in local.arrays().items()}
+        # Every process planned the same global batch: each places the blocks its devices hold,
+        # whatever the mesh (a tensor-parallel group may span processes).
+        return {k: jax.make_array_from_callback(v.shape, self.split, lambda index, v=v: v[index])
+                for k, v in batch.arrays().items()}
 
     def forward(self, params: dict[str, Any], cfg: ModelConfig, batch: Batch) -> np.ndarray:
         b = jax.device_put(batch.validate(cfg).arrays(), self.jax_device)
         logits = _forward(cfg)(params, b["src_ids"], b["src_mask"], b["tgt_in"])  # (B, T, V)
         return np.asarray(logits, np.float32)
 
+    def state_shardings(self, state) -> Any:
+        """Where every leaf of a train state (or its shapes) lives on the mesh."""
+        return parallel.state_shardings(self.mesh, state)
+
     def init_train_state(self, params: dict[str, Any], tcfg: TrainConfig) -> train.TrainState:
-        """A fresh optimizer state around ``params``, replicated over the mesh (the step donates
-        it, so the caller's params are copied, not taken)."""
-        placed = jax.device_put(jax.tree.map(np.asarray, params), self.replicated)
-        return _init_train_state(tcfg, self.replicated)(placed)
+        """A fresh optimizer state around ``params``, placed on the mesh (the step donates it, so
+        the caller's params are copied, not taken)."""
+        host = jax.tree.map(np.asarray, params)
+        placed = jax.device_put(host, parallel.state_shardings(self.mesh, host))
+        shapes = jax.eval_shape(lambda v: train.init_train_state(v, tcfg), host)
+        return _init_train_state(tcfg, self.state_shardings(shapes))(placed)
+
+    def _jit_kwargs(self, state) -> dict[str, Any]:
+        """The step's shardings, pinned: the state comes back where it went in (so the next step
+        compiles nothing new) and is donated; the metrics are replicated scalars."""
+        shardings = self.state_shardings(state)
+        return {"in_shardings": (shardings, self.split), "out_shardings": (shardings, self.replicated),
+                "donate_argnums": 0}
 
     def make_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, compile: bool | str = True):
         """``step(state, batch)`` on a global ``Batch`` or on arrays from ``device_batch``; JAX
         always compiles, so ``compile`` changes nothing."""
-        step = train.make_train_step(cfg, tcfg)
+        self.mesh_shape.check_model(cfg)
+        steps: dict[Any, Any] = {}
 
         def train_step(state, batch):
-            return step(state, self.device_batch(batch, cfg))
+            structure = jax.tree.structure(state)
+            if structure not in steps:
+                steps[structure] = _sharded_step(cfg, tcfg, self.mesh, self._jit_kwargs(state))
+            return steps[structure](state, self.device_batch(batch, cfg))
 
         return train_step
 
@@ -221,6 +247,7 @@ class JaxBackend:
         caches are cleared first, without it the last compile of the same program is reused); the
         seconds are that compile's tracing, lowering and compiling alone. The
         compiled step's XLA memory account is kept in ``self.last_compiled_memory``."""
+        self.mesh_shape.check_model(cfg)
         batch = self.device_batch(batch, cfg)
         # The program is fixed by the configs, the device and the batch's shapes (the state's follow
         # from the configs). A fresh compile replaces the stored one; a non-fresh call reuses it, with
@@ -229,7 +256,7 @@ class JaxBackend:
                tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())))
         if fresh or key not in _COMPILED_STEPS:
             fn = train.make_train_step(cfg, tcfg, jit=False)
-            trace_s, compile_s, compiled = fresh_compile(fn, state, batch, donate_argnums=0, clear=fresh)
+            trace_s, compile_s, compiled = fresh_compile(fn, state, batch, clear=fresh, **self._jit_kwargs(state))
             _COMPILED_STEPS[key] = (compiled, trace_s + compile_s)
         compiled, seconds = _COMPILED_STEPS[key]
         self.last_compiled_memory = compiled_memory(compiled)
@@ -280,7 +307,7 @@ class JaxBackend:
                 raise MTCoreError(f"optimizer state: {key}.{bad[0]} is missing or has the wrong shape")
             part["final_logits_bias"] = tree["final_logits_bias"]
             host = jax.tree.map(np.asarray, self.from_numpy(cfg, part)["params"])
-            fields[field] = jax.device_put(host, self.replicated)
+            fields[field] = jax.device_put(host, parallel.state_shardings(self.mesh, {"params": host})["params"])
 
         def count() -> jax.Array:
             # One buffer per counter: the step donates its state, and a buffer cannot be donated twice.
@@ -340,8 +367,21 @@ class JaxBackend:
 _COMPILED_STEPS: dict[tuple, tuple[Any, float]] = {}
 
 
-@cache
+_STEPS: dict[Any, Any] = {}
+
+
+def _sharded_step(cfg: ModelConfig, tcfg: TrainConfig, mesh, jit_kwargs: dict[str, Any]):
+    """The train step jitted with ``jit_kwargs``' shardings, one per config, mesh and state layout
+    (shared by every caller, as ``train.make_train_step`` is on one device)."""
+    key = (cfg, tcfg, mesh, jax.tree.structure(jit_kwargs["in_shardings"][0]),
+           tuple(s.spec for s in jax.tree.leaves(jit_kwargs["in_shardings"][0])))
+    if key not in _STEPS:
+        _STEPS[key] = jax.jit(train.make_train_step(cfg, tcfg, jit=False), **jit_kwargs)
+    return _STEPS[key]
+
+
 def _init_train_state(tcfg: TrainConfig, sharding):
+    # Not cached: the shardings are a tree (unhashable), and a state is initialised once a run.
     return jax.jit(lambda variables: train.init_train_state(variables, tcfg), out_shardings=sharding)
 
 

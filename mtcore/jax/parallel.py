@@ -1,21 +1,55 @@
-"""JAX data parallelism: one process drives all its local devices, ``jax.jit`` over a
-``Mesh(("data",))`` with the batch split along ``data`` and the train state replicated; several
-processes and hosts join through ``jax.distributed``. Mirrors ``mtcore/torch/parallel.py``.
+"""JAX parallelism: one process drives all its local devices, one ``jax.jit`` over a
+``Mesh(("data", "fsdp", "tensor"))``: the batch split along ``data`` and ``fsdp``, parameters and
+optimizer state placed by ``PartitionSpec``s that one table derives from the parameter names
+(``fsdp`` shards the model dimension of every weight, ``tensor`` the attention heads and FFN units);
+several processes and hosts join through ``jax.distributed``. Mirrors ``mtcore/torch/parallel.py``.
 
-XLA inserts the gradient all-reduce itself (GSPMD). With ``jax_threefry_partitionable`` (JAX's
+XLA inserts every collective itself (GSPMD): the gradient all-reduce of data parallelism, the
+all-gathers and reduce-scatters of FSDP, the activation all-reduces of tensor parallelism. With ``jax_threefry_partitionable`` (JAX's
 default since 0.5) dropout masks do not depend on how the batch is split, so N devices train
 exactly as one device on the same global batch, dropout included.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mtcore.errors import MTCoreError
-from mtcore.parallel import World
+from mtcore.parallel import MESH_AXES, MeshShape, World
+
+# The logical axes of each parameter's trailing dimensions, by its module and parameter name; a
+# scanned stack's leading layer axis is never sharded (each scan step reads one whole layer).
+LOGICAL_AXES: dict[tuple[str, str], tuple[str, ...]] = {
+    **{(proj, "kernel"): ("embed", "heads") for proj in ("q_proj", "k_proj", "v_proj")},
+    **{(proj, "bias"): ("heads",) for proj in ("q_proj", "k_proj", "v_proj")},
+    ("out_proj", "kernel"): ("heads", "embed"),
+    ("out_proj", "bias"): ("embed",),
+    ("fc1", "kernel"): ("embed", "mlp"),
+    ("fc1", "bias"): ("mlp",),
+    ("fc2", "kernel"): ("mlp", "embed"),
+    ("fc2", "bias"): ("embed",),
+    **{(norm, p): ("embed",) for norm in ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm",
+                                          "layernorm_embedding", "layer_norm") for p in ("scale", "bias")},
+    # The tied embedding / output projection: sharded along the model dimension by fsdp, kept whole
+    # along tensor (a vocabulary-parallel split would need the vocabulary to divide the axis;
+    # Marian's 62,522 words do not divide 4), so both of its uses see the same layout.
+    ("shared", "embedding"): ("vocab", "embed"),
+}
+# Logical axes -> mesh axes (flax's logical partitioning rules): the one place a strategy is defined.
+AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", None),
+    ("layers", None),
+)
 
 
 def _started() -> bool:
@@ -59,9 +93,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise MTCoreError(f"jax.distributed.initialize failed: {e}") from None
 
 
-def make_mesh(platform: str, devices: int) -> tuple[Mesh, World]:
-    """A 1-D ``data`` mesh over ``devices`` devices of ``platform``, the same number from every
-    process, in process order."""
+def make_mesh(platform: str, shape: MeshShape | int) -> tuple[Mesh, World]:
+    """A ``("data", "fsdp", "tensor")`` mesh of ``shape`` (an int: ``data:N``) over devices of
+    ``platform``, the same number from every process, in process order (the tensor axis innermost:
+    a tensor-parallel group on one process's devices where it fits)."""
+    shape = shape if isinstance(shape, MeshShape) else MeshShape.data_parallel(shape)
+    devices = shape.devices
     if platform == "cpu" and devices > 1 and not _started() and not _distributed():
         set_cpu_devices(devices)  # one process: all of them are its own
     try:
@@ -80,7 +117,8 @@ def make_mesh(platform: str, devices: int) -> tuple[Mesh, World]:
     chosen = [d for p in range(processes) for d in [d for d in seen if d.process_index == p][:per_process]]
     if len(chosen) != devices:
         raise MTCoreError(f"--devices {devices}: every one of the {processes} processes needs {per_process} device(s)")
-    mesh = Mesh(np.array(chosen), ("data",))
+    grid = np.array(chosen).reshape(*(shape.sizes[axis] for axis in MESH_AXES))  # (data, fsdp, tensor)
+    mesh = Mesh(grid, MESH_AXES)
     return mesh, World(devices=devices, processes=processes, process=jax.process_index())
 
 
@@ -89,16 +127,58 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def split_batch(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P("data"))
+    """Rows over ``data`` x ``fsdp``; every device of a tensor-parallel group sees the same rows."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), AXIS_RULES))
+
+
+def _names(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", "")))) for k in path]
+
+
+def logical_axes(path, ndim: int) -> tuple[str | None, ...] | None:
+    """The logical axes of the leaf at ``path`` (a parameter, or its AdamW moment: the same names),
+    None for what is not a parameter (counters, the random key, constants)."""
+    names = _names(path)
+    if "consts" in names or len(names) < 2:
+        return None
+    axes = LOGICAL_AXES.get((names[-2], names[-1]))
+    if axes is None or ndim < len(axes):
+        return None
+    return ("layers",) * (ndim - len(axes)) + axes  # (L, ...) under nn.scan
+
+
+def state_shardings(mesh: Mesh, state) -> Any:
+    """A ``NamedSharding`` for every leaf of ``state`` (arrays or their shapes): parameters and
+    their optimizer moments by the rule tables, everything else replicated."""
+
+    def one(path, leaf):
+        axes = logical_axes(path, np.ndim(leaf) if not hasattr(leaf, "shape") else len(leaf.shape))
+        if axes is None:
+            return NamedSharding(mesh, P())
+        return NamedSharding(mesh, nn.logical_to_mesh_axes(axes, AXIS_RULES))
+
+    return jax.tree_util.tree_map_with_path(one, state)
+
+
+def unsharded_parameters(params) -> list[str]:
+    """Parameter paths no rule names: every parameter must have one, or a mesh would replicate it
+    silently (a test checks the models' trees)."""
+    return ["/".join(_names(path)) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+            if logical_axes(path, leaf.ndim) is None]
 
 
 def local_copy(tree, device):
-    """Each array as a single-device array on ``device`` (this process's copy of replicated state),
-    for evaluation, decoding and saving."""
+    """Each array whole, as a single-device array on ``device``: a replicated array's local copy, a
+    sharded one gathered (over processes too), for evaluation, decoding and saving."""
+    from jax.experimental import multihost_utils
 
     def one(x):
-        if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+        if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
+            return x
+        if x.is_fully_replicated:
             return jax.device_put(x.addressable_data(0), device)
-        return x
+        if x.is_fully_addressable:
+            return jax.device_put(x, device)
+        return jax.device_put(multihost_utils.process_allgather(x, tiled=True), device)
 
     return jax.tree.map(one, tree)

@@ -15,6 +15,7 @@ import torch
 from mtcore.batch import Batch, check_source
 from mtcore.config import COMPILE_MODES, ModelConfig, TrainConfig
 from mtcore.errors import MTCoreError
+from mtcore.parallel import MeshShape
 from mtcore.torch import decode, parallel, train
 from mtcore.torch.model import Transformer
 from mtcore.torch.parallel import launch as launch_ranks  # noqa: F401  (Framework: torch's ranks)
@@ -112,21 +113,37 @@ def _inductor_root() -> str:
     return root
 
 
+def check_mesh(mesh: MeshShape) -> None:
+    """The meshes this backend trains on; any other is refused, never run as another strategy:
+    ``data`` alone is DDP, anything with ``fsdp`` FSDP2 ``fully_shard`` (HSDP with ``data``), ``tensor``
+    is ``parallelize_module`` inside. ``data`` x ``tensor`` without ``fsdp`` would need DDP over
+    DTensor parameters, which DDP does not take."""
+    if mesh.data > 1 and mesh.tensor > 1 and mesh.fsdp == 1:
+        raise MTCoreError(f"--mesh {mesh}: torch's DistributedDataParallel takes no DTensor (tensor-parallel) "
+                          "parameters; use fsdp instead of data (FSDP2 fully_shard over the batch axis), e.g. "
+                          f"fsdp:{mesh.data},tensor:{mesh.tensor}")
+
+
 class TorchBackend:
     """``devices`` > 1: this process is one rank of a torchrun job (one process per device),
     training a DDP-wrapped model on its rows of each global batch."""
 
     name = "torch"
 
-    def __init__(self, device: str = "cpu", devices: int = 1):
+    def __init__(self, device: str = "cpu", devices: int = 1, mesh: MeshShape | None = None):
         if device not in DEVICE_TYPES:
             raise MTCoreError(f"torch backend: unknown device {device!r}; expected one of {sorted(DEVICE_TYPES)}")
+        if mesh is not None:
+            check_mesh(mesh)
+        self.mesh_shape = mesh or MeshShape.data_parallel(devices)
         if device == "gpu" and not torch.cuda.is_available():
             raise MTCoreError("torch backend: device 'gpu' asked for, but torch.cuda.is_available() is False")
         if device == "gpu" and devices > torch.cuda.device_count() and not parallel.under_torchrun():
             raise MTCoreError(f"--devices {devices}: torch sees {torch.cuda.device_count()} GPU(s)")
         self.device_kind = device
         self.world, self.device = parallel.init(device, devices)
+        self.sharded = self.mesh_shape.sharded
+        self.device_mesh = parallel.device_mesh(self.mesh_shape, self.device) if self.sharded else None
 
     def __repr__(self) -> str:
         return f"TorchBackend(device={self.device_kind!r}, devices={self.world.devices})"
@@ -171,6 +188,11 @@ class TorchBackend:
             return batch
         if cfg is not None:
             batch.validate(cfg)
+        if self.sharded:
+            # This rank's part of the data x fsdp split; a tensor-parallel group shares it.
+            shards = self.mesh_shape.batch_shards
+            per, i = batch.shape[0] // shards, parallel.batch_shard(self.mesh_shape, self.world.process)
+            return self._tensors(Batch(*(a[i * per:(i + 1) * per] for a in batch.arrays().values())))
         return self._tensors(self.world.local(batch))
 
     def _tensors(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -186,6 +208,8 @@ class TorchBackend:
     def init_train_state(self, params: Transformer, tcfg: TrainConfig) -> train.TrainState:
         """The optimizer over ``params``; on several ranks the model is wrapped in DDP (which
         starts every rank from rank 0's weights)."""
+        if self.sharded:  # the optimizer over the sharded (DTensor) parameters
+            return train.init_train_state(parallel.parallelize(params, self.mesh_shape, self.device_mesh), tcfg)
         state = train.init_train_state(params, tcfg)
         if self.world.devices > 1:
             state.model = parallel.wrap(params, self.device)
@@ -196,8 +220,15 @@ class TorchBackend:
         from ``device_batch``. ``compile``: forward and loss through ``torch.compile`` (a string:
         its mode, e.g. "reduce-overhead" for CUDA graphs)."""
         many = self.world.devices > 1
-        step = train.make_train_step(cfg, tcfg, compile=compile_mode(compile), world_size=self.world.devices,
-                                     sum_over_ranks=parallel.sum_over_ranks if many else None)
+        if self.sharded:
+            # Gradients summed over the batch shards (parallel.parallelize); the token totals summed
+            # over every rank count each shard once per tensor-parallel rank.
+            tensor = self.mesh_shape.tensor
+            step = train.make_train_step(cfg, tcfg, compile=compile_mode(compile), world_size=1, sharded=True,
+                                         sum_over_ranks=lambda t: parallel.sum_over_ranks(t) / tensor)
+        else:
+            step = train.make_train_step(cfg, tcfg, compile=compile_mode(compile), world_size=self.world.devices,
+                                         sum_over_ranks=parallel.sum_over_ranks if many else None)
 
         def train_step(state, batch):
             return step(state, self.device_batch(batch, cfg))
@@ -228,8 +259,14 @@ class TorchBackend:
         return lambda params, batch: train.eval_step(params, self._tensors(batch.validate(cfg)), tcfg)
 
     def state_params(self, state: train.TrainState) -> Transformer:
-        """The model being trained (unwrapped from DDP): what ``forward``, ``generate`` and
-        ``to_numpy`` take."""
+        """The model being trained (unwrapped from DDP; on a sharded mesh a whole copy gathered on
+        every rank, a collective each rank calls): what ``forward``, ``generate`` and ``to_numpy``
+        take."""
+        if self.sharded:
+            model = state.model
+            whole = Transformer(model.cfg)
+            whole.load_state_dict({k: parallel.full_tensor(v).detach() for k, v in model.state_dict().items()})
+            return whole.to(self.device)
         return parallel.unwrap(state.model)
 
     def step_memory(self) -> tuple[int | None, str]:
@@ -244,12 +281,12 @@ class TorchBackend:
         """``(step, moments)``: AdamW's first and second moments as ``exp_avg.NAME`` and
         ``exp_avg_sq.NAME`` with the parameter names of ``to_numpy``; framework-neutral."""
         moments: Tree = {}
-        for name, p in self._named_parameters(self.state_params(state)):
+        for name, p in self._named_parameters(parallel.unwrap(state.model)):
             slot = state.optimizer.state.get(p, {})
             for key in ("exp_avg", "exp_avg_sq"):
                 value = slot.get(key)
                 moments[f"{key}.{name}"] = (np.zeros(tuple(p.shape), np.float32) if value is None
-                                            else value.detach().float().cpu().numpy())
+                                            else parallel.full_tensor(value).detach().float().cpu().numpy())
         return state.step, moments
 
     def train_state_from_numpy(self, cfg: ModelConfig, tcfg: TrainConfig, tree: Tree, step: int,
@@ -257,13 +294,14 @@ class TorchBackend:
         """The inverse of ``to_numpy`` + ``optimizer_to_numpy``: a train state to resume from."""
         state = self.init_train_state(self.from_numpy(cfg, tree), tcfg)
         fused = bool(state.optimizer.defaults.get("fused"))
-        for name, p in self._named_parameters(self.state_params(state)):
+        for name, p in self._named_parameters(parallel.unwrap(state.model)):
             slot = {"step": torch.tensor(float(step), dtype=torch.float32, device=p.device if fused else "cpu")}
             for key in ("exp_avg", "exp_avg_sq"):
                 value = moments.get(f"{key}.{name}")
                 if value is None or tuple(value.shape) != tuple(p.shape):
                     raise MTCoreError(f"optimizer state: {key}.{name} is missing or has the wrong shape")
-                slot[key] = torch.from_numpy(np.ascontiguousarray(value, np.float32)).to(p.device)
+                whole = torch.from_numpy(np.ascontiguousarray(value, np.float32)).to(p.device)
+                slot[key] = parallel.shard_like(whole, p)
             state.optimizer.state[p] = slot
         state.step = int(step)
         return state

@@ -50,12 +50,13 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.d_model
-        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        return x.view(b, t, self.num_heads, d // self.num_heads)  # (B, T, H, Dh)
+        b, t, _ = x.shape
+        # (B, T, H, Dh); under tensor parallelism this rank's H / tensor heads (its columns of q/k/v).
+        return x.view(b, t, -1, self.head_dim)
 
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.heads(self.k_proj(x)), self.heads(self.v_proj(x))  # (B, S, H, Dh) each

@@ -1,6 +1,11 @@
-"""torch data parallelism: one process per device, ``DistributedDataParallel``, launched by
-torch's own launcher (``torchrun`` / ``torch.distributed.run``'s elastic agent). Mirrors
-``mtcore/jax/parallel.py``.
+"""torch parallelism: one process per device, launched by torch's own launcher (``torchrun`` /
+``torch.distributed.run``'s elastic agent). Data parallel (``--mesh data:N``) is
+``DistributedDataParallel``; a mesh with ``fsdp`` or ``tensor`` is composed as torchtitan does it, on
+``init_device_mesh`` with the axes ``("data", "fsdp", "tensor")``: tensor parallel inside
+(``parallelize_module``: ``ColwiseParallel`` for q/k/v and fc1, ``RowwiseParallel`` for the
+attention output and fc2), then FSDP2 ``fully_shard`` per layer and at the root (the tied embedding
+/ output projection and what is left in one group) over ``data`` x ``fsdp`` (HSDP when both are
+above 1). Mirrors ``mtcore/jax/parallel.py``.
 
 Under an existing ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) a process joins its
 process group; ``launch`` starts such processes for ``mtcore train --devices N`` on one node.
@@ -18,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from mtcore.errors import MTCoreError
-from mtcore.parallel import World, under_torchrun
+from mtcore.parallel import MESH_AXES, MeshShape, World, under_torchrun
 
 # How long a collective waits for a rank that went silent before every rank fails. A rank that
 # dies is noticed sooner: torchrun's agent stops the others as soon as one process exits.
@@ -61,6 +66,77 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     known = inspect.signature(DistributedDataParallel).parameters
     no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in known else {"broadcast_buffers": False}
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
+
+
+def device_mesh(shape: MeshShape, device: torch.device):
+    """The job's ranks as a ``DeviceMesh`` of ``shape`` (row-major: rank = (d x fsdp + f) x tensor + t)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if dist.get_world_size() != shape.devices:
+        raise MTCoreError(f"--mesh {shape} is {shape.devices} devices, but torchrun started {dist.get_world_size()} ranks")
+    return init_device_mesh(device.type, tuple(shape.sizes[a] for a in MESH_AXES), mesh_dim_names=MESH_AXES)
+
+
+def batch_shard(shape: MeshShape, rank: int) -> int:
+    """Which of the global batch's ``data x fsdp`` parts this rank trains on: every rank of a
+    tensor-parallel group the same one."""
+    return rank // shape.tensor
+
+
+def _layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [*model.encoder.layers, *model.decoder.layers]
+
+
+def parallelize(model: torch.nn.Module, shape: MeshShape, mesh) -> torch.nn.Module:
+    """``model`` (whole, the same weights on every rank) sharded in place over ``mesh``: tensor
+    parallel inside each layer, then FSDP2 over the batch axes. Gradients are summed over the
+    batch shards, not averaged (the loss is already the global token sum over the global token
+    count; and FSDP2 over gloo summed where it should average, pytorch#162338)."""
+    if shape.tensor > 1:
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        for layer in _layers(model):
+            plan = {"mlp.fc1": ColwiseParallel(), "mlp.fc2": RowwiseParallel()}
+            for attention in ("self_attn", "encoder_attn"):
+                if hasattr(layer, attention):
+                    plan.update({f"{attention}.{p}": ColwiseParallel() for p in ("q_proj", "k_proj", "v_proj")})
+                    plan[f"{attention}.out_proj"] = RowwiseParallel()
+            parallelize_module(layer, mesh["tensor"], plan)
+    if shape.batch_shards > 1:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        batch_mesh = mesh["data", "fsdp"] if shape.data > 1 and shape.fsdp > 1 else mesh["fsdp" if shape.fsdp > 1 else "data"]
+        if shape.fsdp == 1:
+            # Replicated over data only (data:N,tensor:M): FSDP2 with nothing to shard would still
+            # gather; a replicate-only group is DDP's job, which does not take DTensor parameters.
+            raise MTCoreError(f"--mesh {shape}: data x tensor without fsdp is not supported by the torch backend (DDP "
+                              "takes no DTensor parameters); use fsdp:N,tensor:M")
+        for layer in _layers(model):
+            fully_shard(layer, mesh=batch_mesh)
+        fully_shard(model, mesh=batch_mesh)
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_gradient_divide_factor(1.0)
+                # A plain SUM collective (gloo has no PREMUL_SUM, what a divide factor asks for).
+                module.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor gathered whole on every rank (a collective: every rank calls it); a plain tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def shard_like(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``whole`` split as the DTensor ``like`` is (an optimizer moment for its parameter); a plain
+    tensor where ``like`` is one."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(like, DTensor):
+        return distribute_tensor(whole, like.device_mesh, like.placements)
+    return whole
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -35,11 +35,34 @@ def make_optimizer(model: Transformer, tcfg: TrainConfig) -> torch.optim.Optimiz
         {"params": [p for n, p in params if not decays(n, p)], "weight_decay": 0.0},
     ]
     device = next(model.parameters()).device
-    # fused=True runs the whole AdamW update as one kernel per dtype/device, where supported.
-    fused = device.type in ("cuda", "cpu", "xpu", "mps")
+    # fused=True runs the whole AdamW update as one kernel per dtype/device, where supported; on
+    # sharded (DTensor) parameters the foreach implementation, which DTensor dispatches per shard.
+    fused = device.type in ("cuda", "cpu", "xpu", "mps") and not any(_is_dtensor(p) for _, p in params)
     return torch.optim.AdamW(
         groups, lr=tcfg.lr_at(0), betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps, fused=fused
     )
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def clip_sharded(params: list[torch.Tensor], clip_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` over gradients that are DTensors on different meshes (FSDP over the batch
+    axes, tensor parallel inside) or plain tensors: each norm made whole, then the same clipping
+    (``max_norm / (norm + 1e-6)``, at most 1) as torch's."""
+    norms = []
+    for p in params:
+        n = torch.linalg.vector_norm(p.grad)
+        norms.append(n.full_tensor() if _is_dtensor(n) else n)
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    if clip_norm > 0:
+        coef = float((clip_norm / (total + 1e-6)).clamp(max=1.0))
+        for p in params:
+            p.grad.mul_(coef)
+    return total
 
 
 def init_train_state(model: Transformer, tcfg: TrainConfig) -> TrainState:
@@ -70,7 +93,7 @@ def autocast(tcfg: TrainConfig, device: torch.device):
 
 
 def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, compile: bool | str = False, *, world_size: int = 1,
-                    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None, sharded: bool = False):
     """``train_step(state, batch) -> (state, metrics)``: forward, backward, clip, AdamW.
 
     ``batch`` is a dict of device tensors (see ``TorchBackend.device_batch``), this rank's rows of
@@ -79,6 +102,8 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, compile: bool | str = F
     fused optimizer stays eager. Under DDP (``world_size`` ranks, ``sum_over_ranks`` an
     all-reduce) the loss is the global token sum over the global token count, so N ranks make the
     update one device makes on the whole batch, however unevenly real tokens fall on the ranks.
+    On a sharded mesh (``sharded``: FSDP2 summing gradients, tensor parallel) ``world_size`` is 1
+    and the gradient norm is taken over DTensors.
     """
 
     def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
@@ -105,7 +130,9 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, compile: bool | str = F
         # is the gradient of the global sum over the global count.
         (loss_sum * (world_size / denominator)).backward()
         params = [p for p in model.parameters() if p.grad is not None]
-        if tcfg.clip_norm > 0:
+        if sharded:
+            grad_norm = clip_sharded(params, tcfg.clip_norm)
+        elif tcfg.clip_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip_norm, foreach=True)
         else:
             grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mtcore.config import ModelConfig
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
 from mtcore.parallel import under_torchrun
@@ -21,20 +22,33 @@ from mtcore.train.options import RunConfig, run_arguments
 from mtcore.train.trainer import last_checkpoint
 
 
+def check_mesh(rc: RunConfig) -> None:
+    """The framework trains on the mesh, and the mesh splits the model evenly: checked before
+    anything is written or set up."""
+    if rc.mesh:
+        from mtcore.backend import framework
+
+        framework(rc.framework).check_mesh(rc.mesh_shape())
+        rc.mesh_shape().check_model(ModelConfig.of(rc.model))  # heads, FFN and model widths: not the vocabulary
+
+
 def check_devices(rc: RunConfig) -> None:
     """A CPU device is a process's share of the cores (torch: a gloo rank; JAX: a host device):
     more of them than cores is not a measurement of anything. GPUs are counted before torch's
-    ranks start, each to fail the same way; JAX counts its own when it starts."""
+    ranks start, each to fail the same way; JAX counts its own when it starts. The mesh too
+    (``check_mesh``)."""
+    check_mesh(rc)
+    asked = f"--mesh {rc.mesh} ({rc.devices} devices)" if rc.mesh else f"--devices {rc.devices}"
     if rc.device == "cpu" and rc.devices > 1 and not under_torchrun() and not rc.num_processes:
         cores = len(threads.usable_cores())
         if rc.devices > cores:
-            raise MTCoreError(f"--devices {rc.devices} on CPU: this process may use {cores} core(s), one per CPU device")
+            raise MTCoreError(f"{asked} on CPU: this process may use {cores} core(s), one per CPU device")
     if rc.device == "gpu" and rc.framework == "torch" and rc.devices > 1 and not under_torchrun():
         from mtcore.backend import framework
 
         gpus = [d for d in framework("torch").visible_devices() if d.startswith("gpu")]
         if rc.devices > len(gpus):
-            raise MTCoreError(f"--devices {rc.devices}: torch sees {len(gpus)} GPU(s){': ' if gpus else ''}"
+            raise MTCoreError(f"{asked}: torch sees {len(gpus)} GPU(s){': ' if gpus else ''}"
                               f"{', '.join(gpus)}")
 
 

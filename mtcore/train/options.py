@@ -13,7 +13,7 @@ from mtcore.backend import BACKENDS
 from mtcore.config import COMPILE_MODES, PRECISIONS, PRESETS, TrainConfig, is_checkpoint_dir
 from mtcore.devices import DEVICE_KINDS
 from mtcore.errors import MTCoreError
-from mtcore.parallel import global_batch_size
+from mtcore.parallel import MeshShape, global_batch_size
 
 
 def option(default: Any, help: str, **argparse: Any) -> Any:
@@ -36,7 +36,10 @@ class RunConfig:
                                      "baseline, one device)", choices=RUN_FRAMEWORKS)
     device: str = option("cpu", "the kind of device to train on", choices=DEVICE_KINDS)
     devices: int = option(1, "devices to train on, data parallel (torch: one process each, through torchrun; jax: "
-                             "one process drives its devices)")
+                             "one process drives its devices); the same as --mesh data:N")
+    mesh: str | None = option(None, "device mesh AXIS:N[,AXIS:N...] over the axes data (replicate, split the batch), fsdp "
+                                    "(split the batch, shard weights, gradients and AdamW state) and tensor (split heads "
+                                    "and FFN units): fsdp:2, tensor:2, fsdp:2,tensor:2 (docs/parallelism.md)")
     model: str = option("tiny", "preset (tiny, small, base, marian-en-hu) or Hugging Face Marian checkpoint dir")
     data: str = option("synthetic", "'synthetic', a prefix PATH with PATH.en and PATH.hu beside it, a .tsv file, a "
                                     "saved HF dataset dir, or hf:NAME")
@@ -44,7 +47,8 @@ class RunConfig:
     target_lang: str = option("hu", "target language code")
     # The defaults are a recipe that works: tiny on the synthetic corpus reaches BLEU > 90 in 6 epochs.
     epochs: int = option(6, "training epochs")
-    batch_size: int = option(32, "sentence pairs per device per step (global batch = this x --devices)")
+    batch_size: int = option(32, "sentence pairs per device per step (global batch = this x --devices; on a mesh, x "
+                                 "data x fsdp: a tensor-parallel group shares its rows)")
     global_batch_size: int | None = option(None, "sentence pairs per step over all devices (overrides --batch-size; "
                                                  "a multiple of --devices)")
     lr: float = option(3e-3, "peak learning rate (linear warm-up, then 1/sqrt decay)")
@@ -90,6 +94,14 @@ class RunConfig:
         need(self.compile == "none" or self.framework != "hf", "--compile: the HF baseline runs eager only")
         need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         need(self.devices >= 1, f"--devices must be at least 1, got {self.devices}")
+        if self.mesh is not None:
+            shape = MeshShape.parse(self.mesh)
+            need(self.framework != "hf", "--mesh: the HF baseline trains on one device")
+            need(self.devices in (1, shape.devices),
+                 f"--mesh {shape} is {shape.devices} device(s), but --devices {self.devices} was asked for")
+            # One spelling from here on, and the device count every launcher reads.
+            object.__setattr__(self, "mesh", str(shape))
+            object.__setattr__(self, "devices", shape.devices)
         need(self.batch_size >= 1, f"--batch-size must be positive, got {self.batch_size}")
         self.global_batch()  # raises on a global batch the devices cannot split
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr (learning rate) must be a positive number, got {self.lr}")
@@ -101,8 +113,12 @@ class RunConfig:
                 f"--model {self.model!r}: not a preset ({', '.join(PRESETS)}) nor a Hugging Face checkpoint directory"
             )
 
+    def mesh_shape(self) -> MeshShape:
+        """The device mesh: ``--mesh``, or ``data:N`` for ``--devices N``."""
+        return MeshShape.parse(self.mesh) if self.mesh else MeshShape.data_parallel(self.devices)
+
     def global_batch(self) -> int:
-        return global_batch_size(self.devices, self.batch_size, self.global_batch_size)
+        return global_batch_size(self.mesh_shape().batch_shards, self.batch_size, self.global_batch_size)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(learning_rate=self.lr, warmup_steps=self.warmup_steps, precision=self.precision,
@@ -111,7 +127,7 @@ class RunConfig:
 
 
 # Options a resumed run may change: how long and on what it runs, not what it learns or from what.
-RESUMABLE = frozenset({"epochs", "devices", "global_batch_size", "batch_size", "coordinator", "num_processes",
+RESUMABLE = frozenset({"epochs", "devices", "mesh", "global_batch_size", "batch_size", "coordinator", "num_processes",
                        "process_id", "threads", "compile_cache"})
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
-from mtcore.train.launch import launch
+from mtcore.train.launch import check_mesh, launch
 from mtcore.train.options import RESUMABLE, RunConfig, main_process, option_flag
 from mtcore.train.prepare import prepare
 from mtcore.train.trainer import Trainer
@@ -94,6 +94,7 @@ def resumed_config(rc: RunConfig, out: Path, given: set[str] | None) -> RunConfi
     # The checkpoint holds no device count: resume on the devices asked for now, on the global
     # batch the run had, so the next steps are the ones it would have taken.
     return dataclasses.replace(saved, epochs=rc.epochs if "epochs" in asked else saved.epochs, devices=rc.devices,
+                               mesh=rc.mesh,
                                global_batch_size=saved.global_batch(), coordinator=rc.coordinator,
                                num_processes=rc.num_processes, process_id=rc.process_id, threads=rc.threads,
                                compile_cache=rc.compile_cache)
@@ -108,7 +109,10 @@ def check_request(rc: RunConfig, out: Path, *, resume: bool, overwrite: bool,
         raise MTCoreError("--resume continues the run in --out, --overwrite replaces it: choose one")
     check_device(rc)
     if resume:
-        return resumed_config(rc, out, given), False
+        rc = resumed_config(rc, out, given)
+        check_mesh(rc)
+        return rc, False
+    check_mesh(rc)
     # One process claims --out: the others would find the main one's first files there.
     return rc, claim_out(out, overwrite) if main_process(rc) else False
 
@@ -136,31 +140,45 @@ def train(rc: RunConfig, out: str | os.PathLike, *, progress: bool = True, resum
 
 def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"), devices=(1,),
             scaling: str = "weak", target_loss: float | None = None, progress: bool = True,
-            overwrite: bool = False) -> Path:
+            overwrite: bool = False, meshes: tuple[str, ...] | None = None) -> Path:
     """``mtcore compare``: every framework from the same initial weights on the same batches, then
     ``report.md`` and plots. On one device the frameworks' epochs interleave (the order
     alternates), so drift hits both alike; with ``devices`` (e.g. ``(1, 2)``) every framework
     trains at every device count, weak scaling (per-device batch fixed) or strong (global batch
-    fixed), torch's multi-device runs as torchrun ranks."""
+    fixed), torch's multi-device runs as torchrun ranks. With ``meshes`` (``data:1``, ``fsdp:2``,
+    ...) every framework trains on every mesh instead, each in its own process(es), on the same
+    global batches (the global batch fixed, as strong scaling has it)."""
+    from mtcore.parallel import MeshShape
     from mtcore.train.report import write_report
 
     out = Path(out)
+    shapes = [MeshShape.parse(m) for m in meshes] if meshes else []
+    if meshes:
+        if len({str(m) for m in shapes}) != len(shapes):
+            raise MTCoreError(f"--mesh: a mesh is given twice ({' '.join(meshes)})")
+        scaling = "strong"  # the same global batches on every mesh
+        devices = tuple(m.devices for m in shapes)
     devices = tuple(sorted(set(devices)))
     if scaling not in ("weak", "strong"):
         raise MTCoreError(f"--scaling must be weak or strong, got {scaling!r}")
     fixed = rc.global_batch_size or rc.batch_size if scaling == "strong" else None
-    if fixed is not None and fixed % max(devices):
+    if fixed is not None and not shapes and fixed % max(devices):
         raise MTCoreError(f"--scaling strong: the global batch {fixed} must split evenly over --devices {max(devices)}")
     for fw in frameworks:
         check_device(dataclasses.replace(rc, framework=fw))
+        for m in shapes:
+            check_mesh(dataclasses.replace(rc, framework=fw, mesh=str(m), devices=1))
+            if fixed % m.batch_shards:
+                raise MTCoreError(f"--mesh {m}: the global batch {fixed} must split evenly over its "
+                                  f"{m.batch_shards} batch shards")
     clear = claim_out(out, overwrite)
     # The data is read before an old comparison goes (a bad --data must not cost it); the
     # tokenizer every run uses is trained once, here.
     prepared = prepare(rc, out, before_write=(lambda: _clear(out)) if clear else None)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", {"frameworks": list(frameworks), "devices": list(devices), "scaling": scaling,
-                                      "target_loss": target_loss})
-    if devices == (1,):
+                                      "target_loss": target_loss, "meshes": [str(m) for m in shapes] or None})
+    if devices == (1,) and not shapes:
         trainers = {fw: Trainer(dataclasses.replace(rc, framework=fw), prepared, out / fw, progress=progress)
                     for fw in frameworks}
         for t in trainers.values():
@@ -180,13 +198,15 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
         from mtcore.perf.threads import usable_cores
 
         threads = max(1, len(usable_cores()) // max(devices))
-    for n in devices:
+    plan = [(m.devices, str(m), f"{m}".replace(":", "").replace(",", "-")) for m in shapes] or \
+        [(n, None, str(n)) for n in devices]
+    for n, mesh, label in plan:
         for fw in frameworks:
-            run = dataclasses.replace(rc, framework=fw, devices=n, global_batch_size=fixed, threads=threads,
-                                      tokenizer=str(out / "tokenizer"))
+            run = dataclasses.replace(rc, framework=fw, devices=n, mesh=mesh, global_batch_size=fixed,
+                                      threads=threads, tokenizer=str(out / "tokenizer"))
             # Each run in a process of its own: its own thread budget and framework start-up
             # (XLA sizes its CPU pool and host devices once per process).
-            launch(run, out / f"{fw}-{n}")
+            launch(run, out / f"{fw}-{label}")
     return write_report(out)
 
 

@@ -21,6 +21,7 @@ from mtcore.data.corpus import Corpus
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
 from mtcore.metrics import bleu, chrf
+from mtcore.parallel import counted_rows
 from mtcore.perf import setup
 from mtcore.train.options import RunConfig
 from mtcore.train.prepare import Prepared
@@ -51,13 +52,14 @@ class RunIO:
     def save_checkpoint(self, be, state, epoch: int, cfg: ModelConfig, framework: str) -> None:
         """``checkpoints/epoch-N/{model,optimizer}.safetensors`` in framework-neutral names (any
         framework, any device count resumes from it), then the ``latest`` pointer."""
+        # Gathered on every process (a sharded state's parts are on all of them), written by the main one.
+        params = be.to_numpy(be.state_params(state))
+        step, moments = be.optimizer_to_numpy(state)
         if not self.main:
             return
         root = self.out / "checkpoints"
         directory = root / f"epoch-{epoch}"
         directory.mkdir(parents=True, exist_ok=True)
-        params = be.to_numpy(be.state_params(state))
-        step, moments = be.optimizer_to_numpy(state)
         meta = {"framework": framework, "epoch": str(epoch), "step": str(step)}
         save_safetensors(directory / "model.safetensors", params, meta)
         save_safetensors(directory / "optimizer.safetensors", moments, meta)
@@ -98,7 +100,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.cfg = prepared.cfg
         self.tcfg = rc.train_config()
-        self.be = mtcore.backend(rc.framework, rc.device, devices=rc.devices)
+        self.be = mtcore.backend(rc.framework, rc.device, devices=rc.devices, mesh=rc.mesh)
         self.world = self.be.world
         self.io = RunIO(self.out, self.world.main, progress)
         self.global_batch = rc.global_batch()
@@ -186,7 +188,7 @@ class Trainer:
         bar = self.io.bar(len(batches), f"{self.rc.framework} epoch {epoch}")
         losses, accuracies, pending = [], [], []
         tokens = sum(b.num_tokens for b in batches)
-        rows = self.world.rows(self.global_batch)
+        rows = counted_rows(self.world, self.rc.mesh_shape(), self.global_batch)
         my_tokens = sum(b.tokens_in(rows) for b in batches)
         first_step_s = None
         start = time.perf_counter()
@@ -234,7 +236,7 @@ class Trainer:
             "device": self.rc.device,
             "training_time": seconds, "tokens_per_sec": my_tokens / seconds, "tokens": my_tokens,
             "validation_loss": record["validation_loss"], "bleu": record["bleu"],
-            "world_size": self.world.devices, "processes": self.world.processes,
+            "world_size": self.world.devices, "mesh": str(self.rc.mesh_shape()), "processes": self.world.processes,
             "devices": self.world.local_devices, "local_batch": self.global_batch // self.world.processes,
             "global_batch": self.global_batch, "threads": _threads(),
         })
