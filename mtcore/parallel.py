@@ -156,12 +156,13 @@ class MeshShape:
         """Every dimension a mesh axis splits must split evenly: an axis never silently replicates
         what it was asked to shard. ``tensor`` splits the attention heads (whole heads to a device)
         and the FFN's hidden units; ``fsdp`` splits the model dimension of every weight."""
-        splits = [("tensor", "num_heads", cfg.num_heads, "attention heads"), ("tensor", "ffn_dim", cfg.ffn_dim, "FFN units"),
-                  ("fsdp", "d_model", cfg.d_model, "the model dimension")]
+        splits = [("tensor", "num_heads", cfg.num_heads, "the model's attention heads"),
+                  ("tensor", "ffn_dim", cfg.ffn_dim, "the model's FFN units"),
+                  ("fsdp", "d_model", cfg.d_model, "the model's width, which fsdp shards")]
         for axis, name, dim, what in splits:
             n = getattr(self, axis)
             if dim % n:
-                raise MTCoreError(f"--mesh {self}: {axis}:{n} does not divide {name}={dim} ({what} of the model); "
+                raise MTCoreError(f"--mesh {self}: {axis}:{n} does not divide {name}={dim} ({what}); "
                                   f"choose a size that divides {dim}")
 
 

@@ -116,7 +116,7 @@ def test_a_mesh_axis_must_divide_what_it_splits():
     from mtcore import ModelConfig
 
     tiny = ModelConfig.preset("tiny")  # 4 heads, 128 FFN units, d_model 64
-    with pytest.raises(MTCoreError, match=r"tensor:3 does not divide num_heads=4 \(attention heads"):
+    with pytest.raises(MTCoreError, match=r"tensor:3 does not divide num_heads=4 \(the model's attention heads"):
         MeshShape.parse("tensor:3").check_model(tiny)
     with pytest.raises(MTCoreError, match="fsdp:3 does not divide d_model=64"):
         MeshShape.parse("fsdp:3").check_model(tiny)
@@ -208,6 +208,7 @@ def test_bad_meshes_are_refused_before_anything_runs(tmp_path, capsys):
     for argv, why in [(["--mesh", "wide:2"], "unknown axis 'wide'"), (["--mesh", "tensor:0"], "at least 1"),
                       (["--mesh", "tensor:3"], "tensor:3 does not divide num_heads=4"),
                       (["--mesh", "fsdp:2", "--devices", "3"], "is 2 device"),
+                      (["--mesh", "data:512,tensor:2"], "(1024 devices) on CPU: this process may use"),
                       (["--framework", "torch", "--mesh", "data:2,tensor:2"], "DistributedDataParallel takes no DTensor")]:
         out = tmp_path / "_".join(argv).replace(":", "").replace("-", "")
         argv = ["train", "--framework", "jax", *argv] if "--framework" not in argv else ["train", *argv]
