@@ -171,6 +171,8 @@ def counted_rows(world: World, mesh: MeshShape, global_batch: int) -> slice:
     rows; where it is one device of a tensor-parallel group (torch: a process per device), its
     group's rows on the group's first rank and none on the others, so that the processes' counts
     add up to every real token once (tensor-parallel ranks are not counted twice)."""
+    if world.processes == 1:
+        return slice(0, global_batch)
     if world.local_devices > 1 or mesh.tensor == 1 or world.processes != mesh.devices:
         return world.rows(global_batch)
     per = global_batch // mesh.batch_shards

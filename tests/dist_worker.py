@@ -3,7 +3,7 @@ jax.distributed processes): three AdamW steps on the same global batches as the 
 reference, then the main process saves its losses and weights to OUT.npz (on a MESH also the
 weights and AdamW moments after two steps, the canonical checkpoint tree, as OUT-2.npz).
 
-    python tests/dist_worker.py torch OUT [MESH]
+    python tests/dist_worker.py torch OUT [MESH [dropout]]
     python tests/dist_worker.py jax OUT COORDINATOR NUM_PROCESSES PROCESS_ID DEVICES
 """
 
@@ -31,6 +31,18 @@ def main(argv: list[str]) -> None:
         parallel.initialize(coordinator, processes, process, cpu_devices=devices // processes)
         be = backend("jax", "cpu", devices=devices)
     tcfg = TrainConfig(warmup_steps=1, eps=1e-6)
+    if framework == "torch" and len(argv) > 3 and argv[3] == "dropout":
+        # Dropout on: what every rank of a tensor-parallel group holds a copy of must stay one copy.
+        cfg = PARALLEL_CFG.replace(dropout=0.1, activation_dropout=0.1)
+        be.reseed(0)  # as the Trainer seeds every epoch
+        import hashlib
+
+        losses, tree = train_steps(be, cfg, tcfg, uneven_batches(cfg))
+        # Parameters tensor parallelism does not split come back as this rank's own copy.
+        digest = hashlib.sha256(b"".join(tree[k].tobytes() for k in sorted(tree))).hexdigest()[:16]
+        with open(out.replace(".npz", f"-rank{be.world.process}.txt"), "w") as f:
+            f.write(f"losses {losses} weights {digest}")
+        return
     if framework == "torch" and mesh:
         from mtcore.weights import init_tree
 
@@ -47,7 +59,8 @@ def main(argv: list[str]) -> None:
         tree = be.to_numpy(be.state_params(state))
         # Each rank holds its shard, not a replica (tensor: half the FFN units of fc1; fsdp: half its rows).
         local = state.model.encoder.layers[0].mlp.fc1.weight
-        print(f"rank {be.world.process}: fc1 local shard {tuple(local.to_local().shape)} of {tuple(local.shape)}")
+        with open(out.replace(".npz", f"-rank{be.world.process}.txt"), "w") as f:  # lines of ranks' output may interleave
+            f.write(f"fc1 local shard {tuple(local.to_local().shape)} of {tuple(local.shape)}")
     else:
         losses, tree = train_steps(be, PARALLEL_CFG, tcfg, uneven_batches(PARALLEL_CFG))
     if be.world.main:

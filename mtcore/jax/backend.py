@@ -131,7 +131,7 @@ def compiled_memory(compiled: Any) -> int | None:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-def check_mesh(mesh: MeshShape) -> None:
+def check_mesh(mesh: MeshShape, device: str = "cpu", precision: str = "fp32") -> None:
     """Every mesh of ``data``, ``fsdp`` and ``tensor`` is one ``jax.jit`` (GSPMD): nothing to refuse."""
 
 

@@ -113,11 +113,23 @@ def _inductor_root() -> str:
     return root
 
 
-def check_mesh(mesh: MeshShape) -> None:
+def check_mesh(mesh: MeshShape, device: str = "cpu", precision: str = "fp32") -> None:
     """The meshes this backend trains on; any other is refused, never run as another strategy:
     ``data`` alone is DDP, anything with ``fsdp`` FSDP2 ``fully_shard`` (HSDP with ``data``), ``tensor``
     is ``parallelize_module`` inside. ``data`` x ``tensor`` without ``fsdp`` would need DDP over
     DTensor parameters, which DDP does not take."""
+    if not mesh.sharded:
+        return
+    try:
+        from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: F401  (public since torch 2.6)
+    except ImportError:
+        FSDPModule = None
+    if FSDPModule is None or not hasattr(FSDPModule, "set_force_sum_reduction_for_comms"):
+        raise MTCoreError(f"--mesh {mesh}: needs FSDP2's fully_shard with set_force_sum_reduction_for_comms, which "
+                          f"torch {torch.__version__} lacks; a newer torch (2.13 is tested)")
+    if device == "cpu" and mesh.tensor > 1 and precision == "bf16":
+        raise MTCoreError(f"--mesh {mesh} --precision bf16 on CPU: tensor parallelism all-reduces bf16 activations, "
+                          "and gloo (torch's CPU collectives) has no bf16; train fp32 on a CPU mesh")
     if mesh.data > 1 and mesh.tensor > 1 and mesh.fsdp == 1:
         raise MTCoreError(f"--mesh {mesh}: torch's DistributedDataParallel takes no DTensor (tensor-parallel) "
                           "parameters; use fsdp instead of data (FSDP2 fully_shard over the batch axis), e.g. "
@@ -134,7 +146,7 @@ class TorchBackend:
         if device not in DEVICE_TYPES:
             raise MTCoreError(f"torch backend: unknown device {device!r}; expected one of {sorted(DEVICE_TYPES)}")
         if mesh is not None:
-            check_mesh(mesh)
+            check_mesh(mesh, device)
         self.mesh_shape = mesh or MeshShape.data_parallel(devices)
         if device == "gpu" and not torch.cuda.is_available():
             raise MTCoreError("torch backend: device 'gpu' asked for, but torch.cuda.is_available() is False")
@@ -146,7 +158,7 @@ class TorchBackend:
         self.device_mesh = parallel.device_mesh(self.mesh_shape, self.device) if self.sharded else None
 
     def __repr__(self) -> str:
-        return f"TorchBackend(device={self.device_kind!r}, devices={self.world.devices})"
+        return f"TorchBackend(device={self.device_kind!r}, mesh={str(self.mesh_shape)!r})"
 
     # ---- parameters ----------------------------------------------------------------------------
     def init_params(self, cfg: ModelConfig, seed: int = 0) -> Transformer:
@@ -338,9 +350,12 @@ class TorchBackend:
         return out.cpu().numpy().astype(np.int32)
 
     def reseed(self, seed: int) -> None:
-        """Seed the global RNG dropout draws from, differently on every rank (each drops out its
-        own rows); JAX keeps its key in the train state."""
-        torch.manual_seed(seed + 1_000_003 * self.world.process)
+        """Seed the global RNG dropout draws from, differently for every part of the batch (each
+        drops out its own rows) and alike on the ranks of a tensor-parallel group, which hold
+        copies of the same activations (different masks there would make the copies disagree);
+        JAX keeps its key in the train state."""
+        part = parallel.batch_shard(self.mesh_shape, self.world.process) if self.sharded else self.world.process
+        torch.manual_seed(seed + 1_000_003 * part)
 
     def sync(self, value: Any = None) -> Any:
         """Wait for queued device work (and so for ``value``); returns ``value``."""

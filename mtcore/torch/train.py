@@ -35,8 +35,9 @@ def make_optimizer(model: Transformer, tcfg: TrainConfig) -> torch.optim.Optimiz
         {"params": [p for n, p in params if not decays(n, p)], "weight_decay": 0.0},
     ]
     device = next(model.parameters()).device
-    # fused=True runs the whole AdamW update as one kernel per dtype/device, where supported; on
-    # sharded (DTensor) parameters the foreach implementation, which DTensor dispatches per shard.
+    # fused=True runs the whole AdamW update as one kernel per dtype/device, where supported; with
+    # sharded (DTensor) parameters the per-parameter loop (a tensor-parallel model mixes DTensors
+    # and plain tensors, which neither fused nor foreach takes).
     fused = device.type in ("cuda", "cpu", "xpu", "mps") and not any(_is_dtensor(p) for _, p in params)
     return torch.optim.AdamW(
         groups, lr=tcfg.lr_at(0), betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps, fused=fused
@@ -44,8 +45,10 @@ def make_optimizer(model: Transformer, tcfg: TrainConfig) -> torch.optim.Optimiz
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
+    try:
+        from torch.distributed.tensor import DTensor  # public since torch 2.5
+    except ImportError:  # an older torch trains on no mesh with DTensors
+        return False
     return isinstance(t, DTensor)
 
 

@@ -28,7 +28,7 @@ def check_mesh(rc: RunConfig) -> None:
     if rc.mesh:
         from mtcore.backend import framework
 
-        framework(rc.framework).check_mesh(rc.mesh_shape())
+        framework(rc.framework).check_mesh(rc.mesh_shape(), rc.device, rc.precision)
         rc.mesh_shape().check_model(ModelConfig.of(rc.model))  # heads, FFN and model widths: not the vocabulary
 
 

@@ -39,8 +39,8 @@ class RunIO:
     checkpoints and the progress bar. Off the main process it does nothing, so the Trainer keeps
     one loop however many processes run it."""
 
-    def __init__(self, out: Path, main: bool, progress: bool):
-        self.out, self.main, self.progress = out, main, progress
+    def __init__(self, out: Path, main: bool, progress: bool, sharded: bool = False):
+        self.out, self.main, self.progress, self.sharded = out, main, progress, sharded
 
     def write(self, name: str, data: Any) -> None:
         if self.main:
@@ -52,7 +52,10 @@ class RunIO:
     def save_checkpoint(self, be, state, epoch: int, cfg: ModelConfig, framework: str) -> None:
         """``checkpoints/epoch-N/{model,optimizer}.safetensors`` in framework-neutral names (any
         framework, any device count resumes from it), then the ``latest`` pointer."""
-        # Gathered on every process (a sharded state's parts are on all of them), written by the main one.
+        # A sharded state's parts are on every process: all of them gather it (a collective), the
+        # main one writes it. A replicated one the main process copies alone.
+        if not self.main and not self.sharded:
+            return
         params = be.to_numpy(be.state_params(state))
         step, moments = be.optimizer_to_numpy(state)
         if not self.main:
@@ -102,7 +105,7 @@ class Trainer:
         self.tcfg = rc.train_config()
         self.be = mtcore.backend(rc.framework, rc.device, devices=rc.devices, mesh=rc.mesh)
         self.world = self.be.world
-        self.io = RunIO(self.out, self.world.main, progress)
+        self.io = RunIO(self.out, self.world.main, progress, sharded=rc.mesh_shape().sharded)
         self.global_batch = rc.global_batch()
         self.max_len = prepared.max_len
         self.step_fn = self.be.make_train_step(self.cfg, self.tcfg, compile=rc.compile)
@@ -112,7 +115,7 @@ class Trainer:
             self.epoch, self.state = self._load_checkpoint()
             self.metrics["epochs"] = [e for e in self.metrics["epochs"] if e["epoch"] <= self.epoch]
             self.metrics["status"] = "running"
-            self.metrics["run"].update(devices=rc.devices, world=self.world.as_dict(), process=setup.current(),
+            self.metrics["run"].update(devices=rc.devices, mesh=rc.mesh, world=self.world.as_dict(), process=setup.current(),
                                        global_batch_size=self.global_batch, devices_used=self._devices_used())
             self.metrics.pop("test", None)
         else:
