@@ -139,6 +139,17 @@ class MeshShape:
         """Into how many parts a global batch is split: the tensor axis sees the whole of its part."""
         return self.data * self.fsdp
 
+    def batch_shard(self, rank: int) -> int:
+        """Which part of the global batch the rank-per-device process ``rank`` trains on (ranks
+        row-major over the mesh: rank = (d x fsdp + f) x tensor + t): every rank of a
+        tensor-parallel group the same one."""
+        return rank // self.tensor
+
+    def batch_rows(self, rank: int, global_batch: int) -> slice:
+        """The rows of a global batch that rank ``rank`` trains on."""
+        per = global_batch // self.batch_shards
+        return slice(self.batch_shard(rank) * per, (self.batch_shard(rank) + 1) * per)
+
     @property
     def sizes(self) -> dict[str, int]:
         return {axis: getattr(self, axis) for axis in MESH_AXES}
@@ -175,6 +186,4 @@ def counted_rows(world: World, mesh: MeshShape, global_batch: int) -> slice:
         return slice(0, global_batch)
     if world.local_devices > 1 or mesh.tensor == 1 or world.processes != mesh.devices:
         return world.rows(global_batch)
-    per = global_batch // mesh.batch_shards
-    shard, t = divmod(world.process, mesh.tensor)
-    return slice(shard * per, (shard + 1) * per) if t == 0 else slice(0, 0)
+    return mesh.batch_rows(world.process, global_batch) if world.process % mesh.tensor == 0 else slice(0, 0)

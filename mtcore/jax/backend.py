@@ -215,7 +215,7 @@ class JaxBackend:
         """A fresh optimizer state around ``params``, placed on the mesh (the step donates it, so
         the caller's params are copied, not taken)."""
         host = jax.tree.map(np.asarray, params)
-        placed = jax.device_put(host, parallel.state_shardings(self.mesh, host))
+        placed = jax.device_put(host, self.state_shardings(host))
         shapes = jax.eval_shape(lambda v: train.init_train_state(v, tcfg), host)
         return _init_train_state(tcfg, self.state_shardings(shapes))(placed)
 
@@ -307,7 +307,7 @@ class JaxBackend:
                 raise MTCoreError(f"optimizer state: {key}.{bad[0]} is missing or has the wrong shape")
             part["final_logits_bias"] = tree["final_logits_bias"]
             host = jax.tree.map(np.asarray, self.from_numpy(cfg, part)["params"])
-            fields[field] = jax.device_put(host, parallel.state_shardings(self.mesh, {"params": host})["params"])
+            fields[field] = jax.device_put(host, self.state_shardings({"params": host})["params"])
 
         def count() -> jax.Array:
             # One buffer per counter: the step donates its state, and a buffer cannot be donated twice.

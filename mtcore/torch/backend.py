@@ -202,9 +202,8 @@ class TorchBackend:
             batch.validate(cfg)
         if self.sharded:
             # This rank's part of the data x fsdp split; a tensor-parallel group shares it.
-            shards = self.mesh_shape.batch_shards
-            per, i = batch.shape[0] // shards, parallel.batch_shard(self.mesh_shape, self.world.process)
-            return self._tensors(Batch(*(a[i * per:(i + 1) * per] for a in batch.arrays().values())))
+            rows = self.mesh_shape.batch_rows(self.world.process, batch.shape[0])
+            return self._tensors(Batch(*(a[rows] for a in batch.arrays().values())))
         return self._tensors(self.world.local(batch))
 
     def _tensors(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -354,7 +353,7 @@ class TorchBackend:
         drops out its own rows) and alike on the ranks of a tensor-parallel group, which hold
         copies of the same activations (different masks there would make the copies disagree);
         JAX keeps its key in the train state."""
-        part = parallel.batch_shard(self.mesh_shape, self.world.process) if self.sharded else self.world.process
+        part = self.mesh_shape.batch_shard(self.world.process) if self.sharded else self.world.process
         torch.manual_seed(seed + 1_000_003 * part)
 
     def sync(self, value: Any = None) -> Any:

@@ -77,12 +77,6 @@ def device_mesh(shape: MeshShape, device: torch.device):
     return init_device_mesh(device.type, tuple(shape.sizes[a] for a in MESH_AXES), mesh_dim_names=MESH_AXES)
 
 
-def batch_shard(shape: MeshShape, rank: int) -> int:
-    """Which of the global batch's ``data x fsdp`` parts this rank trains on: every rank of a
-    tensor-parallel group the same one."""
-    return rank // shape.tensor
-
-
 def _layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [*model.encoder.layers, *model.decoder.layers]
 
