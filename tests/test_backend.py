@@ -94,6 +94,26 @@ def test_bad_input_to_the_public_api(backends, framework, tmp_path):
         be.from_numpy(cfg, init_tree(cfg.replace(decoder_layers=3)))
 
 
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_weights_and_moments_read_out_are_snapshots(backends, framework):
+    """What ``to_numpy`` and ``optimizer_to_numpy`` return is a copy, and a state built from it
+    owns its tensors: training either the original or the state resumed from the copy leaves the
+    other and the copy alone (``.numpy()`` of a CPU tensor is a view of the live parameter)."""
+    be, cfg, tcfg = backends[framework], mtcore.ModelConfig.preset("tiny", dropout=0.0), mtcore.TrainConfig()
+    batch = mtcore.random_batch(cfg, 2, 5, 4)
+    step = be.make_train_step(cfg, tcfg)
+    state, _ = step(be.init_train_state(be.from_numpy(cfg, init_tree(cfg)), tcfg), batch)
+    weights, (count, moments) = be.to_numpy(be.state_params(state)), be.optimizer_to_numpy(state)
+    kept = {k: v.copy() for k, v in weights.items()}, {k: v.copy() for k, v in moments.items()}
+    resumed, _ = step(be.train_state_from_numpy(cfg, tcfg, weights, count, moments), batch)
+    state, _ = step(state, batch)  # after its resumed copy's step, which must not have moved it
+    assert all(np.array_equal(weights[k], kept[0][k]) for k in weights), "the weights read out changed"
+    assert all(np.array_equal(moments[k], kept[1][k]) for k in moments), "the moments read out changed"
+    again, stepped = be.to_numpy(be.state_params(state)), be.to_numpy(be.state_params(resumed))
+    differ = [k for k in again if not np.array_equal(again[k], stepped[k])]
+    assert not differ, f"the same step from the same state gave other weights: {differ[:3]}"
+
+
 @pytest.mark.jax
 def test_jax_sync_without_a_value_waits_for_all_queued_work(backends):
     """``step(); be.sync()`` must time the step, not its dispatch: JAX returns arrays before their

@@ -180,7 +180,9 @@ class TorchBackend:
         return int(torch.cuda.max_memory_allocated(self.device))
 
     def to_numpy(self, params: Transformer) -> Tree:
-        return {k: v.detach().float().cpu().numpy() for k, v in params.state_dict().items()}
+        # Copies: .numpy() of an fp32 CPU tensor is a view of the live parameter, which the next
+        # step would change under whoever holds the tree.
+        return {k: v.detach().float().cpu().numpy().copy() for k, v in params.state_dict().items()}
 
     def from_numpy(self, cfg: ModelConfig, tree: Tree) -> Transformer:
         tree = check_tree(cfg, tree)
@@ -297,7 +299,7 @@ class TorchBackend:
             for key in ("exp_avg", "exp_avg_sq"):
                 value = slot.get(key)
                 moments[f"{key}.{name}"] = (np.zeros(tuple(p.shape), np.float32) if value is None
-                                            else parallel.full_tensor(value).detach().float().cpu().numpy())
+                                            else parallel.full_tensor(value).detach().float().cpu().numpy().copy())
         return state.step, moments
 
     def train_state_from_numpy(self, cfg: ModelConfig, tcfg: TrainConfig, tree: Tree, step: int,
@@ -311,7 +313,7 @@ class TorchBackend:
                 value = moments.get(f"{key}.{name}")
                 if value is None or tuple(value.shape) != tuple(p.shape):
                     raise MTCoreError(f"optimizer state: {key}.{name} is missing or has the wrong shape")
-                whole = torch.from_numpy(np.ascontiguousarray(value, np.float32)).to(p.device)
+                whole = torch.tensor(value, dtype=torch.float32, device=p.device)  # its own copy, not the caller's
                 slot[key] = parallel.shard_like(whole, p)
             state.optimizer.state[p] = slot
         state.step = int(step)
