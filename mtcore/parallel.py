@@ -72,14 +72,16 @@ class World:
                 "local_devices": self.local_devices}
 
 
-def global_batch_size(devices: int, batch_size: int | None, global_batch: int | None) -> int:
-    """``--batch-size`` is per device (global = B x N); ``--global-batch-size`` fixes the global batch."""
+def global_batch_size(mesh: MeshShape | int, batch_size: int | None, global_batch: int | None) -> int:
+    """``--batch-size`` is per batch shard (a device, under data parallelism: global = B x N);
+    ``--global-batch-size`` fixes the global batch. ``mesh``: a MeshShape, or N for ``data:N``."""
+    mesh = mesh if isinstance(mesh, MeshShape) else MeshShape.data_parallel(mesh)
     if global_batch is not None:
-        World(devices).check_batch_size(global_batch)
+        mesh.check_batch(global_batch)
         return global_batch
     if batch_size is None or batch_size < 1:
         raise MTCoreError(f"--batch-size must be positive, got {batch_size}")
-    return batch_size * devices
+    return batch_size * mesh.batch_shards
 
 
 # ---- device meshes ----------------------------------------------------------------------------
@@ -150,6 +152,20 @@ class MeshShape:
         per = global_batch // self.batch_shards
         return slice(self.batch_shard(rank) * per, (self.batch_shard(rank) + 1) * per)
 
+    def check_batch(self, global_batch: int) -> None:
+        """A global batch must split evenly over the batch shards (data x fsdp)."""
+        if not self.sharded:
+            World(self.devices).check_batch_size(global_batch)
+        elif global_batch % self.batch_shards:
+            raise MTCoreError(f"--mesh {self}: a global batch of {global_batch} rows cannot be split evenly over its "
+                              f"{self.batch_shards} batch shards (data x fsdp); choose a multiple of {self.batch_shards}")
+
+    @property
+    def flag(self) -> str:
+        """The option that asks for this mesh, for error messages: ``--devices N`` for plain data
+        parallelism (its shorthand), ``--mesh ...`` otherwise."""
+        return f"--mesh {self}" if self.sharded else f"--devices {self.devices}"
+
     @property
     def sizes(self) -> dict[str, int]:
         return {axis: getattr(self, axis) for axis in MESH_AXES}
@@ -187,3 +203,11 @@ def counted_rows(world: World, mesh: MeshShape, global_batch: int) -> slice:
     if world.local_devices > 1 or mesh.tensor == 1 or world.processes != mesh.devices:
         return world.rows(global_batch)
     return mesh.batch_rows(world.process, global_batch) if world.process % mesh.tensor == 0 else slice(0, 0)
+
+
+def local_rows(world: World, mesh: MeshShape, global_batch: int) -> int:
+    """How many rows of a global batch this process's devices train on: the devices of a
+    tensor-parallel group share theirs (devices in process order, row-major over the mesh)."""
+    first = world.process * world.local_devices
+    shards = {device // mesh.tensor for device in range(first, first + world.local_devices)}
+    return len(shards) * (global_batch // mesh.batch_shards)

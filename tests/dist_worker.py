@@ -1,7 +1,8 @@
 """Run by tests/test_parallel.py in child processes (under torchrun, or as one of several
 jax.distributed processes): three AdamW steps on the same global batches as the single-device
 reference, then the main process saves its losses and weights to OUT.npz (on a MESH also the
-weights and AdamW moments after two steps, the canonical checkpoint tree, as OUT-2.npz).
+weights and AdamW moments after two steps, the canonical checkpoint tree, as OUT-2.npz, and
+the third step's loss from that tree loaded afresh, as a resumed run does).
 
     python tests/dist_worker.py torch OUT [MESH [dropout]]
     python tests/dist_worker.py jax OUT COORDINATOR NUM_PROCESSES PROCESS_ID DEVICES
@@ -54,13 +55,16 @@ def main(argv: list[str]) -> None:
                 if be.world.main:
                     np.savez(out.replace(".npz", "-2.npz"), count=count, **weights,
                              **{f"moment.{k}": v for k, v in moments.items()})
+                # --resume's path: that whole tree (any mesh's, one device's) sharded afresh onto this mesh.
+                resumed = be.train_state_from_numpy(PARALLEL_CFG, tcfg, weights, count, moments)
+                resumed_loss = float(step(resumed, batch)[1]["loss"])
             state, metrics = step(state, batch)
             losses.append(float(metrics["loss"]))
         tree = be.to_numpy(be.state_params(state))
         # Each rank holds its shard, not a replica (tensor: half the FFN units of fc1; fsdp: half its rows).
         local = state.model.encoder.layers[0].mlp.fc1.weight
         with open(out.replace(".npz", f"-rank{be.world.process}.txt"), "w") as f:  # lines of ranks' output may interleave
-            f.write(f"fc1 local shard {tuple(local.to_local().shape)} of {tuple(local.shape)}")
+            f.write(f"fc1 local shard {tuple(local.to_local().shape)} of {tuple(local.shape)}; resumed {resumed_loss!r}")
     else:
         losses, tree = train_steps(be, PARALLEL_CFG, tcfg, uneven_batches(PARALLEL_CFG))
     if be.world.main:

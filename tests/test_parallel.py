@@ -23,6 +23,18 @@ TCFG = TrainConfig(warmup_steps=1, eps=1e-6)  # see test_train: eps=1e-9 turns r
 TOLERANCE = 1e-5
 
 
+def test_local_rows_count_what_a_process_trains_on():
+    from mtcore.parallel import local_rows
+
+    one = MeshShape.parse
+    assert local_rows(World(4, 4, 1), one("fsdp:2,tensor:2"), 32) == 16  # a torch rank of a 2-D mesh
+    assert local_rows(World(2, 2, 1), one("tensor:2"), 32) == 32  # the group shares its rows
+    assert local_rows(World(2, 2, 1), one("fsdp:2"), 32) == 16
+    assert local_rows(World(4, 1, 0), one("data:2,tensor:2"), 32) == 32  # one JAX process, every device
+    assert local_rows(World(4, 2, 1), one("data:2,tensor:2"), 32) == 16  # two JAX processes: a group each
+    assert local_rows(World(8, 2, 0), one("fsdp:2,tensor:4"), 32) == 16
+
+
 def test_world_splits_rows_by_process():
     world = World(devices=4, processes=2, process=1)
     assert world.local_devices == 2 and not world.main
@@ -205,10 +217,14 @@ def test_bad_meshes_are_refused_before_anything_runs(tmp_path, capsys):
         RunConfig(framework="hf", mesh="tensor:2")
     assert RunConfig(framework="jax", mesh="tensor:2,fsdp:2").devices == 4
     assert RunConfig(framework="jax", mesh="tensor:2", batch_size=16).global_batch() == 16  # the group shares rows
+    assert RunConfig(framework="jax", mesh="fsdp:2,tensor:2", batch_size=16).global_batch() == 32
+    with pytest.raises(MTCoreError, match=r"--mesh fsdp:2,tensor:2: a global batch of 33 rows .* 2 batch shards"):
+        RunConfig(framework="jax", mesh="fsdp:2,tensor:2", global_batch_size=33)
     for argv, why in [(["--mesh", "wide:2"], "unknown axis 'wide'"), (["--mesh", "tensor:0"], "at least 1"),
                       (["--mesh", "tensor:3"], "tensor:3 does not divide num_heads=4"),
                       (["--mesh", "fsdp:2", "--devices", "3"], "is 2 device"),
                       (["--mesh", "data:512,tensor:2"], "(1024 devices) on CPU: this process may use"),
+                      (["--mesh", "fsdp:2", "--global-batch-size", "33"], "cannot be split evenly over its 2 batch"),
                       (["--framework", "torch", "--mesh", "tensor:2", "--precision", "bf16"], "gloo"),
                       (["--framework", "torch", "--mesh", "data:2,tensor:2"], "DistributedDataParallel takes no DTensor")]:
         out = tmp_path / "_".join(argv).replace(":", "").replace("-", "")
@@ -217,6 +233,14 @@ def test_bad_meshes_are_refused_before_anything_runs(tmp_path, capsys):
         err = capsys.readouterr().err
         assert why in err and err.count("\n") == 1, (argv, err)  # one line
         assert not out.exists(), argv  # nothing written
+    # compare checks every mesh before it runs any (the global batch is fixed across meshes).
+    out = tmp_path / "cmp"
+    assert main(["compare", "--frameworks", "jax", "--mesh", "data:1", "tensor:2", "fsdp:2",
+                 "--global-batch-size", "33", "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--mesh fsdp:2: a global batch of 33 rows cannot be split evenly over its 2 batch shards" in err, err
+    assert err.count("\n") == 1, err
+    assert not out.exists()
 
 
 # ---- across processes ------------------------------------------------------------------------------
@@ -265,7 +289,8 @@ def torchrun(log_dir: Path, *args: str) -> list[str]:
 def test_torch_meshes_train_as_one_device(reference, tmp_path, mesh, ranks):
     """FSDP2 and DTensor tensor parallel as gloo ranks take one device's steps; each rank holds
     half of a sharded weight; the checkpoint they gather after two steps is the canonical tree,
-    which JAX on one device reads and continues with torch's next loss."""
+    which the mesh itself resumes from and JAX on one device reads, both continuing with torch's
+    next loss."""
     out = tmp_path / "torch.npz"
     run_together([torchrun(tmp_path / "logs", "--standalone", "--nproc-per-node", str(ranks),
                            str(HERE / "dist_worker.py"), "torch", str(out), mesh)], timeout=90)
@@ -273,9 +298,12 @@ def test_torch_meshes_train_as_one_device(reference, tmp_path, mesh, ranks):
     np.testing.assert_allclose(losses, reference[0], rtol=1e-5)
     worst = max(float(np.abs(tree[k] - reference[1][k]).max()) for k in reference[1])
     assert worst < MESH_TOLERANCE, f"torch {mesh}: weights differ by {worst:.2e}"
-    shards = [(tmp_path / f"torch-rank{r}.txt").read_text() for r in range(ranks)]
+    shards = [(tmp_path / f"torch-rank{r}.txt").read_text().split("; resumed ") for r in range(ranks)]
     half = "(32, 64) of (128, 64)" if ranks == 4 else "(64, 64) of (128, 64)"  # 2-D: a quarter
-    assert all(line == f"fc1 local shard {half}" for line in shards), shards
+    assert all(line == f"fc1 local shard {half}" for line, _ in shards), shards
+    # Resumed from the gathered tree onto the mesh, every rank takes the third step's loss again.
+    for _, resumed in shards:
+        assert float(resumed) == pytest.approx(losses[2], rel=1e-5), shards
     saved = np.load(tmp_path / "torch-2.npz")
     be = backend("jax")
     moments = {k.removeprefix("moment."): saved[k] for k in saved.files if k.startswith("moment.")}
@@ -321,7 +349,8 @@ def test_jax_two_processes_of_two_devices_train_as_one(reference, tmp_path):
 
 
 # ---- the command line ----------------------------------------------------------------------------
-QUICK_RUN = ["--model", "tiny", "--synthetic-size", "400", "--validation", "32", "--test", "32",
+# Pairs of at most 16 tokens: one batch shape, so each process compiles its steps once.
+QUICK_RUN = ["--model", "tiny", "--synthetic-size", "1000", "--max-len", "16", "--validation", "32", "--test", "32",
              "--eval-sentences", "8", "--batch-size", "16", "--quiet"]
 
 
@@ -390,12 +419,14 @@ def test_cli_mesh_gives_the_step_losses_of_one_device(tmp_path, framework, mesh)
     assert f"{framework}: 1 epochs" in stdout, stdout + stderr[-3000:]
     sharded = json.loads((tmp_path / "mesh" / "metrics.json").read_text())
     one = train(RunConfig(framework=framework, epochs=1, global_batch_size=32, dropout=0.0, model="tiny",
-                          synthetic_size=400, validation=32, test=32, eval_sentences=0, batch_size=16),
+                          synthetic_size=1000, max_len=16, validation=32, test=32, eval_sentences=0, batch_size=16),
                 tmp_path / "one", progress=False)
     np.testing.assert_allclose(sharded["epochs"][0]["step_losses"], one["epochs"][0]["step_losses"], rtol=1e-5)
     assert sharded["run"]["mesh"] == mesh and sharded["run"]["world"]["devices"] == 2
     ranks = [json.loads(p.read_text()) for p in sorted((tmp_path / "mesh").glob("rank*_results_epoch1.json"))]
     assert sum(r["tokens"] for r in ranks) == sharded["epochs"][0]["tokens"] and {r["mesh"] for r in ranks} == {mesh}
+    # The rows each process trained on: a torch fsdp rank half the batch, a tensor-parallel rank all of it.
+    assert {r["local_batch"] for r in ranks} == {16 if (framework, mesh) == ("torch", "fsdp:2") else 32}, ranks
 
 
 @pytest.mark.jax

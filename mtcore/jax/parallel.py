@@ -110,13 +110,13 @@ def make_mesh(platform: str, shape: MeshShape | int) -> tuple[Mesh, World]:
         hint = ("; on CPU, host devices come from jax_num_cpu_devices, set before JAX starts"
                 if platform == "cpu" else "")
         raise MTCoreError(
-            f"--devices {devices}: jax sees {len(seen)} {platform} device(s) over {processes} process(es): "
+            f"{shape.flag}: jax sees {len(seen)} {platform} device(s) over {processes} process(es): "
             f"{', '.join(f'{d.platform}:{d.id}' for d in seen)}{hint}"
         )
     per_process = devices // processes
     chosen = [d for p in range(processes) for d in [d for d in seen if d.process_index == p][:per_process]]
     if len(chosen) != devices:
-        raise MTCoreError(f"--devices {devices}: every one of the {processes} processes needs {per_process} device(s)")
+        raise MTCoreError(f"{shape.flag}: every one of the {processes} processes needs {per_process} device(s)")
     grid = np.array(chosen).reshape(*(shape.sizes[axis] for axis in MESH_AXES))  # (data, fsdp, tensor)
     mesh = Mesh(grid, MESH_AXES)
     return mesh, World(devices=devices, processes=processes, process=jax.process_index())

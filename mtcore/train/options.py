@@ -118,7 +118,7 @@ class RunConfig:
         return MeshShape.parse(self.mesh) if self.mesh else MeshShape.data_parallel(self.devices)
 
     def global_batch(self) -> int:
-        return global_batch_size(self.mesh_shape().batch_shards, self.batch_size, self.global_batch_size)
+        return global_batch_size(self.mesh_shape(), self.batch_size, self.global_batch_size)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(learning_rate=self.lr, warmup_steps=self.warmup_steps, precision=self.precision,

@@ -21,7 +21,7 @@ from mtcore.data.corpus import Corpus
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
 from mtcore.metrics import bleu, chrf
-from mtcore.parallel import counted_rows
+from mtcore.parallel import counted_rows, local_rows
 from mtcore.perf import setup
 from mtcore.train.options import RunConfig
 from mtcore.train.prepare import Prepared
@@ -240,7 +240,7 @@ class Trainer:
             "training_time": seconds, "tokens_per_sec": my_tokens / seconds, "tokens": my_tokens,
             "validation_loss": record["validation_loss"], "bleu": record["bleu"],
             "world_size": self.world.devices, "mesh": str(self.rc.mesh_shape()), "processes": self.world.processes,
-            "devices": self.world.local_devices, "local_batch": self.global_batch // self.world.processes,
+            "devices": self.world.local_devices, "local_batch": local_rows(self.world, self.rc.mesh_shape(), self.global_batch),
             "global_batch": self.global_batch, "threads": _threads(),
         })
         return record
