@@ -209,5 +209,5 @@ def local_rows(world: World, mesh: MeshShape, global_batch: int) -> int:
     """How many rows of a global batch this process's devices train on: the devices of a
     tensor-parallel group share theirs (devices in process order, row-major over the mesh)."""
     first = world.process * world.local_devices
-    shards = {device // mesh.tensor for device in range(first, first + world.local_devices)}
+    shards = {mesh.batch_shard(device) for device in range(first, first + world.local_devices)}
     return len(shards) * (global_batch // mesh.batch_shards)
