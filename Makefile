@@ -29,13 +29,16 @@ $(VENV)/.installed: pyproject.toml scripts/install.py
 install: $(VENV)/.installed
 
 bench: install  ## the CPU benchmarks, built-in defaults (tiny + small, one pinned thread per framework), saved
-	$(call pytest,benches --benchmark-autosave)
+	@mkdir -p .tmp  # as in make test: inductor's precompiled headers (~150 MB) stay in the checkout
+	TMPDIR=$(CURDIR)/.tmp $(call pytest,benches --benchmark-autosave)
 
 bench-quick: install  ## the quick subset the regression gate tracks, saved (a couple of minutes)
-	$(call pytest,benches -m quick --benchmark-autosave)
+	@mkdir -p .tmp  # as in make test: inductor's precompiled headers (~150 MB) stay in the checkout
+	TMPDIR=$(CURDIR)/.tmp $(call pytest,benches -m quick --benchmark-autosave)
 
 bench-check: install  ## the quick subset against the last saved run: fails on a slower median
-	$(call pytest,benches -m quick --benchmark-autosave --benchmark-compare --benchmark-compare-fail=$(FAIL))
+	@mkdir -p .tmp  # as in make test: inductor's precompiled headers (~150 MB) stay in the checkout
+	TMPDIR=$(CURDIR)/.tmp $(call pytest,benches -m quick --benchmark-autosave --benchmark-compare --benchmark-compare-fail=$(FAIL))
 
 bench-gate: install  ## the pull-request gate here: BASE and this tree taking turns, 3 pairs, then mtcore bench-compare (time: docs/regression-gate.md)
 	$(PY) scripts/bench_gate.py --base $(BASE) --out gate
