@@ -219,6 +219,7 @@ class Trainer:
         self.epoch = epoch
         record = {
             "epoch": epoch,
+            "mesh": str(self.rc.mesh_shape()),  # a resumed run may go on on another mesh
             "steps": len(batches),
             "training_time": seconds,
             "first_step_time": first_step_s,
