@@ -14,6 +14,7 @@ import numpy as np
 
 from mtcore.batch import Batch
 from mtcore.config import ModelConfig, TrainConfig
+from mtcore.costs import HeldBytes
 from mtcore.errors import BackendUnavailable, MTCoreError
 from mtcore.parallel import MeshShape, World
 
@@ -79,6 +80,8 @@ class Backend(Protocol):
                            fresh: bool = True) -> tuple: ...
     def reseed(self, seed: int) -> None: ...
     def step_memory(self) -> tuple[int | None, str]: ...
+    # What one device holds of the trained parameters and optimizer state, from its shards.
+    def held_bytes(self, state: Any) -> HeldBytes: ...
     def peak_memory(self, reset: bool = False) -> int | None: ...
 
     # ---- evaluation and decoding (one device, whole batch) ---------------------------------------

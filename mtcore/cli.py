@@ -41,6 +41,28 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from mtcore.config import ModelConfig
+    from mtcore.costs import format_plan, plan
+    from mtcore.parallel import MeshShape
+
+    cfg = ModelConfig.of(args.model)
+    meshes = [MeshShape.parse(m) for m in args.meshes]
+    bandwidth = None if args.bandwidth is None else args.bandwidth * 1e9
+    flops = None if args.flops is None else args.flops * 1e12
+    rows = plan(cfg, meshes, args.global_batch_size, args.src_len, args.tgt_len, value_bytes=2 if args.precision == "bf16" else 4,
+                bandwidth=bandwidth, flops=flops)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{args.model}: {cfg.num_params():,} parameters; a global batch of {args.global_batch_size} rows x "
+          f"{args.src_len} source / {args.tgt_len} target tokens; {args.precision} values throughout. Predicted "
+          "from the shapes and the mesh, no step run (docs/parallelism.md says what is counted).")
+    print()
+    print(format_plan(rows, bandwidth=bandwidth, flops=flops))
+    return 0
+
+
 def _run_config(args: argparse.Namespace, **changes):
     from mtcore.train.options import RunConfig
 
@@ -227,6 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="a model preset's (or HF checkpoint's) config and parameter count")
     p.add_argument("model", help="preset name (tiny, small, base, marian-en-hu) or HF checkpoint directory")
     p.set_defaults(func=cmd_params)
+    p = sub.add_parser("plan", help="what each mesh would cost per device and step (memory, bytes sent, FLOPs, and "
+                                    "the time at a given bandwidth and FLOP rate), predicted without running a step")
+    p.add_argument("--model", required=True, help="preset name or HF checkpoint directory")
+    p.add_argument("--mesh", nargs="+", dest="meshes", required=True, metavar="MESH", help="meshes, e.g. data:8 fsdp:8 fsdp:4,tensor:2")
+    p.add_argument("--global-batch-size", type=int, default=256, help="rows of a step, over all devices (default: %(default)s)")
+    p.add_argument("--src-len", type=int, default=128, help="source tokens per row, padded (default: %(default)s)")
+    p.add_argument("--tgt-len", type=int, default=128, help="target tokens per row, padded (default: %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bytes per value held and sent: 4 or 2 (default: %(default)s)")
+    p.add_argument("--bandwidth", type=float, help="GB/s each device sends (e.g. 450 for an H100's NVLink)")
+    p.add_argument("--flops", type=float, help="TFLOP/s each device computes (e.g. 989 for an H100's dense bf16)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=cmd_plan)
     p = sub.add_parser("train", help="train one framework epoch by epoch; metrics.json and checkpoints in --out")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true",

@@ -2,7 +2,8 @@
 jax.distributed processes): three AdamW steps on the same global batches as the single-device
 reference, then the main process saves its losses and weights to OUT.npz (on a MESH also the
 weights and AdamW moments after two steps, the canonical checkpoint tree, as OUT-2.npz, and
-the third step's loss from that tree loaded afresh, as a resumed run does).
+each rank's OUT-rankR.json: its shard of a weight, the third step's loss from that tree loaded
+afresh as a resumed run does, and the bytes of parameters and optimizer state it holds).
 
     python tests/dist_worker.py torch OUT [MESH [dropout]]
     python tests/dist_worker.py jax OUT COORDINATOR NUM_PROCESSES PROCESS_ID DEVICES
@@ -62,9 +63,12 @@ def main(argv: list[str]) -> None:
             losses.append(float(metrics["loss"]))
         tree = be.to_numpy(be.state_params(state))
         # Each rank holds its shard, not a replica (tensor: half the FFN units of fc1; fsdp: half its rows).
+        import json
+
         local = state.model.encoder.layers[0].mlp.fc1.weight
-        with open(out.replace(".npz", f"-rank{be.world.process}.txt"), "w") as f:  # lines of ranks' output may interleave
-            f.write(f"fc1 local shard {tuple(local.to_local().shape)} of {tuple(local.shape)}; resumed {resumed_loss!r}")
+        with open(out.replace(".npz", f"-rank{be.world.process}.json"), "w") as f:  # lines of ranks' output may interleave
+            json.dump({"fc1_local": list(local.to_local().shape), "fc1": list(local.shape), "resumed_loss": resumed_loss,
+                       "held": be.held_bytes(state).as_dict()}, f)
     else:
         losses, tree = train_steps(be, PARALLEL_CFG, tcfg, uneven_batches(PARALLEL_CFG))
     if be.world.main:

@@ -4,6 +4,8 @@ device makes on that batch, in both frameworks, in one process and across proces
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import socket
@@ -16,6 +18,7 @@ import pytest
 from helpers import PARALLEL_CFG, train_steps, uneven_batches
 
 from mtcore import MTCoreError, TrainConfig, backend
+from mtcore.costs import predicted_bytes
 from mtcore.parallel import MeshShape, World, global_batch_size
 
 HERE = Path(__file__).parent
@@ -185,6 +188,27 @@ def test_jax_shards_are_shards(mesh, axis, dim):
 
 
 @pytest.mark.jax
+def test_jax_devices_hold_what_the_mesh_predicts():
+    """Measured from the shards on each device, a device's parameter and AdamW bytes are what the
+    shapes and the mesh alone predict (mtcore.costs); fsdp:2 holds at most 0.55x of data:2, and
+    tensor:2 saves exactly half of what it splits. (torch's ranks: test_torch_meshes_train_as_one_device.)"""
+    from mtcore.costs import FP32, split_by_tensor
+    from mtcore.weights import init_tree, param_shapes
+
+    tree, held = init_tree(PARALLEL_CFG, 0), {}
+    for mesh in ("data:2", "fsdp:2", "tensor:2", "fsdp:2,tensor:2", "fsdp:4"):
+        be = backend("jax", "cpu", mesh=mesh)
+        held[mesh] = be.held_bytes(be.init_train_state(be.from_numpy(PARALLEL_CFG, tree), TCFG))
+        predicted = predicted_bytes(PARALLEL_CFG, MeshShape.parse(mesh))
+        assert held[mesh].params == pytest.approx(predicted.params, rel=0.05), (mesh, held[mesh], predicted)
+        assert held[mesh].optimizer == pytest.approx(predicted.optimizer, rel=0.05), (mesh, held[mesh], predicted)
+    assert held["data:2"] == predicted_bytes(PARALLEL_CFG, MeshShape.parse("data:1"))  # a whole replica, exactly
+    assert held["fsdp:2"].total <= 0.55 * held["data:2"].total
+    split = sum(np.prod(shape) * FP32 for name, shape in param_shapes(PARALLEL_CFG).items() if split_by_tensor(name))
+    assert held["data:2"].params - held["tensor:2"].params == split // 2
+
+
+@pytest.mark.jax
 @pytest.mark.parametrize("first, then", [("fsdp:2", "data:1"), ("data:1", "tensor:2"), ("fsdp:2", "fsdp:2,tensor:2")])
 def test_jax_checkpoints_do_not_depend_on_the_mesh(first, then):
     """The saved tree and AdamW moments are the canonical ones, gathered whole: a state taken
@@ -298,12 +322,16 @@ def test_torch_meshes_train_as_one_device(reference, tmp_path, mesh, ranks):
     np.testing.assert_allclose(losses, reference[0], rtol=1e-5)
     worst = max(float(np.abs(tree[k] - reference[1][k]).max()) for k in reference[1])
     assert worst < MESH_TOLERANCE, f"torch {mesh}: weights differ by {worst:.2e}"
-    shards = [(tmp_path / f"torch-rank{r}.txt").read_text().split("; resumed ") for r in range(ranks)]
-    half = "(32, 64) of (128, 64)" if ranks == 4 else "(64, 64) of (128, 64)"  # 2-D: a quarter
-    assert all(line == f"fc1 local shard {half}" for line, _ in shards), shards
+    shards = [json.loads((tmp_path / f"torch-rank{r}.json").read_text()) for r in range(ranks)]
+    part = [32 if ranks == 4 else 64, 64]  # 2-D: a quarter
+    assert all(s["fc1_local"] == part and s["fc1"] == [128, 64] for s in shards), shards
     # Resumed from the gathered tree onto the mesh, every rank takes the third step's loss again.
-    for _, resumed in shards:
-        assert float(resumed) == pytest.approx(losses[2], rel=1e-5), shards
+    for s in shards:
+        assert s["resumed_loss"] == pytest.approx(losses[2], rel=1e-5), shards
+    # What each rank holds, measured from its local shards, is what the mesh predicts.
+    predicted = predicted_bytes(PARALLEL_CFG, MeshShape.parse(mesh)).as_dict()
+    for s in shards:
+        assert {k: v / predicted[k] for k, v in s["held"].items()} == pytest.approx(dict.fromkeys(predicted, 1.0), abs=0.05), (s, predicted)
     saved = np.load(tmp_path / "torch-2.npz")
     be = backend("jax")
     moments = {k.removeprefix("moment."): saved[k] for k in saved.files if k.startswith("moment.")}
@@ -374,8 +402,6 @@ def test_cli_torch_two_ranks_write_rank_files(tmp_path):
     stdout, stderr = finish(mtcore_cli("train", "--framework", "torch", "--devices", "2", "--epochs", "2",
                                        "--out", str(out), *QUICK_RUN))
     assert "torch: 2 epochs" in stdout, stdout + stderr[-3000:]
-    import json
-
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["run"]["world"]["devices"] == 2
     for epoch in (1, 2):
@@ -405,9 +431,11 @@ def test_torch_tensor_parallel_ranks_draw_the_same_dropout(tmp_path):
                                              ("torch", "tensor:2")])
 def test_cli_mesh_gives_the_step_losses_of_one_device(tmp_path, framework, mesh):
     """``mtcore train --mesh M --global-batch-size 32 --dropout 0`` takes the steps of
-    ``--devices 1``: the rank files count each real token once, tensor-parallel ranks included."""
-    import json
-
+    ``--devices 1``: the rank files count each real token once, tensor-parallel ranks included; and
+    ``mtcore train --resume --devices 1`` carries the mesh's run on where one device's would go.
+    (One device onto a mesh: the workers of test_torch_meshes_train_as_one_device and
+    test_jax_checkpoints_do_not_depend_on_the_mesh resume the gathered tree on each mesh.)"""
+    from mtcore.cli import main
     from mtcore.train import train
     from mtcore.train.options import RunConfig
 
@@ -418,15 +446,22 @@ def test_cli_mesh_gives_the_step_losses_of_one_device(tmp_path, framework, mesh)
     stdout, stderr = finish(mtcore_cli("train", "--mesh", mesh, "--out", str(tmp_path / "mesh"), *args))
     assert f"{framework}: 1 epochs" in stdout, stdout + stderr[-3000:]
     sharded = json.loads((tmp_path / "mesh" / "metrics.json").read_text())
-    one = train(RunConfig(framework=framework, epochs=1, global_batch_size=32, dropout=0.0, model="tiny",
-                          synthetic_size=1000, max_len=16, validation=32, test=32, eval_sentences=0, batch_size=16),
-                tmp_path / "one", progress=False)
+    one_rc = RunConfig(framework=framework, epochs=1, global_batch_size=32, dropout=0.0, model="tiny",
+                       synthetic_size=1000, max_len=16, validation=32, test=32, eval_sentences=0, batch_size=16)
+    one = train(one_rc, tmp_path / "one", progress=False)
     np.testing.assert_allclose(sharded["epochs"][0]["step_losses"], one["epochs"][0]["step_losses"], rtol=1e-5)
     assert sharded["run"]["mesh"] == mesh and sharded["run"]["world"]["devices"] == 2
     ranks = [json.loads(p.read_text()) for p in sorted((tmp_path / "mesh").glob("rank*_results_epoch1.json"))]
     assert sum(r["tokens"] for r in ranks) == sharded["epochs"][0]["tokens"] and {r["mesh"] for r in ranks} == {mesh}
     # The rows each process trained on: a torch fsdp rank half the batch, a tensor-parallel rank all of it.
     assert {r["local_batch"] for r in ranks} == {16 if (framework, mesh) == ("torch", "fsdp:2") else 32}, ranks
+    # The mesh's checkpoint (the canonical tree, gathered) resumed on one device from the command line.
+    assert main(["train", "--resume", "--epochs", "2", "--devices", "1", "--out", str(tmp_path / "mesh"), "--quiet"]) == 0
+    moved = json.loads((tmp_path / "mesh" / "metrics.json").read_text())
+    assert moved["run"]["mesh"] is None and moved["run"]["world"]["devices"] == 1, moved["run"]
+    assert [e["mesh"] for e in moved["epochs"]] == [mesh, "data:1"]  # each epoch says where it trained
+    stayed = train(dataclasses.replace(one_rc, epochs=2), tmp_path / "one", progress=False, resume=True)
+    np.testing.assert_allclose(moved["epochs"][1]["step_losses"], stayed["epochs"][1]["step_losses"], rtol=1e-5)
 
 
 @pytest.mark.jax
@@ -435,8 +470,6 @@ def test_cli_mesh_gives_the_step_losses_of_one_device(tmp_path, framework, mesh)
 def test_compare_trains_every_framework_on_every_mesh(tmp_path):
     """``mtcore compare --mesh data:1 tensor:2``: each mesh in processes of its own, on the same
     global batches from the same weights (the same step losses), one report row per mesh."""
-    import json
-
     out = tmp_path / "cmp"
     stdout, stderr = finish(mtcore_cli("compare", "--frameworks", "jax", "--mesh", "data:1", "tensor:2", "--epochs", "1",
                                        "--global-batch-size", "32", "--dropout", "0", "--out", str(out), *QUICK_RUN,
@@ -453,7 +486,6 @@ def kill_rank_one_mid_run(*argv: str, run) -> tuple[int, str, str]:
     """Start ``mtcore ARGV``, SIGKILL rank 1 of the 2-rank run writing into ``run`` once its first
     epoch is done, and check every rank stops soon after: ``(exit status, its stderr, run's
     metrics.json status)``."""
-    import json
     import time
 
     proc = mtcore_cli(*argv, *QUICK_RUN)
@@ -549,8 +581,6 @@ def test_checkpoints_resume_on_another_device_count(tmp_path):
 def test_compare_at_one_and_two_devices_reports_scaling(tmp_path):
     """The experiment end to end (JAX here: torch's ranks and their files are tested above), each
     run in a process of its own with one core per device."""
-    import json
-
     from mtcore.train import RunConfig, compare
     from mtcore.train.report import write_report
 
@@ -583,8 +613,6 @@ def test_compare_at_one_and_two_devices_reports_scaling(tmp_path):
 def test_the_launcher_keeps_a_status_its_run_wrote_and_records_a_failure_once(tmp_path, monkeypatch):
     """A run that stopped itself (a non-finite loss) has said why in metrics.json: the launcher keeps
     that; a run that still says 'running' is marked failed with its last good checkpoint, once."""
-    import json
-
     from mtcore.errors import MTCoreError
     from mtcore.train import RunConfig
     from mtcore.train import launch as launcher

@@ -12,6 +12,7 @@ import optax
 
 from mtcore.batch import Batch, check_source
 from mtcore.config import ModelConfig, TrainConfig
+from mtcore.costs import HeldBytes
 from mtcore.errors import MTCoreError
 from mtcore.jax import decode, parallel, train
 from mtcore.jax.model import Transformer
@@ -279,6 +280,22 @@ class JaxBackend:
         """The parameters being trained, as this process's single-device copy: what ``forward``,
         ``generate`` and ``to_numpy`` take."""
         return parallel.local_copy({"params": state.params, "consts": state.consts}, self.jax_device)
+
+    def held_bytes(self, state: train.TrainState) -> HeldBytes:
+        """What the most loaded device of this process holds of the trained parameters and AdamW's
+        moments, measured from the shards on each device."""
+        moments = [optax.tree_utils.tree_get(state.opt_state, field) for field in ("mu", "nu")]
+
+        def per_device(tree) -> dict:
+            held: dict = {}
+            for leaf in jax.tree.leaves(tree):
+                for shard in leaf.addressable_shards:
+                    held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
+            return held
+
+        params, optimizer = per_device(state.params), per_device(moments)
+        device = max(params, key=lambda d: params[d] + optimizer.get(d, 0))
+        return HeldBytes(params=params[device], optimizer=optimizer.get(device, 0))
 
     def step_memory(self) -> tuple[int | None, str]:
         """``(bytes, what they count)`` for the train step last compiled: XLA's account of the

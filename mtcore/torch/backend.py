@@ -14,6 +14,7 @@ import torch
 
 from mtcore.batch import Batch, check_source
 from mtcore.config import COMPILE_MODES, ModelConfig, TrainConfig
+from mtcore.costs import HeldBytes
 from mtcore.errors import MTCoreError
 from mtcore.parallel import MeshShape
 from mtcore.torch import decode, parallel, train
@@ -281,6 +282,19 @@ class TorchBackend:
             whole.load_state_dict({k: parallel.full_tensor(v).detach() for k, v in model.state_dict().items()})
             return whole.to(self.device)
         return parallel.unwrap(state.model)
+
+    def held_bytes(self, state: train.TrainState) -> HeldBytes:
+        """What this rank holds of the trained parameters and AdamW's moments (a DTensor: its local
+        shard; FSDP2 pads a first dimension the mesh does not divide), measured from the tensors."""
+        from torch.distributed.tensor import DTensor
+
+        def local(t: torch.Tensor) -> int:
+            t = t.to_local() if isinstance(t, DTensor) else t
+            return t.numel() * t.element_size()
+
+        params = list(parallel.unwrap(state.model).parameters())
+        moments = [v for p in params for k, v in state.optimizer.state.get(p, {}).items() if k in ("exp_avg", "exp_avg_sq")]
+        return HeldBytes(params=sum(map(local, params)), optimizer=sum(map(local, moments)))
 
     def step_memory(self) -> tuple[int | None, str]:
         """``(bytes, what they count)`` for the train step last run: the CUDA allocator's peak

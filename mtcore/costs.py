@@ -1,0 +1,189 @@
+"""What a way of splitting the model costs one device, predicted from the parameter shapes and the
+mesh alone (no framework, no step run): the bytes of trained parameters and of AdamW's two moments
+that one device holds. Each backend's ``held_bytes`` measures the same from its own sharded arrays
+(torch: DTensor local shards; JAX: the shards on each device); docs/parallelism.md says what each
+counts and where the frameworks' layouts differ from this prediction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from mtcore.config import ModelConfig
+from mtcore.parallel import MeshShape
+from mtcore.weights import BUFFERS, param_shapes
+
+# Megatron's split, as both frameworks apply it: the column-parallel layers split their output
+# units (weight and bias), the row-parallel ones their inputs (the bias, added after the
+# all-reduce, stays whole). Everything else is whole along ``tensor``.
+COLUMN = ("q_proj", "k_proj", "v_proj", "fc1")
+ROW = ("out_proj", "fc2")
+FP32 = 4
+
+
+def split_by_tensor(name: str) -> bool:
+    """Whether tensor parallelism splits the canonical parameter ``name``."""
+    module, _, leaf = name.rpartition(".")
+    module = module.rpartition(".")[2]
+    return module in COLUMN or (module in ROW and leaf == "weight")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldBytes:
+    """Bytes one device holds: trained parameters and the optimizer's moments (AdamW: two per
+    parameter, laid out as the parameter). Gradients, while a step runs, take what the parameters
+    take."""
+
+    params: int
+    optimizer: int
+
+    @property
+    def total(self) -> int:
+        return self.params + self.optimizer
+
+    def as_dict(self) -> dict[str, int]:
+        return {"params": self.params, "optimizer": self.optimizer, "total": self.total}
+
+
+def predicted_bytes(cfg: ModelConfig, mesh: MeshShape, value_bytes: int = FP32) -> HeldBytes:
+    """``fsdp`` shards every trained parameter (ZeRO-3: the optimizer state with it), ``tensor``
+    the layers of ``split_by_tensor``, ``data`` nothing; a split that does not divide is rounded up
+    (torch's FSDP2 pads the last shard). Buffers (``final_logits_bias``) are not trained and not
+    counted."""
+    params = 0
+    for name, shape in param_shapes(cfg).items():
+        if name in BUFFERS:
+            continue
+        ways = mesh.fsdp * (mesh.tensor if split_by_tensor(name) else 1)
+        params += math.ceil(math.prod(shape) / ways) * value_bytes
+    return HeldBytes(params=params, optimizer=2 * params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    """One kind of collective a train step runs on one device, over one mesh axis: ``calls`` per
+    step, ``payload`` bytes (the whole tensor each call reduces or gathers, summed over calls) and
+    ``sent``, the bytes a device sends for them with ring algorithms (all-reduce 2S(N-1)/N,
+    all-gather and reduce-scatter S(N-1)/N, for a tensor of S bytes over N devices)."""
+
+    kind: str
+    axis: str
+    calls: int
+    payload: int
+    sent: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _ring(kind: str, payload: float, n: int) -> int:
+    return round((2 if kind == "all-reduce" else 1) * payload * (n - 1) / n)
+
+
+def predicted_traffic(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_len: int, tgt_len: int,
+                      value_bytes: int = FP32) -> list[Collective]:
+    """The collectives of one train step on one device, from the textbook:
+
+    - ``data`` (no fsdp): one all-reduce of the gradients, P bytes (of the parameters a device
+      holds along ``tensor``): 2P(N-1)/N sent;
+    - ``fsdp``: the weights all-gathered for the forward and again for the backward, the gradients
+      reduce-scattered: 3P(N-1)/N; with ``data`` too (HSDP), the shards' gradients all-reduced over
+      ``data``;
+    - ``tensor`` (Megatron): an all-reduce of the activations after each row-parallel layer in the
+      forward (two per encoder layer, three per decoder layer) and of the input gradients before each
+      column-parallel block in the backward (two per encoder layer; four per decoder layer: the
+      cross-attention's keys and values read the encoder output), each the activations of a batch
+      shard's rows.
+
+    Not counted: the scalar all-reduces of the loss and token counts (bytes, not megabytes)."""
+    out: list[Collective] = []
+
+    def add(kind: str, axis: str, calls: int, payload: float, n: int) -> None:
+        if n > 1 and calls:
+            out.append(Collective(kind, axis, calls, round(payload), _ring(kind, payload, n)))
+
+    held_along_tensor = predicted_bytes(cfg, MeshShape(tensor=mesh.tensor), value_bytes).params
+    if mesh.fsdp > 1:
+        add("all-gather", "fsdp", 2, 2 * held_along_tensor, mesh.fsdp)
+        add("reduce-scatter", "fsdp", 1, held_along_tensor, mesh.fsdp)
+        add("all-reduce", "data", 1, held_along_tensor / mesh.fsdp, mesh.data)
+    else:
+        add("all-reduce", "data", 1, held_along_tensor, mesh.data)
+    rows = global_batch // mesh.batch_shards
+    src, tgt = rows * src_len * cfg.d_model * value_bytes, rows * tgt_len * cfg.d_model * value_bytes
+    forward = cfg.encoder_layers * 2 * src + cfg.decoder_layers * 3 * tgt
+    backward = cfg.encoder_layers * 2 * src + cfg.decoder_layers * (3 * tgt + src)
+    calls = cfg.encoder_layers * 4 + cfg.decoder_layers * 7
+    add("all-reduce", "tensor", calls, forward + backward, mesh.tensor)
+    return out
+
+
+def sent_bytes(collectives: list[Collective]) -> int:
+    return sum(c.sent for c in collectives)
+
+
+def step_flops_per_device(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_len: int, tgt_len: int) -> float:
+    """A train step's matmul FLOPs on one device (forward + backward, ``metrics.forward_flops``):
+    the layers split over every device, the tied output projection (kept whole along ``tensor``)
+    over the batch shards only."""
+    from mtcore.metrics import forward_flops
+
+    output = global_batch * 2 * tgt_len * cfg.d_model * cfg.vocab_size
+    layers = forward_flops(cfg, global_batch, src_len, tgt_len) - output
+    return 3 * (layers / mesh.devices + output / mesh.batch_shards)
+
+
+def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: int, tgt_len: int, *,
+         value_bytes: int = FP32, bandwidth: float | None = None, flops: float | None = None) -> list[dict]:
+    """One row per mesh of what it would cost per device and step: held bytes, collectives, bytes
+    sent, FLOPs; with ``bandwidth`` (bytes/s a device sends) and ``flops`` (FLOP/s a device
+    computes) the seconds each would take. Refuses what cannot run: a mesh that does not divide
+    the model or the batch, a non-positive rate."""
+    from mtcore.errors import MTCoreError
+
+    for name, value in (("--bandwidth", bandwidth), ("--flops", flops)):
+        if value is not None and not value > 0:
+            raise MTCoreError(f"{name} must be positive, got {value:g}")
+    for name, value in (("--global-batch-size", global_batch), ("--src-len", src_len), ("--tgt-len", tgt_len)):
+        if value < 1:
+            raise MTCoreError(f"{name} must be at least 1, got {value}")
+    rows = []
+    for mesh in meshes:
+        mesh.check_model(cfg)
+        mesh.check_batch(global_batch)
+        collectives = predicted_traffic(cfg, mesh, global_batch, src_len, tgt_len, value_bytes)
+        row = {"mesh": str(mesh), "devices": mesh.devices, "held": predicted_bytes(cfg, mesh, value_bytes).as_dict(),
+               "collectives": [c.as_dict() for c in collectives], "sent": sent_bytes(collectives),
+               "flops": step_flops_per_device(cfg, mesh, global_batch, src_len, tgt_len),
+               "tokens_per_device": global_batch * (src_len + tgt_len) // mesh.batch_shards}
+        if bandwidth:
+            row["communication_s"] = row["sent"] / bandwidth
+        if flops:
+            row["arithmetic_s"] = row["flops"] / flops
+        rows.append(row)
+    return rows
+
+
+def format_plan(rows: list[dict], *, bandwidth: float | None = None, flops: float | None = None) -> str:
+    """``plan``'s rows as a markdown table."""
+    def mb(n: float) -> str:
+        return f"{n / 1e6:,.1f} MB"
+
+    head = ["mesh", "devices", "held per device (params + AdamW)", "sent per step per device", "collectives",
+            "FLOPs per device"]
+    if bandwidth:
+        head.append(f"communication at {bandwidth / 1e9:g} GB/s")
+    if flops:
+        head.append(f"arithmetic at {flops / 1e12:g} TFLOP/s")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        kinds = ", ".join(f"{c['calls']} {c['kind']} ({c['axis']}, {mb(c['sent'])})" for c in r["collectives"]) or "none"
+        cells = [r["mesh"], str(r["devices"]), f"{mb(r['held']['total'])} ({mb(r['held']['params'])} + "
+                 f"{mb(r['held']['optimizer'])})", mb(r["sent"]), kinds, f"{r['flops']:.3g}"]
+        if bandwidth:
+            cells.append(f"{r['communication_s'] * 1e3:,.2f} ms")
+        if flops:
+            cells.append(f"{r['arithmetic_s'] * 1e3:,.2f} ms")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""What a strategy costs a device, predicted from the shapes and the mesh (mtcore.costs), and
+`mtcore plan`, which prints it. The measured side: test_parallel's held-bytes tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mtcore.cli import main
+from mtcore.config import ModelConfig
+from mtcore.costs import FP32, plan, predicted_bytes, predicted_traffic, sent_bytes
+from mtcore.parallel import MeshShape
+
+MARIAN = ModelConfig.preset("marian-en-hu")
+
+
+@pytest.mark.parametrize("model", ["tiny", "marian-en-hu"])
+def test_one_device_holds_every_parameter_and_two_moments(model):
+    cfg = ModelConfig.preset(model)
+    held = predicted_bytes(cfg, MeshShape())
+    assert held.params == cfg.num_params() * FP32 and held.optimizer == 2 * held.params
+
+
+def test_the_textbook_volumes():
+    """Per device and step, P bytes of gradients over N devices: data parallel all-reduces them,
+    2P(N-1)/N sent; FSDP gathers the weights twice and reduce-scatters the gradients, 3P(N-1)/N;
+    tensor parallel moves activations, which grow with the batch, not with P."""
+    p = MARIAN.num_params() * FP32
+    for n in (2, 8, 64):
+        (data,) = predicted_traffic(MARIAN, MeshShape(data=n), 8 * n, 128, 128)
+        assert (data.kind, data.axis, data.sent) == ("all-reduce", "data", round(2 * p * (n - 1) / n))
+        fsdp = predicted_traffic(MARIAN, MeshShape(fsdp=n), 8 * n, 128, 128)
+        assert [(c.kind, c.calls) for c in fsdp] == [("all-gather", 2), ("reduce-scatter", 1)]
+        assert sent_bytes(fsdp) == pytest.approx(3 * p * (n - 1) / n, abs=2)
+    small, large = (sent_bytes(predicted_traffic(MARIAN, MeshShape(tensor=2), rows, 128, 128)) for rows in (32, 64))
+    assert large == 2 * small
+
+
+def test_fsdp_is_compute_bound_above_about_2200_tokens_a_device_on_h100_links():
+    """The rule of thumb (bf16, 989 TFLOP/s and 450 GB/s a GPU): FSDP's 3P(N-1)/N bytes take as long
+    as its 6P FLOPs a token at about FLOPS / bandwidth = 2,198 tokens a device. A token of the rule
+    passes through every weight; here a row's source tokens pass through the encoder's and its
+    target tokens through the decoder's and the output projection, so with source and target of
+    one length a row of 2 x 64 tokens is 64 tokens through the whole model."""
+    def balance(rows_per_device: int) -> float:
+        (row,) = plan(MARIAN, [MeshShape(fsdp=64)], 64 * rows_per_device, 64, 64, value_bytes=2, bandwidth=450e9,
+                      flops=989e12)
+        assert row["tokens_per_device"] == rows_per_device * 128
+        return row["communication_s"] / row["arithmetic_s"]
+
+    below, above = balance(8), balance(64)  # 512 and 4,096 whole-model tokens a device
+    assert below > 1 > above, (below, above)
+    # Communication is fixed and arithmetic grows with the tokens: they balance at 512 x below.
+    # Within 10% of the rule's 2,200 (attention adds FLOPs it leaves out).
+    assert 1980 < 8 * 64 * below < 2420, 8 * 64 * below
+
+
+def test_plan_prints_a_row_per_mesh(capsys):
+    assert main(["plan", "--model", "marian-en-hu", "--mesh", "data:8", "fsdp:8", "fsdp:4,tensor:2",
+                 "--bandwidth", "450", "--flops", "989", "--precision", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "76,149,760 parameters" in out and "no step run" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith(("| mesh", "| ---"))]
+    assert [r.split(" | ")[0] for r in rows] == ["| data:8", "| fsdp:8", "| fsdp:4,tensor:2"]
+    assert "communication at 450 GB/s" in out and "arithmetic at 989 TFLOP/s" in out
+    assert main(["plan", "--model", "tiny", "--mesh", "fsdp:2", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["held"] == predicted_bytes(ModelConfig.preset("tiny"), MeshShape(fsdp=2)).as_dict()
+    assert "communication_s" not in row  # no bandwidth given, no time claimed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "huge", "--mesh", "fsdp:2"], "unknown model preset 'huge'"),
+    (["--model", "tiny", "--mesh", "tensor:3"], "tensor:3 does not divide num_heads=4"),
+    (["--model", "marian-en-hu", "--mesh", "wide:2"], "unknown axis 'wide'"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--bandwidth", "0"], "--bandwidth must be positive, got 0"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--flops", "-5"], "--flops must be positive, got -5"),
+    (["--model", "tiny", "--mesh", "fsdp:3", "--global-batch-size", "8"], "fsdp:3 does not divide d_model=64"),
+    (["--model", "tiny", "--mesh", "data:3", "--global-batch-size", "8"], "8 rows cannot be split evenly over 3 devices"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--global-batch-size", "0"], "--global-batch-size must be at least 1, got 0"),
+])
+def test_plan_refuses_in_one_line(capsys, args, message):
+    assert main(["plan", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mtcore: error: ") and message in err and err.count("\n") == 1, err
