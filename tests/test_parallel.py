@@ -209,6 +209,27 @@ def test_jax_devices_hold_what_the_mesh_predicts():
 
 
 @pytest.mark.jax
+def test_jax_step_collectives_are_read_from_its_hlo():
+    """Data parallel on 2 devices: the compiled step all-reduces every gradient once per step (the
+    layers' inside the scan loops, once per trip) and the tied embedding's three times, once per
+    use (source and target embedding, output projection), before adding them; plus the loss's
+    scalars. The textbook's 2P(N-1)/N counts the embedding once (docs/parallelism.md)."""
+    from mtcore.batch import random_batch
+    from mtcore.weights import init_tree
+
+    be = backend("jax", "cpu", mesh="data:2")
+    state = be.init_train_state(be.from_numpy(PARALLEL_CFG, init_tree(PARALLEL_CFG, 0)), TCFG)
+    be.compile_train_step(PARALLEL_CFG, TCFG, state, random_batch(PARALLEL_CFG, 8, 7, 5, seed=0))
+    (reduce,) = be.step_collectives()
+    grads = predicted_bytes(PARALLEL_CFG, MeshShape()).params
+    embedding = PARALLEL_CFG.vocab_size * PARALLEL_CFG.d_model * 4
+    assert (reduce["kind"], reduce["devices"]) == ("all-reduce", 2)
+    assert 0 <= reduce["payload"] - (grads + 2 * embedding) < 64, reduce  # a few f32 scalars
+    # One per scan trip of each stack (2 encoder, 2 decoder layers) and two outside the loops.
+    assert reduce["calls"] == PARALLEL_CFG.encoder_layers + PARALLEL_CFG.decoder_layers + 2, reduce
+
+
+@pytest.mark.jax
 @pytest.mark.parametrize("first, then", [("fsdp:2", "data:1"), ("data:1", "tensor:2"), ("fsdp:2", "fsdp:2,tensor:2")])
 def test_jax_checkpoints_do_not_depend_on_the_mesh(first, then):
     """The saved tree and AdamW moments are the canonical ones, gathered whole: a state taken

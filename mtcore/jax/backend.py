@@ -160,6 +160,7 @@ class JaxBackend:
         self.split = parallel.split_batch(self.mesh)
         self.device_kind = device
         self.last_compiled_memory = None
+        self.last_compiled = None
 
     def __repr__(self) -> str:
         return f"JaxBackend(device={self.device_kind!r}, mesh={str(self.mesh_shape)!r})"
@@ -261,6 +262,7 @@ class JaxBackend:
             _COMPILED_STEPS[key] = (compiled, trace_s + compile_s)
         compiled, seconds = _COMPILED_STEPS[key]
         self.last_compiled_memory = compiled_memory(compiled)
+        self.last_compiled = compiled
         state, metrics = compiled(state, batch)
         return compiled, seconds, state, metrics
 
@@ -280,6 +282,13 @@ class JaxBackend:
         """The parameters being trained, as this process's single-device copy: what ``forward``,
         ``generate`` and ``to_numpy`` take."""
         return parallel.local_copy({"params": state.params, "consts": state.consts}, self.jax_device)
+
+    def step_collectives(self) -> list[dict]:
+        """The collectives of the train step last compiled (``compile_train_step``), read from its
+        HLO: what GSPMD inserted, per kind, with their bytes (``parallel.step_collectives``)."""
+        if self.last_compiled is None:
+            raise MTCoreError("no train step compiled yet: call compile_train_step first")
+        return parallel.step_collectives(self.last_compiled.as_text())
 
     def held_bytes(self, state: train.TrainState) -> HeldBytes:
         """What the most loaded device of this process holds of the trained parameters and AdamW's

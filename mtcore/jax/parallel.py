@@ -12,6 +12,8 @@ exactly as one device on the same global batch, dropout included.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -182,3 +184,88 @@ def local_copy(tree, device):
         return jax.device_put(multihost_utils.process_allgather(x, tiled=True), device)
 
     return jax.tree.map(one, tree)
+
+
+# ---- what a compiled step moves -------------------------------------------------------------------
+_COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%\S+ = (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+                         r"(?:-start)?\((.*)$")
+_WHILE = re.compile(r"^\s*(?:ROOT )?%\S+ = .+? while\(.*\bbody=%([\w.\-]+)")
+_CALL = re.compile(r"\b(?:calls|to_apply|body|condition)=(%[\w.\-]+)|\bbranch_computations=\{([^}]*)\}")
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
+_BITS = {"pred": 8, "bf16": 16}
+
+
+def _nbytes(shape_text: str) -> int:
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape_text):
+        bits = _BITS.get(dtype) or int(dtype[1:])
+        total += math.prod(int(d) for d in dims.split(",") if d) * bits // 8
+    return total
+
+
+def _group_size(attrs: str) -> int:
+    """Devices per replica group, in any of XLA's spellings: ``{{0,1},{2,3}}``, the iota
+    ``[2,2]<=[4]`` (groups x size) or ``mesh['axis_0'=2,'axis_1'=1] {'axis_0'}``."""
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
+    if m:
+        sizes = {k.strip("'"): int(v) for k, v in (part.split("=") for part in m.group(1).split(","))}
+        return math.prod(sizes[a.strip().strip("'")] for a in m.group(2).split(",") if a.strip())
+    m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", attrs)
+    if m:
+        return int(m.group(2))
+    m = re.search(r"replica_groups=\{\{([\d,]*)\}", attrs)
+    if m:
+        return len(m.group(1).split(","))
+    m = re.search(r"source_target_pairs=\{([^}]*)\}", attrs)
+    return 2 if m else 1
+
+
+def step_collectives(hlo_text: str) -> list[dict]:
+    """The collectives of a compiled program (``compiled.as_text()``), one entry per kind and group
+    size: ``calls`` per run of the program (those in a loop's body counted once per trip, from
+    XLA's ``known_trip_count``), ``payload`` (the whole tensor each reduces or gathers: an
+    all-reduce's or all-gather's result, a reduce-scatter's result times the group) and ``sent``
+    (ring algorithms: 2S(N-1)/N for an all-reduce, S(N-1)/N otherwise), in bytes."""
+    computations: dict[str, list[str]] = {}
+    entry, name = None, None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(ENTRY )?%([\w.\-]+) ", line)
+        if header and line.rstrip().endswith("{"):
+            name = header.group(2)
+            computations[name] = []
+            entry = name if header.group(1) else entry
+        elif name is not None:
+            computations[name].append(line)
+    runs: dict[str, int] = {}
+
+    def visit(comp: str, times: int) -> None:
+        runs[comp] = runs.get(comp, 0) + times
+        for line in computations.get(comp, []):
+            loop = _WHILE.match(line)
+            trips = _TRIPS.search(line)
+            for one, branches in _CALL.findall(line):
+                for callee in (n.strip().lstrip("%") for n in (one or branches).split(",")):
+                    if callee in computations and callee != comp:
+                        body = loop and callee == loop.group(1)
+                        visit(callee, times * (int(trips.group(1)) if body and trips else 1))
+
+    if entry is None:
+        return []
+    visit(entry, 1)
+    found: dict[tuple[str, int], dict] = {}
+    for comp, times in runs.items():
+        for line in computations[comp]:
+            m = _COLLECTIVE.match(line)
+            if not m:
+                continue
+            shape, kind, attrs = m.groups()
+            n = _group_size(attrs)
+            if n < 2:
+                continue
+            payload = _nbytes(shape) * (n if kind == "reduce-scatter" else 1)
+            row = found.setdefault((kind, n), {"kind": kind, "devices": n, "calls": 0, "payload": 0, "sent": 0})
+            row["calls"] += times
+            row["payload"] += payload * times
+            row["sent"] += round((2 if kind == "all-reduce" else 1) * payload * (n - 1) / n) * times
+    return sorted(found.values(), key=lambda r: (r["kind"], r["devices"]))
