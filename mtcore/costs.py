@@ -77,7 +77,9 @@ class Collective:
         return dataclasses.asdict(self)
 
 
-def _ring(kind: str, payload: float, n: int) -> int:
+def ring_sent(kind: str, payload: float, n: int) -> int:
+    """Bytes a device sends for a collective of ``payload`` bytes over ``n`` devices with ring
+    algorithms: 2S(N-1)/N for an all-reduce, S(N-1)/N for the others."""
     return round((2 if kind == "all-reduce" else 1) * payload * (n - 1) / n)
 
 
@@ -101,7 +103,7 @@ def predicted_traffic(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_
 
     def add(kind: str, axis: str, calls: int, payload: float, n: int) -> None:
         if n > 1 and calls:
-            out.append(Collective(kind, axis, calls, round(payload), _ring(kind, payload, n)))
+            out.append(Collective(kind, axis, calls, round(payload), ring_sent(kind, payload, n)))
 
     held_along_tensor = predicted_bytes(cfg, MeshShape(tensor=mesh.tensor), value_bytes).params
     if mesh.fsdp > 1:

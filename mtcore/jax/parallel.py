@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mtcore.costs import ring_sent
 from mtcore.errors import MTCoreError
 from mtcore.parallel import MESH_AXES, MeshShape, World
 
@@ -206,7 +207,8 @@ def _nbytes(shape_text: str) -> int:
 
 def _group_size(attrs: str) -> int:
     """Devices per replica group, in any of XLA's spellings: ``{{0,1},{2,3}}``, the iota
-    ``[2,2]<=[4]`` (groups x size) or ``mesh['axis_0'=2,'axis_1'=1] {'axis_0'}``."""
+    ``[2,2]<=[4]`` (groups x size) or ``mesh['axis_0'=2,'axis_1'=1] {'axis_0'}``; a collective-permute
+    (``source_target_pairs``) as a pair."""
     m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
     if m:
         sizes = {k.strip("'"): int(v) for k, v in (part.split("=") for part in m.group(1).split(","))}
@@ -226,7 +228,7 @@ def step_collectives(hlo_text: str) -> list[dict]:
     size: ``calls`` per run of the program (those in a loop's body counted once per trip, from
     XLA's ``known_trip_count``), ``payload`` (the whole tensor each reduces or gathers: an
     all-reduce's or all-gather's result, a reduce-scatter's result times the group) and ``sent``
-    (ring algorithms: 2S(N-1)/N for an all-reduce, S(N-1)/N otherwise), in bytes."""
+    (``costs.ring_sent``), in bytes."""
     computations: dict[str, list[str]] = {}
     entry, name = None, None
     for line in hlo_text.splitlines():
@@ -267,5 +269,5 @@ def step_collectives(hlo_text: str) -> list[dict]:
             row = found.setdefault((kind, n), {"kind": kind, "devices": n, "calls": 0, "payload": 0, "sent": 0})
             row["calls"] += times
             row["payload"] += payload * times
-            row["sent"] += round((2 if kind == "all-reduce" else 1) * payload * (n - 1) / n) * times
+            row["sent"] += ring_sent(kind, payload, n) * times
     return sorted(found.values(), key=lambda r: (r["kind"], r["devices"]))
