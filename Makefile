@@ -10,7 +10,7 @@ ARGS ?=
 FAIL ?= median:15%
 
 # pytest exits 5 when it selects no test: say so, and do not fail the target for it. Every run keeps
-# its temporary files (pytest's folders, torch's caches, inductor's ~150 MB of precompiled headers)
+# its temporary files (pytest's folders, torch's caches, inductor's precompiled headers)
 # in the checkout's .tmp/, not the machine's temporary folder.
 define pytest
 	mkdir -p .tmp; TMPDIR=$(CURDIR)/.tmp $(PY) -m pytest $(1) $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest selected no tests (exit 5)"; rc=0; fi; exit $$rc
