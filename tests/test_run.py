@@ -108,9 +108,10 @@ def test_resume_continues_as_if_never_stopped(framework, tmp_path):
 @pytest.mark.slow
 def test_compiled_torch_run_trains_what_the_eager_run_trains(tmp_path):
     """``--compile default``: the train step runs through torch.compile (two graphs however many
-    bucket shapes: the first shape's, then one with symbolic shapes, so a second graph also says
-    the buckets differed) and takes the eager run's steps (no dropout: compiled dropout draws its
-    masks from another RNG)."""
+    bucket shapes and steps: the first shape's, then one with symbolic shapes, so a second graph
+    also says the buckets differed, and a step whose state came from the step, not from
+    ``init_train_state``, compiles nothing again) and takes the eager run's steps (no dropout:
+    compiled dropout draws its masks from another RNG)."""
     need("torch")
     # No translations to score and few held-out pairs: the claim is about the training steps.
     # Pairs up to 64 tokens: two bucket shapes, so the symbolic-shape graph is compiled too.
@@ -122,6 +123,7 @@ def test_compiled_torch_run_trains_what_the_eager_run_trains(tmp_path):
         assert compiles() == 2
     assert compiled["run"]["compile"] == "default"
     losses = eager["epochs"][0]["step_losses"]
+    assert len(losses) > 2 * 2, "too few steps to show that a shape's later steps compile nothing"
     np.testing.assert_allclose(compiled["epochs"][0]["step_losses"], losses, rtol=1e-4)
     with pytest.raises(mtcore.MTCoreError, match="the HF baseline runs eager only"):
         RunConfig(framework="hf", compile="default")
