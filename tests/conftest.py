@@ -28,6 +28,15 @@ try:
     # Four CPU host devices for the data-parallel tests; JAX reads this once, before it starts its
     # backends. Single-device code uses the first.
     jax.config.update("jax_num_cpu_devices", 4)
+    # The tests' own processes keep JAX's compiled programs where the runs they start keep theirs
+    # (the session's cache above, shared by both xdist workers, which inherit it from the
+    # controller): the same model, step and shape compiled by several tests and processes is
+    # compiled once. Programs quicker to compile than to store stay out. torch's inductor cache is
+    # on by default, in TORCHINDUCTOR_CACHE_DIR. A test that needs a cold compile asks for one
+    # (the backends' fresh_compile turns the cache off).
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["MTCORE_CACHE_DIR"], "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 except ImportError:
     pass
 

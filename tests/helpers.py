@@ -96,15 +96,23 @@ def compile_counter(framework: str):
 
         events: list[str] = []
 
+        # A program XLA compiled, or one the persistent compile cache handed back (the tests keep
+        # one, tests/conftest.py): either way the step was traced and lowered again.
         def listener(event, duration_secs, **kwargs):
             if event == "/jax/core/compile/backend_compile_duration":
                 events.append(event)
 
+        def hit(event, **kwargs):
+            if event == "/jax/compilation_cache/cache_hits":
+                events.append(event)
+
         jax.monitoring.register_event_duration_secs_listener(listener)
+        jax.monitoring.register_event_listener(hit)
         try:
             yield lambda: len(events)
         finally:
             jax.monitoring.unregister_event_duration_listener(listener)
+            jax.monitoring.unregister_event_listener(hit)
 
     @contextlib.contextmanager
     def torch_counter():
