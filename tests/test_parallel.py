@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dist_worker import job_file
 from helpers import PARALLEL_CFG, train_steps, uneven_batches
 
 from mtcore import MTCoreError, TrainConfig, backend
@@ -326,24 +327,39 @@ def torchrun(log_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--log-dir", str(log_dir), *args]
 
 
+def torch_ranks(directory: Path, ranks: int, jobs: list[str], timeout: float = 90) -> Path:
+    """One torchrun of ``ranks`` gloo ranks taking ``jobs`` in turn (tests/dist_worker.py);
+    their results in ``directory``."""
+    run_together([torchrun(directory / "logs", "--standalone", "--nproc-per-node", str(ranks),
+                           str(HERE / "dist_worker.py"), "torch", str(directory), *jobs)], timeout=timeout)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def two_torch_ranks(tmp_path_factory) -> Path:
+    """Every two-rank claim below from one launch (each costs every rank its imports and a
+    process group to join): DDP, fsdp:2, tensor:2, and tensor:2 with dropout, one after another."""
+    pytest.importorskip("torch")
+    return torch_ranks(tmp_path_factory.mktemp("two-ranks"), 2, ["data", "fsdp:2", "tensor:2", "tensor:2+dropout"],
+                       timeout=180)
+
+
 @pytest.mark.torch
 @pytest.mark.jax
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")
 @pytest.mark.parametrize("mesh, ranks", [("fsdp:2", 2), ("tensor:2", 2), ("fsdp:2,tensor:2", 4)])
-def test_torch_meshes_train_as_one_device(reference, tmp_path, mesh, ranks):
+def test_torch_meshes_train_as_one_device(reference, request, tmp_path, mesh, ranks):
     """FSDP2 and DTensor tensor parallel as gloo ranks take one device's steps; each rank holds
     half of a sharded weight; the checkpoint they gather after two steps is the canonical tree,
     which the mesh itself resumes from and JAX on one device reads, both continuing with torch's
     next loss."""
-    out = tmp_path / "torch.npz"
-    run_together([torchrun(tmp_path / "logs", "--standalone", "--nproc-per-node", str(ranks),
-                           str(HERE / "dist_worker.py"), "torch", str(out), mesh)], timeout=90)
-    losses, tree = saved_training(out)
+    where = request.getfixturevalue("two_torch_ranks") if ranks == 2 else torch_ranks(tmp_path, ranks, [mesh])
+    losses, tree = saved_training(job_file(where, mesh))
     np.testing.assert_allclose(losses, reference[0], rtol=1e-5)
     worst = max(float(np.abs(tree[k] - reference[1][k]).max()) for k in reference[1])
     assert worst < MESH_TOLERANCE, f"torch {mesh}: weights differ by {worst:.2e}"
-    shards = [json.loads((tmp_path / f"torch-rank{r}.json").read_text()) for r in range(ranks)]
+    shards = [json.loads(job_file(where, mesh, f"-rank{r}.json").read_text()) for r in range(ranks)]
     part = [32 if ranks == 4 else 64, 64]  # 2-D: a quarter
     assert all(s["fc1_local"] == part and s["fc1"] == [128, 64] for s in shards), shards
     # Resumed from the gathered tree onto the mesh, every rank takes the third step's loss again.
@@ -353,7 +369,7 @@ def test_torch_meshes_train_as_one_device(reference, tmp_path, mesh, ranks):
     predicted = predicted_bytes(PARALLEL_CFG, MeshShape.parse(mesh)).as_dict()
     for s in shards:
         assert {k: v / predicted[k] for k, v in s["held"].items()} == pytest.approx(dict.fromkeys(predicted, 1.0), abs=0.05), (s, predicted)
-    saved = np.load(tmp_path / "torch-2.npz")
+    saved = np.load(job_file(where, mesh, "-2.npz"))
     be = backend("jax")
     moments = {k.removeprefix("moment."): saved[k] for k in saved.files if k.startswith("moment.")}
     weights = {k: saved[k] for k in saved.files if k != "count" and not k.startswith("moment.")}
@@ -366,10 +382,8 @@ def test_torch_meshes_train_as_one_device(reference, tmp_path, mesh, ranks):
 @pytest.mark.jax
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")  # multi-process tests run one at a time, on one worker
-def test_torch_ddp_two_processes_train_as_one(reference, tmp_path):
-    out = tmp_path / "torch2.npz"
-    run_together([torchrun(tmp_path / "logs", "--standalone", "--nproc-per-node", "2", str(HERE / "dist_worker.py"), "torch", str(out))])
-    assert_same_training(saved_training(out), reference)
+def test_torch_ddp_two_processes_train_as_one(reference, two_torch_ranks):
+    assert_same_training(saved_training(job_file(two_torch_ranks, "data")), reference)
 
 
 @pytest.mark.torch
@@ -377,13 +391,12 @@ def test_torch_ddp_two_processes_train_as_one(reference, tmp_path):
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")
 def test_torch_two_nodes_on_loopback_train_as_one(reference, tmp_path):
-    out = tmp_path / "nodes.npz"
     endpoint = f"127.0.0.1:{free_port()}"
     node = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
             "--rdzv-id", "mtcore-test"]
-    run_together([torchrun(tmp_path / f"logs-{r}", *node, "--node-rank", str(r), str(HERE / "dist_worker.py"), "torch", str(out))
-                  for r in range(2)])
-    assert_same_training(saved_training(out), reference)
+    run_together([torchrun(tmp_path / f"logs-{r}", *node, "--node-rank", str(r), str(HERE / "dist_worker.py"), "torch",
+                           str(tmp_path), "data") for r in range(2)])
+    assert_same_training(saved_training(job_file(tmp_path, "data")), reference)
 
 
 @pytest.mark.jax
@@ -437,12 +450,10 @@ def test_cli_torch_two_ranks_write_rank_files(tmp_path):
 @pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")
-def test_torch_tensor_parallel_ranks_draw_the_same_dropout(tmp_path):
+def test_torch_tensor_parallel_ranks_draw_the_same_dropout(two_torch_ranks):
     """With dropout on, the ranks of a tensor-parallel group hold one copy of what is not split
     (norms, the embedding, the residual stream): the same losses and weights on both ranks."""
-    run_together([torchrun(tmp_path / "logs", "--standalone", "--nproc-per-node", "2", str(HERE / "dist_worker.py"),
-                           "torch", str(tmp_path / "x.npz"), "tensor:2", "dropout")], timeout=90)
-    ranks = [(tmp_path / f"x-rank{r}.txt").read_text() for r in range(2)]
+    ranks = [job_file(two_torch_ranks, "tensor:2+dropout", f"-rank{r}.txt").read_text() for r in range(2)]
     assert ranks[0] == ranks[1] and "weights " in ranks[0], ranks
 
 
