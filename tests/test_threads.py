@@ -14,7 +14,9 @@ from mtcore.errors import MTCoreError
 from mtcore.perf.threads import parse, usable_cores
 
 # Each budget applied in turn in one child: affinity can be changed again, and nothing here
-# starts JAX's backend, whose pool size is the one thing fixed at first use.
+# starts JAX's backend, whose pool size is the one thing fixed at first use. torch is started the
+# way mtcore starts it (its backend module, after the first budget: it takes the budget given
+# before), and sized again by each later one; no other framework is imported for it.
 PROBE = """
 import json, os, sys
 from mtcore.perf import threads
@@ -24,10 +26,13 @@ for n, slot, slots in json.loads(sys.argv[1]):
     budget = threads.apply(n, slot=slot, slots=slots)
     row = {"budget": budget.as_dict(), "affinity": sorted(os.sched_getaffinity(0))}
     try:
+        from mtcore.backend import framework
         import torch
+        framework("torch")
         row["torch"] = torch.get_num_threads()
     except ImportError:
         pass
+    row["imported"] = sorted({"jax", "transformers"} & set(sys.modules))
     out.append(row)
 print(json.dumps(out))
 """
@@ -59,6 +64,8 @@ def test_one_thread_pins_one_core_and_sizes_torch(probes):
     assert out["affinity"] == out["budget"]["cores"]
     if "torch" in out:
         assert out["torch"] == 1
+    # A budget imports no framework to size it: a torch process does not pay for JAX's imports.
+    assert out["imported"] == [], out
 
 
 @needs_affinity

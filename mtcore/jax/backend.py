@@ -18,6 +18,7 @@ from mtcore.jax import decode, parallel, train
 from mtcore.jax.model import Transformer
 from mtcore.jax.parallel import initialize as initialize_distributed  # noqa: F401  (Framework: jax.distributed)
 from mtcore.parallel import MeshShape
+from mtcore.perf import threads
 from mtcore.weights import Tree, check_tree, from_flax_leaves, read_hf_checkpoint, to_flax_variables
 
 PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
@@ -36,6 +37,9 @@ def set_threads(n: int) -> None:
         import warnings
 
         warnings.warn(f"JAX's CPU backend already started: its thread pool keeps its size, not {n}", stacklevel=3)
+
+
+threads.on_import(set_threads)  # a budget given before JAX's backend module was imported
 
 
 def configure(*, synchronous_cpu: bool, compile_cache: str | None) -> dict:

@@ -90,17 +90,37 @@ def apply(threads: int | None, *, slot: int = 0, slots: int = 1) -> ThreadBudget
     return ThreadBudget(threads=threads, cores=chosen, pinned=True, affinity=affinity)
 
 
+# The pool size of the last budget given: a framework mtcore starts afterwards takes it as its
+# backend module is imported (``on_import``). Importing every installed framework only to size its
+# pool cost each torch rank the imports of JAX and transformers, and each JAX process torch's.
+_pool_size: int | None = None
+
+
 def _limit_pools(n: int) -> None:
-    """Size every thread pool we know of to ``n``: BLAS/OpenMP through threadpoolctl, then each
-    installed framework through its backend module's ``set_threads``."""
+    """Size every thread pool we know of to ``n``: BLAS/OpenMP through threadpoolctl now; each
+    framework whose backend module is imported now, through its ``set_threads``, and every other
+    one as mtcore imports it (``on_import``)."""
+    global _pool_size
+    _pool_size = n
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # optional: numpy's BLAS is not on any timed path
         pass
     else:
         threadpool_limits(n)
-    from mtcore.backend import BACKENDS, available, framework, framework_of
+    import sys
+
+    from mtcore.backend import BACKENDS, framework_of
 
     # One call per framework: the HF baseline runs on torch's.
-    for name in {framework_of(b) for b in BACKENDS if available(b) is None}:
-        framework(name).set_threads(n)
+    for name in {framework_of(b) for b in BACKENDS}:
+        started = sys.modules.get(f"mtcore.{name}.backend")
+        if started is not None:
+            started.set_threads(n)
+
+
+def on_import(set_threads) -> None:
+    """Called by each framework's backend module as it is imported (``mtcore.backend.framework``,
+    a backend): the budget this process was given before applies to that framework too."""
+    if _pool_size is not None:
+        set_threads(_pool_size)

@@ -17,6 +17,7 @@ from mtcore.config import COMPILE_MODES, ModelConfig, TrainConfig
 from mtcore.costs import HeldBytes
 from mtcore.errors import MTCoreError
 from mtcore.parallel import MeshShape
+from mtcore.perf import threads
 from mtcore.torch import decode, parallel, train
 from mtcore.torch.model import Transformer
 from mtcore.torch.parallel import launch as launch_ranks  # noqa: F401  (Framework: torch's ranks)
@@ -44,6 +45,9 @@ PACKAGES = ("torch",)
 def set_threads(n: int) -> None:
     """Intra-op threads for CPU work (``mtcore.perf.threads`` pins the process's cores)."""
     torch.set_num_threads(n)
+
+
+threads.on_import(set_threads)  # a budget given before torch's backend was imported
 
 
 def configure(*, synchronous_cpu: bool, compile_cache: str | None) -> dict:
