@@ -457,19 +457,38 @@ def test_torch_tensor_parallel_ranks_draw_the_same_dropout(two_torch_ranks):
     assert ranks[0] == ranks[1] and "weights " in ranks[0], ranks
 
 
+@pytest.fixture(scope="module")
+def one_device_runs(tmp_path_factory):
+    """Per framework, the one-device run every mesh of test_cli_mesh_gives_the_step_losses_of_one_device
+    must match: its first epoch, and the second it takes when resumed (trained once for all meshes)."""
+    from mtcore.train import train
+    from mtcore.train.options import RunConfig
+
+    runs = {}
+
+    def run(framework: str) -> tuple[dict, dict]:
+        if framework not in runs:
+            rc = RunConfig(framework=framework, epochs=1, global_batch_size=32, dropout=0.0, model="tiny",
+                           synthetic_size=1000, max_len=16, validation=32, test=32, eval_sentences=0, batch_size=16)
+            out = tmp_path_factory.mktemp(f"one-{framework}")
+            first = train(rc, out, progress=False)
+            runs[framework] = first, train(dataclasses.replace(rc, epochs=2), out, progress=False, resume=True)
+        return runs[framework]
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")
 @pytest.mark.parametrize("framework, mesh", [("jax", "fsdp:2"), ("jax", "tensor:2"), ("torch", "fsdp:2"),
                                              ("torch", "tensor:2")])
-def test_cli_mesh_gives_the_step_losses_of_one_device(tmp_path, framework, mesh):
+def test_cli_mesh_gives_the_step_losses_of_one_device(tmp_path, framework, mesh, one_device_runs):
     """``mtcore train --mesh M --global-batch-size 32 --dropout 0`` takes the steps of
     ``--devices 1``: the rank files count each real token once, tensor-parallel ranks included; and
     ``mtcore train --resume --devices 1`` carries the mesh's run on where one device's would go.
     (One device onto a mesh: the workers of test_torch_meshes_train_as_one_device and
     test_jax_checkpoints_do_not_depend_on_the_mesh resume the gathered tree on each mesh.)"""
     from mtcore.cli import main
-    from mtcore.train import train
-    from mtcore.train.options import RunConfig
 
     pytest.importorskip(framework)
     # No translations to score: the claim is about the training steps (decoding would compile too).
@@ -478,9 +497,7 @@ def test_cli_mesh_gives_the_step_losses_of_one_device(tmp_path, framework, mesh)
     stdout, stderr = finish(mtcore_cli("train", "--mesh", mesh, "--out", str(tmp_path / "mesh"), *args))
     assert f"{framework}: 1 epochs" in stdout, stdout + stderr[-3000:]
     sharded = json.loads((tmp_path / "mesh" / "metrics.json").read_text())
-    one_rc = RunConfig(framework=framework, epochs=1, global_batch_size=32, dropout=0.0, model="tiny",
-                       synthetic_size=1000, max_len=16, validation=32, test=32, eval_sentences=0, batch_size=16)
-    one = train(one_rc, tmp_path / "one", progress=False)
+    one, stayed = one_device_runs(framework)
     np.testing.assert_allclose(sharded["epochs"][0]["step_losses"], one["epochs"][0]["step_losses"], rtol=1e-5)
     assert sharded["run"]["mesh"] == mesh and sharded["run"]["world"]["devices"] == 2
     ranks = [json.loads(p.read_text()) for p in sorted((tmp_path / "mesh").glob("rank*_results_epoch1.json"))]
@@ -492,7 +509,6 @@ def test_cli_mesh_gives_the_step_losses_of_one_device(tmp_path, framework, mesh)
     moved = json.loads((tmp_path / "mesh" / "metrics.json").read_text())
     assert moved["run"]["mesh"] is None and moved["run"]["world"]["devices"] == 1, moved["run"]
     assert [e["mesh"] for e in moved["epochs"]] == [mesh, "data:1"]  # each epoch says where it trained
-    stayed = train(dataclasses.replace(one_rc, epochs=2), tmp_path / "one", progress=False, resume=True)
     np.testing.assert_allclose(moved["epochs"][1]["step_losses"], stayed["epochs"][1]["step_losses"], rtol=1e-5)
 
 
