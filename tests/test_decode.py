@@ -226,8 +226,11 @@ def test_beam_search_is_hfs_on_many_rows_that_finish_early(backends, framework):
     assert early >= 50, f"only {early} of 320 rows finished before the limit: the test lost its point"
 
 
+# The compiled-decoding tests compile the same two decode graphs: on one worker, one after the
+# other, the second finds them in inductor's cache instead of compiling them cold at the same time.
 @pytest.mark.slow
 @pytest.mark.hf
+@pytest.mark.xdist_group("torch-decode-compile")
 def test_compiled_torch_decoding_is_eager_decoding_and_compiles_once_per_shape(backends):
     """``generate(compile=True)``: every step after the first is one ``torch.compile`` program
     (what ``reduce-overhead`` turns into a CUDA graph on a GPU). Its greedy and beam output is the
@@ -257,6 +260,7 @@ def test_compiled_torch_decoding_is_eager_decoding_and_compiles_once_per_shape(b
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("torch-decode-compile")
 def test_cuda_graphed_torch_decoding_keeps_its_cache_per_thread_and_shape(backends):
     """``compile="reduce-overhead"`` (on a CPU the graph is compiled, then run without CUDA graphs):
     the cache lives at the same addresses from call to call, whatever ran between, since a new
