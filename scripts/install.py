@@ -74,7 +74,7 @@ def install_torch(spec: str) -> None:
 
 def byte_compile() -> None:
     """The installed packages' bytecode, over every core: pip compiles file by file on one, which was
-    most of the install's time (docs/findings/2026-12-02-install-time.md). Without it every process
+    most of the install's time (docs/findings/2026-12-02-test-time.md). Without it every process
     would compile torch's modules again at import where Python may not write them
     (PYTHONDONTWRITEBYTECODE)."""
     paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})

@@ -77,3 +77,16 @@ def test_findings_are_dated():
     assert FINDINGS.is_dir(), "docs/findings/ is missing"
     undated = [p.name for p in sorted(FINDINGS.iterdir()) if p.name != "README.md" and not DATED.match(p.name)]
     assert not undated, "findings must be named YYYY-MM-DD-topic.md: " + ", ".join(undated)
+
+
+def test_the_docs_the_code_points_to_exist():
+    """Comments and docstrings send readers to docs/ for figures and reasons (a code comment carries
+    none): every such path names a file that is there."""
+    named = re.compile(r"docs/[\w./-]+?\.md")
+    missing = [f"{path.relative_to(ROOT)}:{number}: {ref}"
+               for folder in ("mtcore", "benches", "scripts", "tests")
+               for path in sorted((ROOT / folder).rglob("*.py"))
+               for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+               for ref in named.findall(line)
+               if not (ROOT / ref).is_file()]
+    assert not missing, "code points to docs that are not there:\n" + "\n".join(missing)
