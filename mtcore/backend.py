@@ -8,6 +8,7 @@ is one folder and one line in ``BACKENDS``.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any, Protocol
 
 import numpy as np
@@ -132,7 +133,18 @@ def framework(name: str) -> Framework:
     reason = available(name)
     if reason:
         raise BackendUnavailable(f"backend {name!r} unavailable: {reason}")
-    return importlib.import_module(f"mtcore.{BACKENDS[name][2]}.backend")
+    return importlib.import_module(_framework_module(name))
+
+
+def imported_frameworks() -> list[Framework]:
+    """The frameworks whose backend module this process has imported already; importing nothing
+    to answer (``mtcore.perf.threads`` sizes these at once, the others as they are imported)."""
+    modules = dict.fromkeys(_framework_module(b) for b in BACKENDS)  # hf shares torch's
+    return [sys.modules[m] for m in modules if m in sys.modules]
+
+
+def _framework_module(name: str) -> str:
+    return f"mtcore.{framework_of(name)}.backend"
 
 
 def framework_of(name: str) -> str:

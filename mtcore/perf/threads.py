@@ -108,19 +108,14 @@ def _limit_pools(n: int) -> None:
         pass
     else:
         threadpool_limits(n)
-    import sys
+    from mtcore.backend import imported_frameworks
 
-    from mtcore.backend import BACKENDS, framework_of
-
-    # One call per framework: the HF baseline runs on torch's.
-    for name in {framework_of(b) for b in BACKENDS}:
-        started = sys.modules.get(f"mtcore.{name}.backend")
-        if started is not None:
-            started.set_threads(n)
+    for started in imported_frameworks():
+        started.set_threads(n)
 
 
 def on_import(set_threads) -> None:
-    """Called by each framework's backend module as it is imported (``mtcore.backend.framework``,
-    a backend): the budget this process was given before applies to that framework too."""
+    """Called by each framework's backend module as it is imported: the budget this process was
+    given before applies to that framework too."""
     if _pool_size is not None:
         set_threads(_pool_size)
