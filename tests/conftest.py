@@ -14,6 +14,7 @@ import pytest
 
 import mtcore
 from mtcore.perf import threads
+from mtcore.perf.setup import compile_cache_dir
 
 # The compile caches mtcore keeps between runs (mtcore.perf.setup) start empty for every test
 # session and go with it: a test never depends on an earlier session's compiles, and nothing is
@@ -35,7 +36,7 @@ try:
     # on by default, in TORCHINDUCTOR_CACHE_DIR. A test that needs a cold compile asks for one
     # (the backends' fresh_compile turns the cache off).
     jax.config.update("jax_enable_compilation_cache", True)
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["MTCORE_CACHE_DIR"], "jax"))
+    jax.config.update("jax_compilation_cache_dir", str(compile_cache_dir() / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 except ImportError:
     pass
