@@ -82,13 +82,20 @@ def test_bf16_step_is_close_to_fp32(backends, framework):
 
 @pytest.mark.parametrize("framework", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
 def test_dropout_is_applied_in_training_only(backends, framework):
+    """A step with dropout computes another loss and update than one without. The weights are
+    random_tree's: at init_tree's scale the logits are all near zero and the loss is log(vocab)
+    whatever is dropped, so the losses alone could agree to 1e-5 for some masks (torch draws them
+    from its global RNG: the test order chose them)."""
     be = backends[framework]
+    be.reseed(3)
     cfg = CONFIGS[0].replace(dropout=0.3)
-    tree = init_tree(cfg, 3)
+    tree = random_tree(cfg, 3)
     batch = random_batch(cfg, 2, 7, 5, seed=3)
-    (with_dropout,), _, _ = _steps(be, cfg, TrainConfig(), tree, [batch])
-    (without,), _, _ = _steps(be, CONFIGS[0], TrainConfig(), tree, [batch])
-    assert with_dropout != pytest.approx(without, rel=1e-4)
+    (with_dropout,), moved, metrics = _steps(be, cfg, TrainConfig(), tree, [batch])
+    (without,), kept, _ = _steps(be, CONFIGS[0], TrainConfig(), tree, [batch])
+    assert with_dropout != pytest.approx(without, rel=1e-2)
+    # Adam's first step moves a weight by about lr either way: some gradient changed sign.
+    assert max(np.abs(moved[k] - kept[k]).max() for k in tree) > float(metrics["lr"])
     # Inference ignores dropout.
     a = be.forward(be.from_numpy(cfg, tree), cfg, batch)
     b = be.forward(be.from_numpy(CONFIGS[0], tree), CONFIGS[0], batch)
