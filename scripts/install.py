@@ -72,16 +72,36 @@ def install_torch(spec: str) -> None:
         pip("install", "--no-compile", "--index-url", CPU_INDEX, "--extra-index-url", "https://pypi.org/simple", spec)
 
 
+# What mtcore's processes import, in two halves that write their bytecode side by side: the
+# frameworks' own lazily imported parts (torch.compile, the distributed engines, the profiler) are
+# named, since mtcore imports them only when a run asks for them.
+WARM = (
+    ["mtcore.torch.backend", "torch._dynamo", "torch._inductor.compile_fx",
+     "torch._inductor.codegen.cpp", "torch.distributed.fsdp", "torch.distributed.tensor.parallel",
+     "torch.distributed.tensor.debug", "torch.distributed.run", "torch.distributed.checkpoint", "torch.profiler",
+     "torch.utils.cpp_extension", "torch._inductor.fx_passes.joint_graph", "transformers.models.marian.modeling_marian"],
+    ["mtcore.jax.backend", "mtcore.cli", "mtcore.train.run", "mtcore.train.report", "matplotlib.pyplot",
+     "sacrebleu", "sentencepiece", "tokenizers", "safetensors.numpy", "pytest", "xdist", "pytest_benchmark.plugin",
+     "hypothesis.strategies", "anyio.pytest_plugin"],
+)
+
+
 def byte_compile() -> None:
-    """The installed packages' bytecode, over every core: pip compiles file by file on one, which was
-    most of the install's time (docs/findings/2026-12-02-test-time.md). Without it every process
-    would compile torch's modules again at import where Python may not write them
-    (PYTHONDONTWRITEBYTECODE)."""
-    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-    cmd = [sys.executable, "-m", "compileall", "-q", "-j", "0", *paths]
-    print("+", " ".join(cmd), flush=True)
-    # Packages ship files that do not compile (templates, other Pythons' tests), as pip ignores them.
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
+    """The bytecode of what mtcore's processes import, written by importing it once: pip
+    compiles file by file on one core (turned off above), and compiling all of site-packages
+    spends most of its time on what no mtcore process imports (transformers' other models,
+    packages' own tests; docs/findings/2026-12-03-test-time.md). Without it every process would
+    compile its modules again where Python may not write them (PYTHONDONTWRITEBYTECODE), as it
+    does for a module that nothing here imports."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": ""}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # An extra that was not installed leaves its modules out, not the install.
+    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    try: importlib.import_module(m)\n    except Exception: pass"
+    halves = [subprocess.Popen([sys.executable, "-c", code, *modules], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) for modules in WARM]
+    print("+ bytecode of:", ", ".join(m for modules in WARM for m in modules), flush=True)
+    for half in halves:
+        half.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

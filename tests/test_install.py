@@ -71,12 +71,33 @@ def test_an_installed_torch_is_kept(install, monkeypatch, capsys):
     assert "already installed: kept" in capsys.readouterr().out
 
 
-def test_packages_are_byte_compiled_once_over_every_core(install, monkeypatch):
-    # pip's own byte-compiling runs on one core; the install turns it off and compiles afterwards.
-    ran = []
-    monkeypatch.setattr(install.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
+def test_what_mtcore_imports_is_byte_compiled_by_importing_it_in_two_halves(install, monkeypatch):
+    # pip's own byte-compiling runs on one core, file by file: the install turns it off and writes
+    # the bytecode of what mtcore's processes import by importing it, in two processes at once,
+    # with bytecode writing on whatever the environment says.
+    started = []
+
+    class FakeProcess:
+        def __init__(self, cmd, env, **kw):
+            started.append((cmd, env))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setattr(install.subprocess, "Popen", FakeProcess)
     install.main(["--no-torch", "--extras", "test"])
     (extras,) = _installed(install.calls)
     assert "--no-compile" in extras
-    (compileall,) = ran
-    assert compileall[1:5] == ["-m", "compileall", "-q", "-j"] and compileall[5] == "0"
+    assert [cmd[3:] for cmd, _ in started] == [list(half) for half in install.WARM]
+    assert all(cmd[1] == "-c" and env["PYTHONDONTWRITEBYTECODE"] == "" for cmd, env in started)
+
+
+def test_every_module_the_install_compiles_exists():
+    """A module renamed by a new release would drop its bytecode without a word (the warm-up
+    skips what does not import, for installs without every extra)."""
+    install = importlib.util.module_from_spec(spec := importlib.util.spec_from_file_location("mtcore_install", SCRIPT))
+    spec.loader.exec_module(install)
+    missing = [m for half in install.WARM for m in half
+               if importlib.util.find_spec(m.partition(".")[0]) and importlib.util.find_spec(m) is None]
+    assert not missing
