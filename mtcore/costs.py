@@ -93,10 +93,12 @@ def predicted_traffic(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_
       reduce-scattered: 3P(N-1)/N; with ``data`` too (HSDP), the shards' gradients all-reduced over
       ``data``;
     - ``tensor`` (Megatron): an all-reduce of the activations after each row-parallel layer in the
-      forward (two per encoder layer, three per decoder layer) and of the input gradients before each
-      column-parallel block in the backward (two per encoder layer; four per decoder layer: the
-      cross-attention's keys and values read the encoder output), each the activations of a batch
-      shard's rows.
+      forward (two per encoder layer, three per decoder layer) and of the input gradient of each
+      column-parallel projection in the backward, each the activations of a batch shard's rows.
+      This model keeps q, k and v apart (Marian's layout), so the backward reduces each one's:
+      four per encoder layer (q, k, v, fc1), seven per decoder layer (self-attention's q, k, v,
+      cross-attention's q and fc1 on target rows; cross-attention's k and v on the encoder's
+      output), where a fused q/k/v would reduce one gradient for the three.
 
     Not counted: the scalar all-reduces of the loss and token counts (bytes, not megabytes)."""
     out: list[Collective] = []
@@ -115,10 +117,26 @@ def predicted_traffic(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_
     rows = global_batch // mesh.batch_shards
     src, tgt = rows * src_len * cfg.d_model * value_bytes, rows * tgt_len * cfg.d_model * value_bytes
     forward = cfg.encoder_layers * 2 * src + cfg.decoder_layers * 3 * tgt
-    backward = cfg.encoder_layers * 2 * src + cfg.decoder_layers * (3 * tgt + src)
-    calls = cfg.encoder_layers * 4 + cfg.decoder_layers * 7
+    backward = cfg.encoder_layers * 4 * src + cfg.decoder_layers * (5 * tgt + 2 * src)
+    calls = cfg.encoder_layers * 6 + cfg.decoder_layers * 10
     add("all-reduce", "tensor", calls, forward + backward, mesh.tensor)
     return out
+
+
+def tally(calls) -> list[dict]:
+    """Measured collectives, from ``(kind, devices, payload bytes)`` per call (each framework's
+    record of a step), one row per kind and group size as ``step_collectives`` returns them:
+    ``calls``, ``payload`` (the whole tensor each reduces or gathers, summed) and ``sent``
+    (``ring_sent``). Groups of one device move nothing and are left out."""
+    found: dict[tuple[str, int], dict] = {}
+    for kind, n, payload in calls:
+        if n < 2:
+            continue
+        row = found.setdefault((kind, n), {"kind": kind, "devices": n, "calls": 0, "payload": 0, "sent": 0})
+        row["calls"] += 1
+        row["payload"] += payload
+        row["sent"] += ring_sent(kind, payload, n)
+    return sorted(found.values(), key=lambda r: (r["kind"], r["devices"]))
 
 
 def sent_bytes(collectives: list[Collective]) -> int:

@@ -10,7 +10,8 @@ its imports and a group to join. A JOB is ``data`` (DDP) or a mesh (``fsdp:2``, 
 ``fsdp:2,tensor:2``), saved as ``DIR/JOB.npz`` (``job_file``); on a mesh also the weights and
 AdamW moments after two steps, the canonical checkpoint tree, as ``JOB-2.npz``, and each rank's
 ``JOB-rankR.json``: its shard of a weight, the third step's loss from that tree loaded afresh as a
-resumed run does, and the bytes of parameters and optimizer state it holds. ``MESH+dropout``
+resumed run does, and the bytes of parameters and optimizer state it holds; for every JOB but
+dropout, the rank file also holds the collectives a fourth step ran (``step_collectives``). ``MESH+dropout``
 trains with dropout on and writes each rank's losses and a digest of its weights to
 ``JOB-rankR.txt``.
 """
@@ -45,14 +46,19 @@ def torch_job(directory: str, job: str, tcfg) -> None:
         digest = hashlib.sha256(b"".join(tree[k].tobytes() for k in sorted(tree))).hexdigest()[:16]
         job_file(directory, job, f"-rank{rank}.txt").write_text(f"losses {losses} weights {digest}")
         return
-    if mesh == "data":
-        losses, tree = train_steps(be, PARALLEL_CFG, tcfg, uneven_batches(PARALLEL_CFG))
-    else:
-        from mtcore.weights import init_tree
+    from mtcore.weights import init_tree
 
-        state = be.init_train_state(be.from_numpy(PARALLEL_CFG, init_tree(PARALLEL_CFG, 0)), tcfg)
-        step, losses = be.make_train_step(PARALLEL_CFG, tcfg), []
-        for i, batch in enumerate(uneven_batches(PARALLEL_CFG)):
+    batches = uneven_batches(PARALLEL_CFG)
+    state = be.init_train_state(be.from_numpy(PARALLEL_CFG, init_tree(PARALLEL_CFG, 0)), tcfg)
+    step, losses = be.make_train_step(PARALLEL_CFG, tcfg), []
+    if mesh == "data":
+        for batch in batches:
+            state, metrics = step(state, batch)
+            losses.append(float(metrics["loss"]))
+        tree = be.to_numpy(be.state_params(state))
+        report = {}
+    else:
+        for i, batch in enumerate(batches):
             if i == 2:  # the checkpoint a run would save here, gathered on every rank
                 weights, (count, moments) = be.to_numpy(be.state_params(state)), be.optimizer_to_numpy(state)
                 if be.world.main:
@@ -66,9 +72,12 @@ def torch_job(directory: str, job: str, tcfg) -> None:
         tree = be.to_numpy(be.state_params(state))
         # Each rank holds its shard, not a replica (tensor: half the FFN units of fc1; fsdp: half its rows).
         local = state.model.encoder.layers[0].mlp.fc1.weight
-        job_file(directory, job, f"-rank{rank}.json").write_text(json.dumps(  # ranks' output lines may interleave
-            {"fc1_local": list(local.to_local().shape), "fc1": list(local.shape), "resumed_loss": resumed_loss,
-             "held": be.held_bytes(state).as_dict()}))
+        report = {"fc1_local": list(local.to_local().shape), "fc1": list(local.shape), "resumed_loss": resumed_loss,
+                  "held": be.held_bytes(state).as_dict()}
+    # What a fourth step (past DDP's bucket rebuild on the second) moves, on the last batch's shape.
+    report["collectives"] = be.step_collectives(step, state, batches[-1])
+    report["batch"] = [*batches[-1].src_ids.shape, batches[-1].tgt_in.shape[1]]  # rows, source, target tokens
+    job_file(directory, job, f"-rank{rank}.json").write_text(json.dumps(report))  # ranks' output lines may interleave
     if be.world.main:
         np.savez(job_file(directory, job), losses=np.array(losses), **tree)
     print(f"{job}: process {be.world.process} of {be.world.processes}: {be.world.devices} devices, losses {losses}")

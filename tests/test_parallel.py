@@ -220,8 +220,8 @@ def test_jax_step_collectives_are_read_from_its_hlo():
 
     be = backend("jax", "cpu", mesh="data:2")
     state = be.init_train_state(be.from_numpy(PARALLEL_CFG, init_tree(PARALLEL_CFG, 0)), TCFG)
-    be.compile_train_step(PARALLEL_CFG, TCFG, state, random_batch(PARALLEL_CFG, 8, 7, 5, seed=0))
-    (reduce,) = be.step_collectives()
+    step = be.make_train_step(PARALLEL_CFG, TCFG)
+    (reduce,) = be.step_collectives(step, state, random_batch(PARALLEL_CFG, 8, 7, 5, seed=0))
     grads = predicted_bytes(PARALLEL_CFG, MeshShape()).params
     embedding = PARALLEL_CFG.vocab_size * PARALLEL_CFG.d_model * 4
     assert (reduce["kind"], reduce["devices"]) == ("all-reduce", 2)
@@ -376,6 +376,40 @@ def test_torch_meshes_train_as_one_device(reference, request, tmp_path, mesh, ra
     state = be.train_state_from_numpy(PARALLEL_CFG, TCFG, weights, int(saved["count"]), moments)
     _, metrics = be.make_train_step(PARALLEL_CFG, TCFG)(state, uneven_batches(PARALLEL_CFG)[2])
     assert float(metrics["loss"]) == pytest.approx(losses[2], rel=1e-5)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_torch_collectives_are_what_the_mesh_predicts(two_torch_ranks):
+    """Recorded from torch's dispatcher as a step runs, per rank: DDP all-reduces the gradients
+    once (P bytes, plus the loss's three scalars); FSDP2 reduce-scatters them once and gathers
+    every layer's weights twice but the root's (the tied embedding) once, since it keeps the root
+    gathered from forward to backward; DTensor all-reduces the activations the model's layout
+    predicts, plus a scalar a sharded parameter for the gradient norm. (docs/parallelism.md)"""
+    from mtcore.costs import predicted_traffic
+    from mtcore.weights import param_shapes
+
+    def rows(job):
+        ranks = [json.loads(job_file(two_torch_ranks, job, f"-rank{r}.json").read_text()) for r in range(2)]
+        assert ranks[0]["collectives"] == ranks[1]["collectives"], ranks  # every rank takes part in every one
+        rows, src, tgt = ranks[0]["batch"]
+        measured = {c["kind"]: c for c in ranks[0]["collectives"]}
+        mesh = MeshShape.parse("data:2" if job == "data" else job)
+        predicted = {c.kind: c for c in predicted_traffic(PARALLEL_CFG, mesh, rows, src, tgt)}
+        return measured, predicted
+
+    measured, predicted = rows("data")
+    assert set(measured) == {"all-reduce"} and 0 < measured["all-reduce"]["payload"] - predicted["all-reduce"].payload <= 12
+    measured, predicted = rows("fsdp:2")
+    root = np.prod(param_shapes(PARALLEL_CFG)["shared.weight"]) * 4
+    assert measured["reduce-scatter"]["payload"] == predicted["reduce-scatter"].payload
+    assert measured["all-gather"]["payload"] == predicted["all-gather"].payload - root
+    assert measured["all-reduce"]["payload"] < 1000  # scalars: the gradient norm's parts, the loss's sums
+    measured, predicted = rows("tensor:2")
+    scalars = measured["all-reduce"]["payload"] - predicted["all-reduce"].payload
+    assert 0 < scalars < 1000, (measured, predicted)
+    assert measured["all-reduce"]["calls"] > predicted["all-reduce"].calls
 
 
 @pytest.mark.torch

@@ -164,7 +164,6 @@ class JaxBackend:
         self.split = parallel.split_batch(self.mesh)
         self.device_kind = device
         self.last_compiled_memory = None
-        self.last_compiled = None
 
     def __repr__(self) -> str:
         return f"JaxBackend(device={self.device_kind!r}, mesh={str(self.mesh_shape)!r})"
@@ -238,12 +237,17 @@ class JaxBackend:
         self.mesh_shape.check_model(cfg)
         steps: dict[Any, Any] = {}
 
-        def train_step(state, batch):
+        def jitted(state):
             structure = jax.tree.structure(state)
             if structure not in steps:
                 steps[structure] = _sharded_step(cfg, tcfg, self.mesh, self._jit_kwargs(state))
-            return steps[structure](state, self.device_batch(batch, cfg))
+            return steps[structure]
 
+        def train_step(state, batch):
+            return jitted(state)(state, self.device_batch(batch, cfg))
+
+        # The program a call would run, compiled (from jit's caches when it has run): step_collectives reads it.
+        train_step.compiled = lambda state, batch: jitted(state).lower(state, self.device_batch(batch, cfg)).compile()
         return train_step
 
     def compile_train_step(self, cfg: ModelConfig, tcfg: TrainConfig, state, batch, compile: bool | str = True,
@@ -266,7 +270,6 @@ class JaxBackend:
             _COMPILED_STEPS[key] = (compiled, trace_s + compile_s)
         compiled, seconds = _COMPILED_STEPS[key]
         self.last_compiled_memory = compiled_memory(compiled)
-        self.last_compiled = compiled
         state, metrics = compiled(state, batch)
         return compiled, seconds, state, metrics
 
@@ -287,12 +290,11 @@ class JaxBackend:
         ``generate`` and ``to_numpy`` take."""
         return parallel.local_copy({"params": state.params, "consts": state.consts}, self.jax_device)
 
-    def step_collectives(self) -> list[dict]:
-        """The collectives of the train step last compiled (``compile_train_step``), read from its
-        HLO: what GSPMD inserted, per kind, with their bytes (``parallel.step_collectives``)."""
-        if self.last_compiled is None:
-            raise MTCoreError("no train step compiled yet: call compile_train_step first")
-        return parallel.step_collectives(self.last_compiled.as_text())
+    def step_collectives(self, step, state, batch) -> list[dict]:
+        """The collectives one call of ``step`` (``make_train_step``'s) on ``batch`` runs on a
+        device, per kind and group size, with their bytes, read from the compiled program's HLO:
+        what GSPMD inserted (``parallel.step_collectives``). Runs nothing; ``state`` is kept."""
+        return parallel.step_collectives(step.compiled(state, batch).as_text())
 
     def held_bytes(self, state: train.TrainState) -> HeldBytes:
         """What the most loaded device of this process holds of the trained parameters and AdamW's

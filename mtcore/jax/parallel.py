@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mtcore.costs import ring_sent
+from mtcore.costs import tally
 from mtcore.errors import MTCoreError
 from mtcore.parallel import MESH_AXES, MeshShape, World
 
@@ -228,7 +228,7 @@ def step_collectives(hlo_text: str) -> list[dict]:
     size: ``calls`` per run of the program (those in a loop's body counted once per trip, from
     XLA's ``known_trip_count``), ``payload`` (the whole tensor each reduces or gathers: an
     all-reduce's or all-gather's result, a reduce-scatter's result times the group) and ``sent``
-    (``costs.ring_sent``), in bytes."""
+    (``costs.ring_sent``), in bytes (``costs.tally``)."""
     computations: dict[str, list[str]] = {}
     entry, name = None, None
     for line in hlo_text.splitlines():
@@ -255,7 +255,7 @@ def step_collectives(hlo_text: str) -> list[dict]:
     if entry is None:
         return []
     visit(entry, 1)
-    found: dict[tuple[str, int], dict] = {}
+    calls = []
     for comp, times in runs.items():
         for line in computations[comp]:
             m = _COLLECTIVE.match(line)
@@ -263,11 +263,6 @@ def step_collectives(hlo_text: str) -> list[dict]:
                 continue
             shape, kind, attrs = m.groups()
             n = _group_size(attrs)
-            if n < 2:
-                continue
             payload = _nbytes(shape) * (n if kind == "reduce-scatter" else 1)
-            row = found.setdefault((kind, n), {"kind": kind, "devices": n, "calls": 0, "payload": 0, "sent": 0})
-            row["calls"] += times
-            row["payload"] += payload * times
-            row["sent"] += ring_sent(kind, payload, n) * times
-    return sorted(found.values(), key=lambda r: (r["kind"], r["devices"]))
+            calls += [(kind, n, payload)] * times
+    return tally(calls)

@@ -287,6 +287,17 @@ class TorchBackend:
             return whole.to(self.device)
         return parallel.unwrap(state.model)
 
+    def step_collectives(self, step, state, batch) -> list[dict]:
+        """The collectives one call of ``step`` (``make_train_step``'s) on ``batch`` runs on this
+        rank, per kind and group size, with their bytes, recorded from torch's dispatcher as the
+        step runs (``parallel.recorded_collectives``): the state moves on a step. Ask after two
+        steps: DDP rebuilds its buckets on the second (a broadcast of their layout)."""
+        from mtcore.costs import tally
+
+        with parallel.recorded_collectives() as record:
+            step(state, batch)
+        return tally(record.calls)
+
     def held_bytes(self, state: train.TrainState) -> HeldBytes:
         """What this rank holds of the trained parameters and AdamW's moments (a DTensor: its local
         shard; FSDP2 pads a first dimension the mesh does not divide), measured from the tensors."""

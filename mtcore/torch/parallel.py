@@ -142,6 +142,64 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+# ---- what a step moves ----------------------------------------------------------------------------
+# torch's collectives by dispatcher op: DDP's gradient buckets and FSDP2's gathers and reductions
+# call the c10d ops, DTensor (tensor parallelism, gradient norms of sharded parameters) the
+# functional ones. Which argument holds the tensor whose size is the payload: all-gather's output
+# (the whole tensor gathered), reduce-scatter's input (the whole tensor reduced), else the tensors.
+_C10D = {
+    "allreduce_": ("all-reduce", 0), "allreduce_coalesced_": ("all-reduce", 0), "broadcast_": ("broadcast", 0),
+    "_allgather_base_": ("all-gather", 0), "allgather_": ("all-gather", 0),
+    "allgather_into_tensor_coalesced_": ("all-gather", 0), "_reduce_scatter_base_": ("reduce-scatter", 1),
+    "reduce_scatter_": ("reduce-scatter", 1), "reduce_scatter_tensor_coalesced_": ("reduce-scatter", 1),
+    "alltoall_base_": ("all-to-all", 1), "alltoall_": ("all-to-all", 1),
+}
+_FUNCTIONAL = {"all_reduce": "all-reduce", "all_reduce_coalesced": "all-reduce", "all_gather_into_tensor": "all-gather",
+               "all_gather_into_tensor_coalesced": "all-gather", "reduce_scatter_tensor": "reduce-scatter",
+               "reduce_scatter_tensor_coalesced": "reduce-scatter", "all_to_all_single": "all-to-all",
+               "broadcast": "broadcast"}
+
+
+def _nbytes(x) -> int:
+    if isinstance(x, torch.Tensor):
+        return x.numel() * x.element_size()
+    return sum(map(_nbytes, x)) if isinstance(x, (list, tuple)) else 0
+
+
+def _group_size(func, args) -> int:
+    for spec, a in zip(func._schema.arguments, args):
+        if spec.name == "group_name":  # the functional collectives name their group
+            return dist.distributed_c10d._resolve_process_group(a).size()
+        if isinstance(a, torch.ScriptObject):  # the c10d ops take the group itself
+            return dist.ProcessGroup.unbox(a).size()
+    return 1
+
+
+def recorded_collectives():
+    """A dispatch mode that records every collective run inside it as ``(kind, devices, payload
+    bytes)`` in its ``calls`` (``costs.tally`` sums them as JAX's HLO reading does). It sees
+    what goes through torch's dispatcher: DDP's buckets, FSDP2 and DTensor alike; on gloo a
+    reduce-scatter is run as an all-reduce of the whole tensor, which this records as asked for."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls: list[tuple[str, int, int]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if func.namespace == "c10d" and name in _C10D:
+                kind, which = _C10D[name]
+                self.calls.append((kind, _group_size(func, args), _nbytes(args[which])))
+            elif func.namespace == "_c10d_functional" and name in _FUNCTIONAL:
+                kind, n = _FUNCTIONAL[name], _group_size(func, args)
+                self.calls.append((kind, n, _nbytes(args[0]) * (n if kind == "all-gather" else 1)))
+            return func(*args, **(kwargs or {}))
+
+    return Record()
+
+
 def launch(nproc: int, argv: list[str], *, log_dir: str | os.PathLike, cpu_threads: int | None = None) -> None:
     """Run ``python -m mtcore ARGV`` as ``nproc`` ranks on this node under torch's elastic agent
     (what ``torchrun --standalone`` does). Rank 0 prints to this terminal; every rank's output is
