@@ -231,6 +231,28 @@ def test_jax_step_collectives_are_read_from_its_hlo():
 
 
 @pytest.mark.jax
+def test_jax_fsdp_gathers_weights_whatever_the_batch():
+    """fsdp:2 on a batch whose activations outweigh the weights: the compiled step gathers every
+    weight for the forward and again for the backward (the tied embedding once) and reduces the
+    gradients (P bytes, the embedding's perhaps thrice) whatever the batch, as FSDP does. Without the model's activation
+    constraints GSPMD moved activations instead: 27x the textbook bytes here. XLA's CPU backend
+    all-reduces the gradients where FSDP reduce-scatters them (docs/parallelism.md)."""
+    from mtcore.batch import random_batch
+    from mtcore.weights import init_tree
+
+    be = backend("jax", "cpu", mesh="fsdp:2")
+    state = be.init_train_state(be.from_numpy(PARALLEL_CFG, init_tree(PARALLEL_CFG, 0)), TCFG)
+    step = be.make_train_step(PARALLEL_CFG, TCFG)
+    moved = {c["kind"]: c for c in be.step_collectives(step, state, random_batch(PARALLEL_CFG, 64, 32, 32, seed=0))}
+    grads = predicted_bytes(PARALLEL_CFG, MeshShape()).params
+    embedding = PARALLEL_CFG.vocab_size * PARALLEL_CFG.d_model * 4
+    assert 2 * grads - embedding <= moved["all-gather"]["payload"] <= 2 * grads, moved
+    # The tied embedding's gradient may be reduced once per use, as under data parallelism.
+    assert grads <= moved["all-reduce"]["payload"] <= grads + 2 * embedding + 1024, moved
+    assert sum(c["sent"] for c in moved.values()) < 1.1 * (moved["all-gather"]["sent"] + moved["all-reduce"]["sent"])
+
+
+@pytest.mark.jax
 @pytest.mark.parametrize("first, then", [("fsdp:2", "data:1"), ("data:1", "tensor:2"), ("fsdp:2", "fsdp:2,tensor:2")])
 def test_jax_checkpoints_do_not_depend_on_the_mesh(first, then):
     """The saved tree and AdamW moments are the canonical ones, gathered whole: a state taken

@@ -265,7 +265,7 @@ class JaxBackend:
         key = (cfg, tcfg, str(self.mesh.devices.tolist()),
                tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())))
         if fresh or key not in _COMPILED_STEPS:
-            fn = train.make_train_step(cfg, tcfg, jit=False)
+            fn = parallel.laid_out(train.make_train_step(cfg, tcfg, jit=False), self.mesh)
             trace_s, compile_s, compiled = fresh_compile(fn, state, batch, clear=fresh, **self._jit_kwargs(state))
             _COMPILED_STEPS[key] = (compiled, trace_s + compile_s)
         compiled, seconds = _COMPILED_STEPS[key]
@@ -408,7 +408,7 @@ def _sharded_step(cfg: ModelConfig, tcfg: TrainConfig, mesh, jit_kwargs: dict[st
     key = (cfg, tcfg, mesh, jax.tree.structure(jit_kwargs["in_shardings"][0]),
            tuple(s.spec for s in jax.tree.leaves(jit_kwargs["in_shardings"][0])))
     if key not in _STEPS:
-        _STEPS[key] = jax.jit(train.make_train_step(cfg, tcfg, jit=False), **jit_kwargs)
+        _STEPS[key] = jax.jit(parallel.laid_out(train.make_train_step(cfg, tcfg, jit=False), mesh), **jit_kwargs)
     return _STEPS[key]
 
 

@@ -100,6 +100,11 @@ class Attention(nn.Module):
         return self.out_proj(o.reshape(b, t, -1))  # (B, T, D)
 
 
+# The logical axes of the activations between layers (parallel.AXIS_RULES maps them on a mesh):
+# a layer's input is pinned there, so a sharded step splits rows, never the model dimension.
+BETWEEN_LAYERS = ("batch", "length", "activation_embed")
+
+
 class EncoderLayer(nn.Module):
     cfg: ModelConfig
     dtype: Any = jnp.float32
@@ -107,6 +112,7 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, src_mask):
+        x = nn.with_logical_constraint(x, BETWEEN_LAYERS)
         drop = nn.Dropout(self.cfg.dropout, deterministic=self.deterministic)
         attn = Attention(self.cfg, self.dtype, name="self_attn")
         k, v = attn.project_kv(x)
@@ -125,6 +131,7 @@ class DecoderLayer(nn.Module):
     def __call__(self, y, enc, src_mask, cache: LayerCache | None, index):
         """Whole target sequence (``cache`` None) or one step at position ``index``; returns the
         updated cache as the second output."""
+        y, enc = nn.with_logical_constraint(y, BETWEEN_LAYERS), nn.with_logical_constraint(enc, BETWEEN_LAYERS)
         drop = nn.Dropout(self.cfg.dropout, deterministic=self.deterministic)
         self_attn = Attention(self.cfg, self.dtype, name="self_attn")
         encoder_attn = Attention(self.cfg, self.dtype, name="encoder_attn")

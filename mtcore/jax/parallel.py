@@ -52,7 +52,24 @@ AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("vocab", None),
     ("layers", None),
+    # The activations between layers (model.BETWEEN_LAYERS): rows split as the batch is, the model
+    # dimension whole. Left free, GSPMD may keep the weights' fsdp split and move activations
+    # instead, whose bytes grow with the batch (docs/parallelism.md); pinned, fsdp gathers weights.
+    ("length", None),
+    ("activation_embed", None),
 )
+
+
+def laid_out(fn, mesh: Mesh):
+    """``fn`` traced with the rule table and ``mesh`` in force, so the model's
+    ``nn.with_logical_constraint`` on its activations takes effect (without them, as on one
+    device outside a mesh, it is a no-op)."""
+
+    def traced(*args):
+        with nn.logical_axis_rules(AXIS_RULES), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return traced
 
 
 def _started() -> bool:
