@@ -16,6 +16,7 @@ from mtcore.backend import BACKENDS
 from mtcore.config import PRESETS
 from mtcore.devices import DEVICE_KINDS, device_counts, missing
 from mtcore.errors import MTCoreError
+from mtcore.parallel import MeshShape
 from mtcore.perf import threads
 
 FRAMEWORKS = tuple(BACKENDS)  # torch, jax, hf: every backend is benchmarked
@@ -40,6 +41,7 @@ class Case:
     variant: str = ""  # torch: eager | compile | cudagraphs; jax: scan | loop
     devices: int | None = None  # data parallel over this many devices (the scaling bench)
     rows: int | None = None  # batch rows, when not the size's default (SHAPES)
+    mesh: str | None = None  # a device mesh (the mesh bench): ``fsdp:2``; ``devices`` is its size
 
     def __post_init__(self):
         if not self.variant:
@@ -50,7 +52,9 @@ class Case:
         parts = [self.framework, self.device, self.size] + ([f"b{self.rows}"] if self.rows else []) + [self.precision]
         if self.variant != DEFAULT_VARIANT[self.framework]:
             parts.append(self.variant)
-        if self.devices is not None:
+        if self.mesh is not None:
+            parts.append(self.mesh.replace(":", "").replace(",", "-"))
+        elif self.devices is not None:
             parts.append(f"{self.devices}dev")
         return "-".join(parts)
 
@@ -149,6 +153,8 @@ def cases(kind: str, frameworks, devices, sizes) -> list:
                         [Case(fw, device, size, variant="compile")] + graphs if fw == "torch" else [])
                 elif kind == "scaling":
                     cases += [Case(fw, device, size, devices=n) for n in scaling_counts(fw, device)]
+                elif kind == "mesh":
+                    cases += [Case(fw, device, size, devices=MeshShape.parse(m).devices, mesh=m) for m in MESHES]
             if kind == "train" and "hf" in frameworks:
                 cases.append(Case("hf", device, size))
             if kind == "train" and device != "cpu" and size in BIG_BATCH_SIZES:
@@ -157,6 +163,10 @@ def cases(kind: str, frameworks, devices, sizes) -> list:
     if kind == "depth":  # a property of layer stacking, measured on tiny layers
         cases = [Case("jax", d, "tiny", variant=v) for d in devices for v in ("scan", "loop") if "jax" in frameworks]
     return cases
+
+
+# The mesh bench's meshes: each way of splitting over two devices, and the 2-D one over four.
+MESHES = ("data:2", "fsdp:2", "tensor:2", "fsdp:2,tensor:2")
 
 
 def scaling_counts(framework: str, device: str) -> list[int]:
@@ -176,7 +186,7 @@ def marks(case, kind: str) -> list:
     if isinstance(case, Pairing):
         return pair_marks(case)
     marks = []
-    if kind == "scaling":
+    if kind in ("scaling", "mesh"):
         # Worker processes, one case at a time: two cases' ranks would share the cores.
         marks.append(pytest.mark.xdist_group("scaling"))
         if case.devices > 1:

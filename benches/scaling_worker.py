@@ -6,7 +6,10 @@ budget nor its framework state leaks into it. It connects to the bench on 127.0.
 and takes the first step, reports ``{"first_loss", "compile_s"}``, then for every ``step`` line runs
 one synced step and answers ``ok`` (every rank answers; the bench waits for all).
 
-    python benches/scaling_worker.py FRAMEWORK DEVICE DEVICES SIZE PRECISION THREADS PORT
+    python benches/scaling_worker.py FRAMEWORK DEVICE DEVICES SIZE PRECISION THREADS PORT [MESH]
+
+With MESH (``test_train_step_mesh``) the devices form that mesh, and the first message also
+says what one device holds and what a step moves (``held``, ``collectives``, ``step_memory``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 
 
 def main(framework: str, device: str, devices: int, size: str, precision: str, threads_per_device: int,
-         port: int) -> None:
+         port: int, mesh: str | None = None) -> None:
     from mtcore.perf.setup import set_up
 
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -39,7 +42,7 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
 
     import mtcore
 
-    be = mtcore.backend(framework, device, devices=devices)
+    be = mtcore.backend(framework, device, devices=devices, mesh=mesh)
     cfg, tcfg = mtcore.ModelConfig.preset(size), mtcore.TrainConfig(precision=precision)
     one = batch(size)
     # (N x B, S, T): every device gets the bench's batch, so the global loss is the one-device loss.
@@ -48,11 +51,18 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
     state = be.init_train_state(be.from_numpy(cfg, weights(size)), tcfg)
     step, compile_s, state, metrics = be.compile_train_step(cfg, tcfg, state, data, compile=False, fresh=False)
     first_loss = float(be.sync(metrics["loss"]))
+    costs = {}
+    if mesh is not None:
+        # What one device holds and what a step moves, past DDP's bucket rebuild on the second step.
+        state, metrics = step(state, data)
+        memory, counted = be.step_memory()
+        costs = {"held": be.held_bytes(state).as_dict(), "collectives": be.step_collectives(step, state, data),
+                 "step_memory": memory, "step_memory_counts": counted}
 
     with socket.create_connection(("127.0.0.1", port), timeout=600) as conn:
         stream = conn.makefile("rw")
         stream.write(json.dumps({"process": be.world.process, "first_loss": first_loss, "compile_s": compile_s,
-                                 "world": be.world.as_dict()}) + "\n")
+                                 "world": be.world.as_dict(), **costs}) + "\n")
         stream.flush()
         for line in stream:
             if line.strip() != "step":
@@ -65,5 +75,5 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    framework, device, devices, size, precision, per_device, port = sys.argv[1:]
-    main(framework, device, int(devices), size, precision, int(per_device), int(port))
+    framework, device, devices, size, precision, per_device, port, *mesh = sys.argv[1:]
+    main(framework, device, int(devices), size, precision, int(per_device), int(port), *mesh)

@@ -45,6 +45,7 @@ def write(terminalreporter, config):
     _print_paired(tr, benchmarks)
     _print_ratios(tr, benchmarks)
     _print_fair_fight(tr, benchmarks)
+    _print_mesh_costs(tr, benchmarks)
 
 
 def _print_paired(tr, benchmarks):
@@ -137,6 +138,30 @@ def _write_section(tr, heading: str, lines: list[str]) -> None:
 def _print_fair_fight(tr, benchmarks):
     _write_section(tr, "each framework at its best (fastest variant per group; cases ran one after another, so this "
                        "is an indication; bars apply on accelerators):", _fair_fight(benchmarks, cpu_bf16()))
+
+
+def _mesh_costs(benchmarks) -> list[str]:
+    """A line per mesh case: what a device holds and what a step makes it send, measured against
+    predicted, and the bandwidth the sending needed at the measured step time."""
+    lines = []
+    for b in sorted(benchmarks, key=lambda b: b.name):
+        e = b.extra_info
+        if "held_bytes" not in e:
+            continue
+        held, want = e["held_bytes"]["total"], e["held_bytes_predicted"]["total"]
+        sent, predicted = e["sent_bytes_per_step"], e["sent_bytes_per_step_predicted"]
+        kinds = ", ".join(f"{c['calls']} {c['kind']}" for c in e["collectives"]) or "none"
+        line = (f"{e['case']}: holds {held / 1e6:,.2f} MB (predicted {want / 1e6:,.2f}); sends {sent / 1e6:,.3f} MB "
+                f"a step (predicted {predicted / 1e6:,.3f}; {kinds})")
+        if e.get("bandwidth_needed_bytes_per_s") is not None:
+            line += f"; {e['bandwidth_needed_bytes_per_s'] / 1e9:.3f} GB/s at the median step"
+        lines.append(line)
+    return lines
+
+
+def _print_mesh_costs(tr, benchmarks):
+    _write_section(tr, "what each mesh costs a device (params + AdamW held; bytes sent a step, ring algorithms; "
+                       "docs/parallelism.md):", _mesh_costs(benchmarks))
 
 
 def _print_ratios(tr, benchmarks):

@@ -9,6 +9,10 @@ size, global and per-device tokens/s, and the efficiency against this session's 
 of the same framework (tokens/s at N / (N x tokens/s at 1)). On a CPU, one device is one core; a
 CPU's scaling says how well a framework's all-reduce and processes share one machine, nothing
 about GPUs. Nothing is gated on it.
+
+``test_train_step_mesh`` runs the same workers on a device mesh (``data:2``, ``fsdp:2``,
+``tensor:2``, ``fsdp:2,tensor:2``) and records what each strategy costs a device in memory and
+bytes moved, measured and predicted (docs/parallelism.md).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class Workers:
         self.server.settimeout(timeout)
         port = self.server.getsockname()[1]
         script = [str(HERE / "scaling_worker.py"), case.framework, case.device, str(case.devices), case.size,
-                  case.precision, str(per_device_threads), str(port)]
+                  case.precision, str(per_device_threads), str(port), *([case.mesh] if case.mesh else [])]
         # torchrun's logs, removed on exit (without --log-dir it leaves a torchelastic_* folder behind).
         self.logs = tempfile.mkdtemp(prefix="mtcore-scaling-")
         if case.framework == "torch" and case.devices > 1:
@@ -56,10 +60,22 @@ class Workers:
                                      start_new_session=True)
         self.streams, self.ready = [], []
 
+    def _accept(self) -> socket.socket:
+        """The next worker's connection; a worker that died before connecting fails the case at
+        once, not after the timeout."""
+        deadline = time.monotonic() + self.timeout
+        self.server.settimeout(1)
+        while True:
+            try:
+                return self.server.accept()[0]
+            except TimeoutError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise OSError(f"no worker connected (exit status {self.proc.poll()})") from None
+
     def __enter__(self):
         try:
             for _ in range(self.processes):
-                conn, _ = self.server.accept()
+                conn = self._accept()
                 conn.settimeout(self.timeout)
                 stream = conn.makefile("rw")
                 self.streams.append(stream)
@@ -130,3 +146,49 @@ def test_train_step_scaling(benchmark, case, rounds):
         # program, and DDP overlaps it with the backward pass.
         all_reduce_share=None,
     )
+
+
+@pytest.mark.cases("mesh")
+def test_train_step_mesh(benchmark, case, rounds):
+    """The train step on a device mesh, the same global batch (the bench's, once per device) on
+    every mesh of as many devices: what one device holds (measured from its shards, and
+    predicted from the shapes and the mesh), the collectives a step runs and the bytes a device
+    sends for them (measured: JAX's compiled HLO, torch's dispatcher; and predicted), and the
+    bandwidth those bytes needed at the measured step time. Tokens/s per device divide the
+    global tokens by every device, so tensor-parallel ranks, which see the same rows, are not
+    counted twice. CPU timings of strategies on shared cores say little about GPUs: reported,
+    never gated."""
+    from mtcore.costs import predicted_bytes, predicted_traffic, sent_bytes
+    from mtcore.parallel import MeshShape
+
+    budget = thread_budget()
+    per_device = budget.threads if budget.pinned else 1
+    benchmark.group = f"train_step mesh {case.device}-{case.size}-{case.precision} {case.devices}dev {per_device}thr/device"
+    b = batch(case.size)
+    mesh, cfg = MeshShape.parse(case.mesh), case.model_config()
+    rows, src, tgt = b.shape[0] * case.devices, b.src_ids.shape[1], b.tgt_in.shape[1]
+    tokens = int(b.src_mask.sum() + b.tgt_mask.sum()) * case.devices
+    predicted = predicted_bytes(cfg, mesh).as_dict()
+    predicted_sent = sent_bytes(predicted_traffic(cfg, mesh, rows, src, tgt))
+    with Workers(case, per_device) as workers:
+        # Correct before timed: every mesh takes the one-device step's loss, and a device holds
+        # what the mesh predicts (the most loaded one, where a split is uneven).
+        for ready in workers.ready:
+            check_first_loss(case, ready["first_loss"])
+        held = max((r["held"] for r in workers.ready), key=lambda h: h["total"])
+        assert abs(held["total"] / predicted["total"] - 1) < 0.05, (held, predicted)
+        timed(benchmark, workers.step, rounds)
+    measured = workers.ready[0]
+    sent = max(sum(c["sent"] for c in r["collectives"]) for r in workers.ready)
+    benchmark.extra_info.update(
+        case=case.id, mesh=case.mesh, world_size=case.devices, processes=workers.processes,
+        compile_s=measured["compile_s"], threads_per_device=per_device, global_batch_rows=rows, tokens_per_step=tokens,
+        held_bytes=held, held_bytes_predicted=predicted, collectives=measured["collectives"],
+        sent_bytes_per_step=sent, sent_bytes_per_step_predicted=predicted_sent,
+        step_memory_bytes=measured["step_memory"], step_memory_counts=measured["step_memory_counts"])
+    median = median_seconds(benchmark)
+    if median is None:  # --benchmark-disable: a smoke run, nothing timed
+        return
+    benchmark.extra_info.update(tokens_per_s=tokens / median, tokens_per_s_per_device=tokens / median / case.devices,
+                                # Bytes a device sent per second of step: what its links had to carry.
+                                bandwidth_needed_bytes_per_s=sent / median)

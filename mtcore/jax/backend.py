@@ -293,8 +293,10 @@ class JaxBackend:
     def step_collectives(self, step, state, batch) -> list[dict]:
         """The collectives one call of ``step`` (``make_train_step``'s) on ``batch`` runs on a
         device, per kind and group size, with their bytes, read from the compiled program's HLO:
-        what GSPMD inserted (``parallel.step_collectives``). Runs nothing; ``state`` is kept."""
-        return parallel.step_collectives(step.compiled(state, batch).as_text())
+        what GSPMD inserted (``parallel.step_collectives``). Runs nothing; ``state`` is kept. A step
+        ``compile_train_step`` returned is its compiled program already."""
+        compiled = step.compiled(state, batch) if hasattr(step, "compiled") else step
+        return parallel.step_collectives(compiled.as_text())
 
     def held_bytes(self, state: train.TrainState) -> HeldBytes:
         """What the most loaded device of this process holds of the trained parameters and AdamW's
