@@ -167,7 +167,7 @@ def _nbytes(x) -> int:
 
 
 def _group_size(func, args) -> int:
-    for spec, a in zip(func._schema.arguments, args):
+    for spec, a in zip(func._schema.arguments, args, strict=False):  # arguments left to their defaults
         if spec.name == "group_name":  # the functional collectives name their group
             return dist.distributed_c10d._resolve_process_group(a).size()
         if isinstance(a, torch.ScriptObject):  # the c10d ops take the group itself
