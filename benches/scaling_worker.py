@@ -52,7 +52,7 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
     step, compile_s, state, metrics = be.compile_train_step(cfg, tcfg, state, data, compile=False, fresh=False)
     first_loss = float(be.sync(metrics["loss"]))
     costs = {}
-    if mesh is not None:
+    if mesh is not None or devices > 1:
         # What one device holds and what a step moves, past DDP's bucket rebuild on the second step.
         state, metrics = step(state, data)
         memory, counted = be.step_memory()

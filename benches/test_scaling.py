@@ -131,6 +131,9 @@ def test_train_step_scaling(benchmark, case, rounds):
     benchmark.extra_info.update(case=case.id, world_size=case.devices, processes=workers.processes,
                                 compile_s=workers.ready[0]["compile_s"], threads_per_device=per_device,
                                 global_batch_rows=b.shape[0] * case.devices, tokens_per_step=tokens)
+    if case.devices > 1:  # what data parallelism moves: the same fields as the mesh bench's
+        sent = max(sum(c["sent"] for c in r["collectives"]) for r in workers.ready)
+        benchmark.extra_info.update(collectives=workers.ready[0]["collectives"], sent_bytes_per_step=sent)
     median = median_seconds(benchmark)
     if median is None:  # --benchmark-disable: a smoke run, nothing timed
         return
@@ -143,8 +146,9 @@ def test_train_step_scaling(benchmark, case, rounds):
         tokens_per_s_per_device=tokens / median / case.devices,
         efficiency=None if base is None else tokens / median / (case.devices * base),
         # The all-reduce's share of the step is not separated here: XLA fuses it into the step
-        # program, and DDP overlaps it with the backward pass.
+        # program, and DDP overlaps it with the backward pass. The bytes it sent are known.
         all_reduce_share=None,
+        bandwidth_needed_bytes_per_s=benchmark.extra_info["sent_bytes_per_step"] / median if case.devices > 1 else None,
     )
 
 
