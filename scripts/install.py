@@ -21,8 +21,10 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +94,9 @@ def byte_compile() -> None:
     packages' own tests; docs/findings/2026-12-03-test-time.md). Without it every process would
     compile its modules again where Python may not write them (PYTHONDONTWRITEBYTECODE), as it
     does for a module that nothing here imports."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": ""}
+    # Importing torch's compiler makes its cache folder in the temporary folder: one of our own, removed after.
+    scratch = tempfile.mkdtemp(prefix="mtcore-install-")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "", "TMPDIR": scratch}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     # An extra that was not installed leaves its modules out, not the install.
     code = "import importlib, sys\nfor m in sys.argv[1:]:\n    try: importlib.import_module(m)\n    except Exception: pass"
@@ -101,6 +105,7 @@ def byte_compile() -> None:
     print("+ bytecode of:", ", ".join(m for modules in WARM for m in modules), flush=True)
     for half in halves:
         half.wait()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

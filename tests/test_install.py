@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def test_what_mtcore_imports_is_byte_compiled_by_importing_it_in_two_halves(inst
     assert "--no-compile" in extras
     assert [cmd[3:] for cmd, _ in started] == [list(half) for half in install.WARM]
     assert all(cmd[1] == "-c" and env["PYTHONDONTWRITEBYTECODE"] == "" for cmd, env in started)
+    # torch's compiler makes a cache folder in the temporary folder as it is imported: a scratch one, gone after.
+    assert all(env["TMPDIR"] != os.environ.get("TMPDIR") and not Path(env["TMPDIR"]).exists() for _, env in started)
 
 
 def test_every_module_the_install_compiles_exists():
