@@ -117,6 +117,11 @@ class Workers:
         shutil.rmtree(self.logs, ignore_errors=True)
 
 
+def sent_per_step(workers: Workers) -> int:
+    """Bytes a device sent in a step, the most loaded one's (every device of a mesh sends alike)."""
+    return max(sum(c["sent"] for c in r["collectives"]) for r in workers.ready)
+
+
 @pytest.mark.cases("scaling")
 def test_train_step_scaling(benchmark, case, rounds):
     budget = thread_budget()
@@ -132,8 +137,7 @@ def test_train_step_scaling(benchmark, case, rounds):
                                 compile_s=workers.ready[0]["compile_s"], threads_per_device=per_device,
                                 global_batch_rows=b.shape[0] * case.devices, tokens_per_step=tokens)
     if case.devices > 1:  # what data parallelism moves: the same fields as the mesh bench's
-        sent = max(sum(c["sent"] for c in r["collectives"]) for r in workers.ready)
-        benchmark.extra_info.update(collectives=workers.ready[0]["collectives"], sent_bytes_per_step=sent)
+        benchmark.extra_info.update(collectives=workers.ready[0]["collectives"], sent_bytes_per_step=sent_per_step(workers))
     median = median_seconds(benchmark)
     if median is None:  # --benchmark-disable: a smoke run, nothing timed
         return
@@ -182,8 +186,7 @@ def test_train_step_mesh(benchmark, case, rounds):
         held = max((r["held"] for r in workers.ready), key=lambda h: h["total"])
         assert abs(held["total"] / predicted["total"] - 1) < 0.05, (held, predicted)
         timed(benchmark, workers.step, rounds)
-    measured = workers.ready[0]
-    sent = max(sum(c["sent"] for c in r["collectives"]) for r in workers.ready)
+    measured, sent = workers.ready[0], sent_per_step(workers)
     benchmark.extra_info.update(
         case=case.id, mesh=case.mesh, world_size=case.devices, processes=workers.processes,
         compile_s=measured["compile_s"], threads_per_device=per_device, global_batch_rows=rows, tokens_per_step=tokens,

@@ -51,25 +51,20 @@ def torch_job(directory: str, job: str, tcfg) -> None:
     batches = uneven_batches(PARALLEL_CFG)
     state = be.init_train_state(be.from_numpy(PARALLEL_CFG, init_tree(PARALLEL_CFG, 0)), tcfg)
     step, losses = be.make_train_step(PARALLEL_CFG, tcfg), []
-    if mesh == "data":
-        for batch in batches:
-            state, metrics = step(state, batch)
-            losses.append(float(metrics["loss"]))
-        tree = be.to_numpy(be.state_params(state))
-        report = {}
-    else:
-        for i, batch in enumerate(batches):
-            if i == 2:  # the checkpoint a run would save here, gathered on every rank
-                weights, (count, moments) = be.to_numpy(be.state_params(state)), be.optimizer_to_numpy(state)
-                if be.world.main:
-                    np.savez(job_file(directory, job, "-2.npz"), count=count, **weights,
-                             **{f"moment.{k}": v for k, v in moments.items()})
-                # --resume's path: that whole tree (any mesh's, one device's) sharded afresh onto this mesh.
-                resumed = be.train_state_from_numpy(PARALLEL_CFG, tcfg, weights, count, moments)
-                resumed_loss = float(step(resumed, batch)[1]["loss"])
-            state, metrics = step(state, batch)
-            losses.append(float(metrics["loss"]))
-        tree = be.to_numpy(be.state_params(state))
+    for i, batch in enumerate(batches):
+        if i == 2 and mesh != "data":  # the checkpoint a run would save here, gathered on every rank
+            weights, (count, moments) = be.to_numpy(be.state_params(state)), be.optimizer_to_numpy(state)
+            if be.world.main:
+                np.savez(job_file(directory, job, "-2.npz"), count=count, **weights,
+                         **{f"moment.{k}": v for k, v in moments.items()})
+            # --resume's path: that whole tree (any mesh's, one device's) sharded afresh onto this mesh.
+            resumed = be.train_state_from_numpy(PARALLEL_CFG, tcfg, weights, count, moments)
+            resumed_loss = float(step(resumed, batch)[1]["loss"])
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    tree = be.to_numpy(be.state_params(state))
+    report = {}
+    if mesh != "data":
         # Each rank holds its shard, not a replica (tensor: half the FFN units of fc1; fsdp: half its rows).
         local = state.model.encoder.layers[0].mlp.fc1.weight
         report = {"fc1_local": list(local.to_local().shape), "fc1": list(local.shape), "resumed_loss": resumed_loss,

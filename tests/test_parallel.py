@@ -412,7 +412,7 @@ def test_torch_collectives_are_what_the_mesh_predicts(two_torch_ranks):
     from mtcore.costs import predicted_traffic
     from mtcore.weights import param_shapes
 
-    def rows(job):
+    def measured_and_predicted(job):
         ranks = [json.loads(job_file(two_torch_ranks, job, f"-rank{r}.json").read_text()) for r in range(2)]
         assert ranks[0]["collectives"] == ranks[1]["collectives"], ranks  # every rank takes part in every one
         rows, src, tgt = ranks[0]["batch"]
@@ -421,14 +421,14 @@ def test_torch_collectives_are_what_the_mesh_predicts(two_torch_ranks):
         predicted = {c.kind: c for c in predicted_traffic(PARALLEL_CFG, mesh, rows, src, tgt)}
         return measured, predicted
 
-    measured, predicted = rows("data")
+    measured, predicted = measured_and_predicted("data")
     assert set(measured) == {"all-reduce"} and 0 < measured["all-reduce"]["payload"] - predicted["all-reduce"].payload <= 12
-    measured, predicted = rows("fsdp:2")
+    measured, predicted = measured_and_predicted("fsdp:2")
     root = np.prod(param_shapes(PARALLEL_CFG)["shared.weight"]) * 4
     assert measured["reduce-scatter"]["payload"] == predicted["reduce-scatter"].payload
     assert measured["all-gather"]["payload"] == predicted["all-gather"].payload - root
     assert measured["all-reduce"]["payload"] < 1000  # scalars: the gradient norm's parts, the loss's sums
-    measured, predicted = rows("tensor:2")
+    measured, predicted = measured_and_predicted("tensor:2")
     scalars = measured["all-reduce"]["payload"] - predicted["all-reduce"].payload
     assert 0 < scalars < 1000, (measured, predicted)
     assert measured["all-reduce"]["calls"] > predicted["all-reduce"].calls

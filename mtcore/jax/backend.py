@@ -265,7 +265,7 @@ class JaxBackend:
         key = (cfg, tcfg, str(self.mesh.devices.tolist()),
                tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())))
         if fresh or key not in _COMPILED_STEPS:
-            fn = parallel.laid_out(train.make_train_step(cfg, tcfg, jit=False), self.mesh)
+            fn = _step_function(cfg, tcfg, self.mesh)
             trace_s, compile_s, compiled = fresh_compile(fn, state, batch, clear=fresh, **self._jit_kwargs(state))
             _COMPILED_STEPS[key] = (compiled, trace_s + compile_s)
         compiled, seconds = _COMPILED_STEPS[key]
@@ -404,13 +404,18 @@ _COMPILED_STEPS: dict[tuple, tuple[Any, float]] = {}
 _STEPS: dict[Any, Any] = {}
 
 
+def _step_function(cfg: ModelConfig, tcfg: TrainConfig, mesh):
+    """The train step both compile paths trace: unjitted, with the mesh's activation layout."""
+    return parallel.laid_out(train.make_train_step(cfg, tcfg, jit=False), mesh)
+
+
 def _sharded_step(cfg: ModelConfig, tcfg: TrainConfig, mesh, jit_kwargs: dict[str, Any]):
     """The train step jitted with ``jit_kwargs``' shardings, one per config, mesh and state layout
     (shared by every caller, as ``train.make_train_step`` is on one device)."""
     key = (cfg, tcfg, mesh, jax.tree.structure(jit_kwargs["in_shardings"][0]),
            tuple(s.spec for s in jax.tree.leaves(jit_kwargs["in_shardings"][0])))
     if key not in _STEPS:
-        _STEPS[key] = jax.jit(parallel.laid_out(train.make_train_step(cfg, tcfg, jit=False), mesh), **jit_kwargs)
+        _STEPS[key] = jax.jit(_step_function(cfg, tcfg, mesh), **jit_kwargs)
     return _STEPS[key]
 
 

@@ -14,7 +14,7 @@ import torch
 
 from mtcore.batch import Batch, check_source
 from mtcore.config import COMPILE_MODES, ModelConfig, TrainConfig
-from mtcore.costs import HeldBytes
+from mtcore.costs import HeldBytes, tally
 from mtcore.errors import MTCoreError
 from mtcore.parallel import MeshShape
 from mtcore.perf import threads
@@ -292,8 +292,6 @@ class TorchBackend:
         rank, per kind and group size, with their bytes, recorded from torch's dispatcher as the
         step runs (``parallel.recorded_collectives``): the state moves on a step. Ask after two
         steps: DDP rebuilds its buckets on the second (a broadcast of their layout)."""
-        from mtcore.costs import tally
-
         with parallel.recorded_collectives() as record:
             step(state, batch)
         return tally(record.calls)
