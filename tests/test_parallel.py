@@ -235,7 +235,7 @@ def test_jax_fsdp_gathers_weights_whatever_the_batch():
     """fsdp:2 on a batch whose activations outweigh the weights: the compiled step gathers every
     weight for the forward and again for the backward (the tied embedding once) and reduces the
     gradients (P bytes, the embedding's perhaps thrice) whatever the batch, as FSDP does. Without the model's activation
-    constraints GSPMD moved activations instead: 27x the textbook bytes here. XLA's CPU backend
+    constraints GSPMD moved activations instead, bytes growing with the batch. XLA's CPU backend
     all-reduces the gradients where FSDP reduce-scatters them (docs/parallelism.md)."""
     from mtcore.batch import random_batch
     from mtcore.weights import init_tree
