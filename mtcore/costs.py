@@ -125,7 +125,7 @@ def predicted_traffic(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_
 
 def tally(calls) -> list[dict]:
     """Measured collectives, from ``(kind, devices, payload bytes)`` per call (each framework's
-    record of a step), one row per kind and group size as ``step_collectives`` returns them:
+    record of a step), one row per kind and group size as ``recorded_step`` returns them:
     ``calls``, ``payload`` (the whole tensor each reduces or gathers, summed) and ``sent``
     (``ring_sent``). Groups of one device move nothing and are left out."""
     found: dict[tuple[str, int], dict] = {}

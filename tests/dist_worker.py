@@ -11,7 +11,7 @@ its imports and a group to join. A JOB is ``data`` (DDP) or a mesh (``fsdp:2``, 
 AdamW moments after two steps, the canonical checkpoint tree, as ``JOB-2.npz``, and each rank's
 ``JOB-rankR.json``: its shard of a weight, the third step's loss from that tree loaded afresh as a
 resumed run does, and the bytes of parameters and optimizer state it holds; for every JOB but
-dropout, the rank file also holds the collectives a fourth step ran (``step_collectives``). ``MESH+dropout``
+dropout, the rank file also holds the collectives a fourth step ran (``recorded_step``). ``MESH+dropout``
 trains with dropout on and writes each rank's losses and a digest of its weights to
 ``JOB-rankR.txt``.
 """
@@ -70,7 +70,7 @@ def torch_job(directory: str, job: str, tcfg) -> None:
         report = {"fc1_local": list(local.to_local().shape), "fc1": list(local.shape), "resumed_loss": resumed_loss,
                   "held": be.held_bytes(state).as_dict()}
     # What a fourth step (past DDP's bucket rebuild on the second) moves, on the last batch's shape.
-    report["collectives"] = be.step_collectives(step, state, batches[-1])
+    state, _, report["collectives"] = be.recorded_step(step, state, batches[-1])
     report["batch"] = [*batches[-1].src_ids.shape, batches[-1].tgt_in.shape[1]]  # rows, source, target tokens
     job_file(directory, job, f"-rank{rank}.json").write_text(json.dumps(report))  # ranks' output lines may interleave
     if be.world.main:

@@ -221,7 +221,7 @@ def test_jax_step_collectives_are_read_from_its_hlo():
     be = backend("jax", "cpu", mesh="data:2")
     state = be.init_train_state(be.from_numpy(PARALLEL_CFG, init_tree(PARALLEL_CFG, 0)), TCFG)
     step = be.make_train_step(PARALLEL_CFG, TCFG)
-    (reduce,) = be.step_collectives(step, state, random_batch(PARALLEL_CFG, 8, 7, 5, seed=0))
+    _, _, (reduce,) = be.recorded_step(step, state, random_batch(PARALLEL_CFG, 8, 7, 5, seed=0))
     grads = predicted_bytes(PARALLEL_CFG, MeshShape()).params
     embedding = PARALLEL_CFG.vocab_size * PARALLEL_CFG.d_model * 4
     assert (reduce["kind"], reduce["devices"]) == ("all-reduce", 2)
@@ -243,7 +243,7 @@ def test_jax_fsdp_gathers_weights_whatever_the_batch():
     be = backend("jax", "cpu", mesh="fsdp:2")
     state = be.init_train_state(be.from_numpy(PARALLEL_CFG, init_tree(PARALLEL_CFG, 0)), TCFG)
     step = be.make_train_step(PARALLEL_CFG, TCFG)
-    moved = {c["kind"]: c for c in be.step_collectives(step, state, random_batch(PARALLEL_CFG, 64, 32, 32, seed=0))}
+    moved = {c["kind"]: c for c in be.recorded_step(step, state, random_batch(PARALLEL_CFG, 64, 32, 32, seed=0))[2]}
     grads = predicted_bytes(PARALLEL_CFG, MeshShape()).params
     embedding = PARALLEL_CFG.vocab_size * PARALLEL_CFG.d_model * 4
     assert 2 * grads - embedding <= moved["all-gather"]["payload"] <= 2 * grads, moved

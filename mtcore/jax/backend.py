@@ -246,7 +246,7 @@ class JaxBackend:
         def train_step(state, batch):
             return jitted(state)(state, self.device_batch(batch, cfg))
 
-        # The program a call would run, compiled (from jit's caches when it has run): step_collectives reads it.
+        # The program a call would run, compiled (from jit's caches when it has run): recorded_step reads it.
         train_step.compiled = lambda state, batch: jitted(state).lower(state, self.device_batch(batch, cfg)).compile()
         return train_step
 
@@ -290,13 +290,17 @@ class JaxBackend:
         ``generate`` and ``to_numpy`` take."""
         return parallel.local_copy({"params": state.params, "consts": state.consts}, self.jax_device)
 
-    def step_collectives(self, step, state, batch) -> list[dict]:
-        """The collectives one call of ``step`` (``make_train_step``'s) on ``batch`` runs on a
-        device, per kind and group size, with their bytes, read from the compiled program's HLO:
-        what GSPMD inserted (``parallel.step_collectives``). Runs nothing; ``state`` is kept. A step
-        ``compile_train_step`` returned is its compiled program already."""
+    def recorded_step(self, step, state, batch) -> tuple[train.TrainState, dict, list[dict]]:
+        """One call of ``step`` (``make_train_step``'s, or a compiled step ``compile_train_step``
+        returned) on ``batch``, and the collectives it runs on a device, per kind and group size,
+        with their bytes, read from the compiled program's HLO: what GSPMD inserted
+        (``parallel.step_collectives``). The program's XLA memory account is kept for
+        ``step_memory``."""
+        # Read before the call: the step donates the state's buffers.
         compiled = step.compiled(state, batch) if hasattr(step, "compiled") else step
-        return parallel.step_collectives(compiled.as_text())
+        self.last_compiled_memory = compiled_memory(compiled)
+        state, metrics = step(state, batch)
+        return state, metrics, parallel.step_collectives(compiled.as_text())
 
     def held_bytes(self, state: train.TrainState) -> HeldBytes:
         """What the most loaded device of this process holds of the trained parameters and AdamW's

@@ -287,14 +287,14 @@ class TorchBackend:
             return whole.to(self.device)
         return parallel.unwrap(state.model)
 
-    def step_collectives(self, step, state, batch) -> list[dict]:
-        """The collectives one call of ``step`` (``make_train_step``'s) on ``batch`` runs on this
-        rank, per kind and group size, with their bytes, recorded from torch's dispatcher as the
-        step runs (``parallel.recorded_collectives``): the state moves on a step. Ask after two
-        steps: DDP rebuilds its buckets on the second (a broadcast of their layout)."""
+    def recorded_step(self, step, state, batch) -> tuple[train.TrainState, dict, list[dict]]:
+        """One call of ``step`` (``make_train_step``'s) on ``batch``, and the collectives it ran on
+        this rank, per kind and group size, with their bytes, recorded from torch's dispatcher as
+        the step runs (``parallel.recorded_collectives``). Record the second step or a later one:
+        DDP rebuilds its buckets on the second (a broadcast of their layout)."""
         with parallel.recorded_collectives() as record:
-            step(state, batch)
-        return tally(record.calls)
+            state, metrics = step(state, batch)
+        return state, metrics, tally(record.calls)
 
     def held_bytes(self, state: train.TrainState) -> HeldBytes:
         """What this rank holds of the trained parameters and AdamW's moments (a DTensor: its local
