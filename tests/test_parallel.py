@@ -573,7 +573,10 @@ def test_cli_mesh_gives_the_step_losses_of_one_device(tmp_path, framework, mesh,
 @pytest.mark.xdist_group("processes")
 def test_compare_trains_every_framework_on_every_mesh(tmp_path):
     """``mtcore compare --mesh data:1 tensor:2``: each mesh in processes of its own, on the same
-    global batches from the same weights (the same step losses), one report row per mesh."""
+    global batches from the same weights (the same step losses), one report row per mesh with
+    what a device held and sent, and the plots, which ``mtcore report`` redraws from the run files."""
+    from mtcore.cli import main
+
     out = tmp_path / "cmp"
     stdout, stderr = finish(mtcore_cli("compare", "--frameworks", "jax", "--mesh", "data:1", "tensor:2", "--epochs", "1",
                                        "--global-batch-size", "32", "--dropout", "0", "--out", str(out), *QUICK_RUN,
@@ -583,7 +586,21 @@ def test_compare_trains_every_framework_on_every_mesh(tmp_path):
     one, split = (json.loads((out / run / "metrics.json").read_text()) for run in ("jax-data1", "jax-tensor2"))
     np.testing.assert_allclose(split["epochs"][0]["step_losses"], one["epochs"][0]["step_losses"], rtol=1e-5)
     report = (out / "report.md").read_text()
-    assert "| jax | 2 | tensor:2 | 1 | 32 |" in report and "| jax | 1 | data:1 | 1 | 32 |" in report, report
+    # One row per framework x mesh, with what a device held and sent, measured and predicted.
+    rows = {line.split(" | ")[1]: line for line in report.splitlines() if line.startswith("| jax | ") and "x |" in line}
+    assert set(rows) == {"data:1", "tensor:2"}, report
+    costs = json.loads((out / "jax-tensor2" / "rank0_results_epoch1.json").read_text())["costs"]
+    held, want = costs["held_bytes"]["total"], costs["held_bytes_predicted"]["total"]
+    assert abs(held / want - 1) < 0.05 and abs(costs["sent_bytes_per_step"] / costs["sent_bytes_per_step_predicted"] - 1) < 0.01
+    assert f"{held / 1e6:,.2f} ({want / 1e6:,.2f})" in rows["tensor:2"], rows
+    assert "| 0.00 (0.00) | 0.00 ± 0.00 |" in rows["data:1"], rows  # one device sends nothing
+    plots = ["parallelism_time.png", "parallelism_memory.png", "parallelism_communication.png"]
+    assert all((out / name).stat().st_size > 10_000 for name in plots)
+    # `mtcore report` draws the same from the run files alone.
+    for name in ["report.md", *plots]:
+        (out / name).unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == report and all((out / name).is_file() for name in plots)
 
 
 def kill_rank_one_mid_run(*argv: str, run) -> tuple[int, str, str]:

@@ -236,7 +236,9 @@ def write_report(directory: str | os.PathLike) -> Path:
 
         lines.append(f"| {n} | {len(t)} | {t.mean():.2f} ± {sd(t, 2)} | {tps.mean():,.0f} ± {sd(tps, 0)} | "
                      f"{_f(e1.get('training_time'))} | {_f(e1.get('first_step_time'))} |")
-    if many:
+    if settings.get("meshes"):
+        lines += parallelism_section(directory, runs, settings)
+    elif many:
         lines += scaling_section(directory, runs, settings.get("scaling", "weak"), settings.get("target_loss"))
     elif len(names) == 2:
         lines += ["", speed_claim(runs)[0]]
@@ -328,7 +330,10 @@ def load_rank_files(directory: str | os.PathLike) -> dict[str, dict[int, list[di
 def scaling_rows(directory: str | os.PathLike, scaling: str = "weak") -> list[dict[str, Any]]:
     """One row per run: epoch time (mean over ranks) and system tokens/s (sum over ranks) over
     epochs 2..N (the first holds compilation), mean and sd; speed-up and efficiency against the
-    same framework's one-device run (weak: X_N / (N X_1) in tokens/s; strong: T_1 / (N T_N))."""
+    same framework's one-device run (weak: X_N / (N X_1) in tokens/s; strong: T_1 / (N T_N)).
+    With the costs the runs recorded: what the most loaded device held (measured, predicted), the
+    bytes it sent a step and the bandwidth they needed over each epoch (mean and sd), and the last
+    epoch's validation loss and BLEU."""
     rows = []
     for name, epochs in load_rank_files(directory).items():
         chosen = sorted(epochs)[1:] or sorted(epochs)
@@ -338,12 +343,26 @@ def scaling_rows(directory: str | os.PathLike, scaling: str = "weak") -> list[di
         first = epochs[complete[0]][0]
         times = np.array([np.mean([r["training_time"] for r in epochs[e]]) for e in complete])
         tps = np.array([np.sum([r["tokens_per_sec"] for r in epochs[e]]) for e in complete])
+        # What a device holds and sends: the most loaded rank's (ranks differ where a split is uneven).
+        costs = [r["costs"] for e in complete for r in epochs[e] if r.get("costs")]
+        sent, sent_predicted = (_most(epochs, complete, key) for key in ("sent_bytes", "sent_bytes_predicted"))
+        steps = np.array([epochs[e][0].get("steps") or np.nan for e in complete], dtype=np.float64)
+        bandwidth = sent / times  # what a device's links carried while it trained
+        last = epochs[max(epochs)][0]
         rows.append({"run": name, "framework": first["framework"], "device": first["device"],
                      "world_size": first["world_size"], "processes": first["processes"],
                      "mesh": first.get("mesh") or f"data:{first['world_size']}",
                      "global_batch": first["global_batch"], "threads": first.get("threads"),
-                     "epochs": complete, "time_mean": times.mean(), "time_sd": times.std(ddof=1) if len(times) > 1 else 0.0,
-                     "tps_mean": tps.mean(), "tps_sd": tps.std(ddof=1) if len(tps) > 1 else 0.0})
+                     "epochs": complete, "time_mean": times.mean(), "time_sd": _sd(times),
+                     "tps_mean": tps.mean(), "tps_sd": _sd(tps),
+                     "held": max((c["held_bytes"] for c in costs), key=lambda h: h["total"], default=None),
+                     "held_predicted": costs[0]["held_bytes_predicted"] if costs else None,
+                     "step_memory": max((c["step_memory_bytes"] or 0 for c in costs), default=0) or None,
+                     "step_memory_counts": costs[0]["step_memory_counts"] if costs else None,
+                     "sent_per_step": _finite(np.mean(sent / steps)),
+                     "sent_per_step_predicted": _finite(np.mean(sent_predicted / steps)),
+                     "bandwidth_mean": _finite(bandwidth.mean()), "bandwidth_sd": _finite(_sd(bandwidth)),
+                     "validation_loss": last.get("validation_loss"), "bleu": last.get("bleu"), "last_epoch": max(epochs)})
     for row in rows:
         base = next((r for r in rows if r["framework"] == row["framework"] and r["world_size"] == 1), None)
         n = row["world_size"]
@@ -356,6 +375,21 @@ def scaling_rows(directory: str | os.PathLike, scaling: str = "weak") -> list[di
             row["speedup"] = row["tps_mean"] / base["tps_mean"]
             row["efficiency"] = row["speedup"] / n
     return sorted(rows, key=lambda r: (r["framework"], r["world_size"], r["mesh"]))
+
+
+def _most(epochs: dict[int, list[dict[str, Any]]], chosen: list[int], key: str) -> np.ndarray:
+    """Per epoch, the most any rank recorded of ``key``; NaN where a rank file lacks it."""
+    return np.array([max(r[key] for r in epochs[e]) if all(key in r and "steps" in r for r in epochs[e]) else np.nan
+                     for e in chosen], dtype=np.float64)
+
+
+def _sd(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _finite(x: float) -> float | None:
+    """None for what the rank files did not record (runs from before a field was kept)."""
+    return float(x) if np.isfinite(x) else None
 
 
 def time_to_loss(runs: dict[str, dict[str, Any]], directory: Path, target: float | None = None):
@@ -436,3 +470,146 @@ def scaling_section(directory: Path, runs: dict[str, dict[str, Any]], scaling: s
     lines += ["", "Runs at different device counts ran one after another, not interleaved: machine drift between "
               "them is not cancelled.", "", *[f"![{k}]({v})" for k, v in files.items()]]
     return lines
+
+
+# ---- parallelism: every framework on every mesh ------------------------------------------------------
+PARALLELISM_PLOTS = {"time": "parallelism_time.png", "memory": "parallelism_memory.png",
+                     "communication": "parallelism_communication.png"}
+
+
+def _mb(n: float | None, digits: int = 2) -> str:
+    return "-" if n is None else f"{n / 1e6:,.{digits}f}"
+
+
+def _one_device(r: dict[str, Any]) -> str:
+    """What one device of a run was: on a CPU, a share of the cores."""
+    cores = len((r["threads"] or {}).get("cores") or [])
+    per_device = cores / (r["world_size"] // r["processes"])
+    return ("a GPU" if r["device"] == "gpu" else "a TPU core" if r["device"] == "tpu" else
+            f"{per_device:g} CPU core(s)" + (", a JAX host device" if r["framework"] == "jax" else
+                                               ", a gloo rank" if r["processes"] > 1 else ""))
+
+
+def parallelism_section(directory: Path, runs: dict[str, dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    """The report's lines on every framework on every mesh (``mtcore compare --mesh``): speed,
+    what a device holds, what a step moves and the bandwidth it needed, and the quality reached."""
+    rows = scaling_rows(directory, "strong")
+    if not rows:
+        return []
+    order = {m: i for i, m in enumerate(settings.get("meshes") or [])}
+    rows.sort(key=lambda r: (order.get(r["mesh"], len(order)), r["framework"]))
+    caption = _parallelism_caption(rows, runs)
+    files = _parallelism_plots(rows, directory, caption)
+    lines = ["", "## Parallelism (epochs 2..N; time: mean over ranks, tokens/s: sum over ranks)", "",
+             f"{caption}. Every mesh trains on the same global batches from the same weights; speed-up is the "
+             "framework's data:1 epoch time over this mesh's. A device holds trained parameters and AdamW's two "
+             "moments, measured from its own shards (the most loaded device), predicted from the shapes and the "
+             "mesh; the step's bytes are what one device sends with ring algorithms for the collectives one step "
+             "ran, recorded on one step (JAX: its compiled HLO; torch: its dispatcher) and carried to each "
+             "batch's shape by the prediction; the bandwidth is an epoch's bytes over its time "
+             "(docs/parallelism.md says what each counts).", "",
+             "| framework | mesh | s / epoch (mean ± sd) | tokens/s (mean ± sd) | speed-up | held per device MB "
+             "(predicted) | step memory MB | sent per step MB (predicted) | bandwidth needed MB/s (mean ± sd) | "
+             "validation loss | BLEU |",
+             "|" + " --- |" * 11]
+    for r in rows:
+        held, want = r["held"], r["held_predicted"]
+        lines.append(
+            f"| {r['framework']} | {r['mesh']} | {r['time_mean']:.2f} ± {r['time_sd']:.2f} | "
+            f"{r['tps_mean']:,.0f} ± {r['tps_sd']:,.0f} | {_f(r['speedup'])}x | "
+            f"{_mb(held and held['total'])} ({_mb(want and want['total'])}) | {_mb(r['step_memory'])} | "
+            f"{_mb(r['sent_per_step'])} ({_mb(r['sent_per_step_predicted'])}) | "
+            f"{_mb(r['bandwidth_mean'])} ± {_mb(r['bandwidth_sd'])} | {_f(r['validation_loss'], 3)} | "
+            f"{_f(r['bleu'], 1)} |")
+    counts = {r["step_memory_counts"] for r in rows if r["step_memory_counts"]}
+    lines += ["", "Step memory: " + ("; ".join(sorted(f"{fw}: {c}" for fw, c in {
+        (r["framework"], r["step_memory_counts"]) for r in rows if r["step_memory_counts"]})) if counts else "not recorded") + ".",
+              "", "Timings of strategies on shared CPU cores say little about GPUs: read them as what this machine did. "
+              "Meshes ran one after another, not interleaved: machine drift between them is not cancelled."]
+    target, reached = time_to_loss(runs, directory, settings.get("target_loss")) if runs else (None, {})
+    if target is not None:
+        lines += ["", f"Time to validation loss {target:.3f}: " + "; ".join(
+            f"{name} {'not reached' if t is None else f'{t:.1f} s'}" for name, t in reached.items()) + "."]
+    return lines + ["", *[f"![{k}]({v})" for k, v in files.items()]]
+
+
+def _parallelism_caption(rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> str:
+    first = next(iter(runs.values()))["run"] if runs else {}
+    epochs = min(len(r["epochs"]) for r in rows)
+    model = f"model {first['model']} ({first['num_params']:,} parameters)" if first else "model ?"
+    device = rows[0]["device"]
+    return (f"{model}, {device}, global batch {rows[0]['global_batch']}, {first.get('precision', '?')}, "
+            f"{_torch_mode(first) if first else ''}; {epochs} timed epoch{'s' if epochs != 1 else ''} per run; "
+            f"a device: {_one_device(rows[0]).split(',')[0]}")
+
+
+def _short(x: float) -> str:
+    """A bar's value in three significant figures or so (12,345; 123; 12.3; 1.23; 0.123)."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _parallelism_plots(rows: list[dict[str, Any]], directory: Path, caption: str) -> dict[str, str]:
+    """Bars per mesh, the frameworks side by side: epoch time (± sd over epochs), what a device
+    holds (measured; the prediction as a black tick), the bytes a step sends and the bandwidth
+    they needed (± sd over epochs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meshes = list(dict.fromkeys(r["mesh"] for r in rows))
+    frameworks = list(dict.fromkeys(r["framework"] for r in rows))
+    palette = {"torch": "tab:orange", "jax": "tab:blue", "hf": "tab:green"}
+    width = 0.8 / len(frameworks)
+    x = np.arange(len(meshes))
+    row = {(r["mesh"], r["framework"]): r for r in rows}
+    wrapped = caption.replace("; ", "\n", 1)
+
+    def grouped(ax, value, sd=None, label=None, predicted=None, scale=1.0):
+        """One bar per (mesh, framework), labelled with its value; ``predicted`` as a tick."""
+        for j, fw in enumerate(frameworks):
+            got = [row.get((m, fw)) for m in meshes]
+            heights = [np.nan if g is None or value(g) is None else value(g) / scale for g in got]
+            errors = None if sd is None else [0 if g is None or sd(g) is None else sd(g) / scale for g in got]
+            pos = x - 0.4 + width * (j + 0.5)
+            bars = ax.bar(pos, heights, width, yerr=errors, capsize=5, color=palette.get(fw, "tab:gray"), label=fw)
+            ax.bar_label(bars, labels=[("" if np.isnan(h) else label(h)) for h in heights], fontsize=7, padding=2)
+            if predicted is not None:
+                ticks = [np.nan if g is None or predicted(g) is None else predicted(g) / scale for g in got]
+                ax.scatter(pos, ticks, marker="_", s=600 * width, color="black", zorder=3,
+                           label="predicted" if j == 0 else None)
+        ax.set_xticks(x, meshes)
+        ax.legend(fontsize=8)
+
+    def save(fig, title, key):
+        fig.suptitle(f"{title}\n{wrapped.replace(chr(92) + 'n', chr(10))}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(directory / PARALLELISM_PLOTS[key], dpi=120)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(2.2 * len(meshes) + 3, 4.8))
+    grouped(ax, lambda r: r["time_mean"], lambda r: r["time_sd"], label=_short)
+    for j, fw in enumerate(frameworks):  # the speed-up under each bar
+        for i, m in enumerate(meshes):
+            r = row.get((m, fw))
+            if r is not None and r["speedup"] is not None:
+                ax.annotate(f"{r['speedup']:.2f}x", (x[i] - 0.4 + width * (j + 0.5), 0), xytext=(0, 3),
+                            textcoords="offset points", ha="center", fontsize=7, color="white", fontweight="bold")
+    ax.set_ylabel("seconds per epoch (mean ± sd over epochs 2..N)")
+    save(fig, "Time per epoch on each mesh (white: speed-up against data:1)", "time")
+
+    fig, ax = plt.subplots(figsize=(2.2 * len(meshes) + 3, 4.8))
+    grouped(ax, lambda r: r["held"] and r["held"]["total"], label=_short,
+            predicted=lambda r: r["held_predicted"] and r["held_predicted"]["total"], scale=1e6)
+    ax.set_ylabel("MB one device holds (parameters + AdamW moments)")
+    save(fig, "Memory per device, measured from its shards (deterministic: no spread)", "memory")
+
+    fig, (top, bottom) = plt.subplots(1, 2, figsize=(4.4 * len(meshes) / 2 + 5, 4.8))
+    grouped(top, lambda r: r["sent_per_step"], label=_short, scale=1e6,
+            predicted=lambda r: r["sent_per_step_predicted"])
+    top.set_ylabel("MB a device sends per step (mean over the epochs' steps)")
+    grouped(bottom, lambda r: r["bandwidth_mean"], lambda r: r["bandwidth_sd"], label=_short, scale=1e6)
+    bottom.set_ylabel("MB/s the step's bytes needed (mean ± sd over epochs)")
+    save(fig, "Communication per device: bytes a step sends, and the bandwidth they needed at the measured speed",
+         "communication")
+    return PARALLELISM_PLOTS

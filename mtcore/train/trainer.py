@@ -109,6 +109,7 @@ class Trainer:
         self.global_batch = rc.global_batch()
         self.max_len = prepared.max_len
         self.step_fn = self.be.make_train_step(self.cfg, self.tcfg, compile=rc.compile)
+        self.costs: dict[str, Any] | None = None  # what a device holds and a step moves, from one recorded step
         self.eval_fn = self.be.make_eval_step(self.cfg, self.tcfg)
         if resume:
             self.metrics = read_json(self.out / "metrics.json")
@@ -194,9 +195,15 @@ class Trainer:
         rows = counted_rows(self.world, self.rc.mesh_shape(), self.global_batch)
         my_tokens = sum(b.tokens_in(rows) for b in batches)
         first_step_s = None
+        # The step whose collectives are recorded: the third, past DDP's bucket rebuild on the second.
+        record_at = min(2, len(batches) - 1) if self.costs is None else -1
         start = time.perf_counter()
         for i, planned in enumerate(batches):
-            self.state, m = self.step_fn(self.state, planned.batch)
+            if i == record_at:
+                self.state, m, moved = self.be.recorded_step(self.step_fn, self.state, planned.batch)
+                self.costs = self._costs(planned.batch, moved, epoch, i + 1)
+            else:
+                self.state, m = self.step_fn(self.state, planned.batch)
             pending.append(m)
             if i == 0:
                 self.be.sync(m["loss"])
@@ -217,6 +224,7 @@ class Trainer:
         seconds = time.perf_counter() - start
         bar.close()
         self.epoch = epoch
+        sent, sent_predicted = epoch_sent_bytes(self.cfg, self.rc.mesh_shape(), self.costs, [b.batch.shape for b in batches])
         record = {
             "epoch": epoch,
             "mesh": str(self.rc.mesh_shape()),  # a resumed run may go on on another mesh
@@ -228,10 +236,14 @@ class Trainer:
             "train_loss": float(np.mean(losses)),
             "train_accuracy": float(np.mean(accuracies)),
             "step_losses": losses,
+            "sent_bytes_per_step": sent / len(batches),
+            "sent_bytes_per_step_predicted": sent_predicted / len(batches),
+            "bandwidth_needed_bytes_per_s": sent / seconds,
         }
         record.update(self._validate())
         self.io.save_checkpoint(self.be, self.state, epoch, self.cfg, self.rc.framework)
         self.metrics["epochs"].append(record)
+        self.metrics["run"]["costs"] = self.costs
         self.io.write("metrics.json", self.metrics)
         # Every process: what it did (its rows' tokens, its own clock), for time averaged and
         # tokens/s summed over ranks.
@@ -243,8 +255,24 @@ class Trainer:
             "world_size": self.world.devices, "mesh": str(self.rc.mesh_shape()), "processes": self.world.processes,
             "devices": self.world.local_devices, "local_batch": local_rows(self.world, self.rc.mesh_shape(), self.global_batch),
             "global_batch": self.global_batch, "threads": _threads(),
+            "steps": len(batches), "sent_bytes": sent, "sent_bytes_predicted": sent_predicted, "costs": self.costs,
         })
         return record
+
+    def _costs(self, batch, collectives: list[dict], epoch: int, step: int) -> dict[str, Any]:
+        """What one device of this process holds (measured from its shards, and predicted from the
+        shapes and the mesh) and what the recorded step moved (measured and predicted), with the
+        framework's account of the step's memory where it keeps one."""
+        from mtcore.costs import predicted_bytes, predicted_traffic, sent_bytes
+
+        mesh = self.rc.mesh_shape()
+        memory, counted = self.be.step_memory()
+        return {"held_bytes": self.be.held_bytes(self.state).as_dict(),
+                "held_bytes_predicted": predicted_bytes(self.cfg, mesh).as_dict(),
+                "collectives": collectives, "sent_bytes_per_step": sum(c["sent"] for c in collectives),
+                "sent_bytes_per_step_predicted": sent_bytes(predicted_traffic(self.cfg, mesh, *batch.shape)),
+                "batch_shape": list(batch.shape), "recorded_at": {"epoch": epoch, "step": step},
+                "step_memory_bytes": memory, "step_memory_counts": counted}
 
     def _stop(self, epoch: int, step: int, loss: float, bar) -> None:
         bar.close()
@@ -282,6 +310,21 @@ class Trainer:
         return int(latest["epoch"]), state
 
 
+
+
+def epoch_sent_bytes(cfg: ModelConfig, mesh, costs: dict[str, Any] | None,
+                     shapes: list[tuple[int, int, int]]) -> tuple[float, float]:
+    """``(sent, predicted)``: bytes a device sent over an epoch of batches of ``shapes``, the
+    recorded step's measured bytes carried to each batch's shape by the prediction (data and FSDP
+    move the same bytes whatever the batch; tensor parallelism's activations grow with it), and
+    the prediction alone."""
+    from mtcore.costs import predicted_traffic, sent_bytes
+
+    if costs is None:
+        return 0.0, 0.0
+    predicted = float(sum(sent_bytes(predicted_traffic(cfg, mesh, *shape)) for shape in shapes))
+    measured, expected = costs["sent_bytes_per_step"], costs["sent_bytes_per_step_predicted"]
+    return (measured / expected * predicted if expected else float(measured * len(shapes))), predicted
 
 
 def _threads() -> dict[str, Any]:
