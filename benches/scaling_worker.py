@@ -4,7 +4,8 @@ scaling: each device holds the bench's batch of SIZE), stepped on command from t
 Started as its own process (torch ranks by torchrun), so neither the bench process's thread
 budget nor its framework state leaks into it. It connects to the bench on 127.0.0.1:PORT, compiles
 and takes the first step, reports ``{"first_loss", "compile_s"}``, then for every ``step`` line runs
-one synced step and answers ``ok`` (every rank answers; the bench waits for all).
+one synced step and answers ``ok`` (every rank answers; the bench waits for all); for every ``comm``
+line, one all-reduce of the bytes the step all-reduces, alone, and ``ok``.
 
     python benches/scaling_worker.py FRAMEWORK DEVICE DEVICES SIZE PRECISION THREADS PORT [MESH]
 
@@ -64,11 +65,16 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
         stream.write(json.dumps({"process": be.world.process, "first_loss": first_loss, "compile_s": compile_s,
                                  "world": be.world.as_dict(), **costs}) + "\n")
         stream.flush()
+        # The step's all-reduces alone: one call of all their bytes (``comm`` lines).
+        probe = be.all_reduce_probe(sum(c["payload"] for c in costs.get("collectives", []) if c["kind"] == "all-reduce"))
         for line in stream:
-            if line.strip() != "step":
+            if line.strip() == "step":
+                state, metrics = step(state, data)
+                be.sync(metrics["loss"])
+            elif line.strip() == "comm" and probe is not None:
+                probe()
+            else:
                 break
-            state, metrics = step(state, data)
-            be.sync(metrics["loss"])
             stream.write("ok\n")
             stream.flush()
 

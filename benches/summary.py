@@ -142,10 +142,15 @@ def _print_fair_fight(tr, benchmarks):
 
 def _mesh_costs(benchmarks) -> list[str]:
     """A line per mesh case: what a device holds and what a step makes it send, measured against
-    predicted, and the bandwidth the sending needed at the measured step time."""
+    predicted, and the bandwidth the sending needed at the measured step time; a line per
+    data-parallel scaling case: the bytes and how long their all-reduce takes alone."""
     lines = []
     for b in sorted(benchmarks, key=lambda b: b.name):
         e = b.extra_info
+        if e.get("all_reduce_alone_s") is not None:  # the data-parallel scaling bench
+            lines.append(f"{e['case']}: sends {e['sent_bytes_per_step'] / 1e6:,.3f} MB a step; its all-reduce alone "
+                         f"{e['all_reduce_alone_s'] * 1e3:,.2f} ms, {100 * e['all_reduce_share']:.0f}% of the median step "
+                         "(an upper bound: in the step it overlaps the backward pass)")
         if "held_bytes" not in e:
             continue
         held, want = e["held_bytes"]["total"], e["held_bytes_predicted"]["total"]
@@ -161,7 +166,7 @@ def _mesh_costs(benchmarks) -> list[str]:
 
 def _print_mesh_costs(tr, benchmarks):
     _write_section(tr, "what each mesh costs a device (params + AdamW held; bytes sent a step, ring algorithms; "
-                       "docs/parallelism.md):", _mesh_costs(benchmarks))
+                       "data parallel: its all-reduce timed alone; docs/parallelism.md):", _mesh_costs(benchmarks))
 
 
 def _print_ratios(tr, benchmarks):

@@ -85,12 +85,24 @@ class Workers:
             pytest.fail(f"{self.case.id}: the worker processes did not start ({e}):\n{self.output()[-3000:]}")
         return self
 
-    def step(self) -> None:
+    def step(self, what: str = "step") -> None:
+        """One synced train step on every process (``comm``: the step's all-reduce alone)."""
         for stream in self.streams:
-            stream.write("step\n")
+            stream.write(f"{what}\n")
             stream.flush()
         for stream in self.streams:
             assert stream.readline().strip() == "ok", f"{self.case.id}: a worker stopped"
+
+    def all_reduce_seconds(self, calls: int) -> float:
+        """Median seconds of the step's all-reduce alone (one call of all its bytes), after one
+        call that warms it up."""
+        self.step("comm")
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            self.step("comm")
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
 
     def output(self) -> str:
         try:
@@ -131,6 +143,8 @@ def test_train_step_scaling(benchmark, case, rounds):
         for ready in workers.ready:
             check_first_loss(case, ready["first_loss"])  # the tiled batch's loss is the one-batch loss
         timed(benchmark, workers.step, rounds)
+        timing = median_seconds(benchmark) is not None
+        all_reduce_s = workers.all_reduce_seconds(min(rounds or 10, 20)) if case.devices > 1 and timing else None
     b = batch(case.size)
     tokens = int(b.src_mask.sum() + b.tgt_mask.sum()) * case.devices
     benchmark.extra_info.update(case=case.id, world_size=case.devices, processes=workers.processes,
@@ -149,9 +163,11 @@ def test_train_step_scaling(benchmark, case, rounds):
         tokens_per_s=tokens / median,
         tokens_per_s_per_device=tokens / median / case.devices,
         efficiency=None if base is None else tokens / median / (case.devices * base),
-        # The all-reduce's share of the step is not separated here: XLA fuses it into the step
-        # program, and DDP overlaps it with the backward pass. The bytes it sent are known.
-        all_reduce_share=None,
+        # In the step the all-reduce is bucketed (DDP) or split by layer (XLA) and overlapped with
+        # the backward pass, so its share cannot be cut out of the step's time: the same bytes
+        # all-reduced alone, over the step's time, bound it from above.
+        all_reduce_alone_s=all_reduce_s,
+        all_reduce_share=0.0 if case.devices == 1 else all_reduce_s / median,
         bandwidth_needed_bytes_per_s=benchmark.extra_info["sent_bytes_per_step"] / median if case.devices > 1 else None,
     )
 

@@ -11,7 +11,8 @@ its imports and a group to join. A JOB is ``data`` (DDP) or a mesh (``fsdp:2``, 
 AdamW moments after two steps, the canonical checkpoint tree, as ``JOB-2.npz``, and each rank's
 ``JOB-rankR.json``: its shard of a weight, the third step's loss from that tree loaded afresh as a
 resumed run does, and the bytes of parameters and optimizer state it holds; for every JOB but
-dropout, the rank file also holds the collectives a fourth step ran (``recorded_step``). ``MESH+dropout``
+dropout, the rank file also holds the collectives a fourth step ran (``recorded_step``) and what
+``all_reduce_probe`` ran for their all-reduced bytes. ``MESH+dropout``
 trains with dropout on and writes each rank's losses and a digest of its weights to
 ``JOB-rankR.txt``.
 """
@@ -71,6 +72,13 @@ def torch_job(directory: str, job: str, tcfg) -> None:
                   "held": be.held_bytes(state).as_dict()}
     # What a fourth step (past DDP's bucket rebuild on the second) moves, on the last batch's shape.
     state, _, report["collectives"] = be.recorded_step(step, state, batches[-1])
+    # The scaling bench's probe: the step's all-reduce alone, one call of all its bytes.
+    from mtcore.torch.parallel import recorded_collectives
+
+    probe = be.all_reduce_probe(sum(c["payload"] for c in report["collectives"] if c["kind"] == "all-reduce"))
+    with recorded_collectives() as record:
+        probe()
+    report["probe"] = record.calls
     report["batch"] = [*batches[-1].src_ids.shape, batches[-1].tgt_in.shape[1]]  # rows, source, target tokens
     job_file(directory, job, f"-rank{rank}.json").write_text(json.dumps(report))  # ranks' output lines may interleave
     if be.world.main:

@@ -216,6 +216,7 @@ def test_jax_step_collectives_are_read_from_its_hlo():
     use (source and target embedding, output projection), before adding them; plus the loss's
     scalars. The textbook's 2P(N-1)/N counts the embedding once (docs/parallelism.md)."""
     from mtcore.batch import random_batch
+    from mtcore.jax.parallel import step_collectives
     from mtcore.weights import init_tree
 
     be = backend("jax", "cpu", mesh="data:2")
@@ -228,6 +229,12 @@ def test_jax_step_collectives_are_read_from_its_hlo():
     assert 0 <= reduce["payload"] - (grads + 2 * embedding) < 64, reduce  # a few f32 scalars
     # One per scan trip of each stack (2 encoder, 2 decoder layers) and two outside the loops.
     assert reduce["calls"] == PARALLEL_CFG.encoder_layers + PARALLEL_CFG.decoder_layers + 2, reduce
+    # The scaling bench's all_reduce_share: the probe all-reduces those bytes (to the float) in one call.
+    probe = be.all_reduce_probe(reduce["payload"])
+    probe()
+    (alone,) = step_collectives(probe.hlo())
+    assert (alone["kind"], alone["devices"], alone["calls"]) == ("all-reduce", 2, 1)
+    assert 0 <= reduce["payload"] - alone["payload"] < 4, (alone, reduce)
 
 
 @pytest.mark.jax
@@ -423,6 +430,10 @@ def test_torch_collectives_are_what_the_mesh_predicts(two_torch_ranks):
 
     measured, predicted = measured_and_predicted("data")
     assert set(measured) == {"all-reduce"} and 0 < measured["all-reduce"]["payload"] - predicted["all-reduce"].payload <= 12
+    # The scaling bench's all_reduce_share: the probe all-reduces those bytes (to the float) in one call.
+    probe = json.loads(job_file(two_torch_ranks, "data", "-rank0.json").read_text())["probe"]
+    assert [(kind, n) for kind, n, _ in probe] == [("all-reduce", 2)]
+    assert 0 <= measured["all-reduce"]["payload"] - probe[0][2] < 4, (probe, measured)
     measured, predicted = measured_and_predicted("fsdp:2")
     root = np.prod(param_shapes(PARALLEL_CFG)["shared.weight"]) * 4
     assert measured["reduce-scatter"]["payload"] == predicted["reduce-scatter"].payload

@@ -273,6 +273,13 @@ class JaxBackend:
         state, metrics = compiled(state, batch)
         return compiled, seconds, state, metrics
 
+    def all_reduce_probe(self, nbytes: int):
+        """``run()``: one all-reduce of ``nbytes`` over every device of the mesh (a ``psum`` in
+        ``shard_map``), waited for (None on one device)."""
+        if self.mesh.devices.size < 2:
+            return None
+        return parallel.all_reduce_probe(self.mesh, nbytes)
+
     def peak_memory(self, reset: bool = False) -> int | None:
         """Peak device bytes of this process (XLA's allocator; it cannot be reset), None on CPU."""
         if reset or self.device_kind == "cpu":

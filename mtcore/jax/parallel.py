@@ -283,3 +283,20 @@ def step_collectives(hlo_text: str) -> list[dict]:
             payload = _nbytes(shape) * (n if kind == "reduce-scatter" else 1)
             calls += [(kind, n, payload)] * times
     return tally(calls)
+
+
+def all_reduce_probe(mesh: Mesh, nbytes: int):
+    """``run()``: a ``psum`` of ``nbytes`` of fp32 on each device over every axis of ``mesh``,
+    compiled once, waited for."""
+    axes = tuple(mesh.axis_names)
+    per_device = max(1, nbytes // 4)
+    # (devices x per_device,): each device holds its own per_device values and sums the others' in.
+    values = jax.device_put(np.zeros(mesh.devices.size * per_device, np.float32), NamedSharding(mesh, P(axes)))
+    summed = jax.jit(jax.shard_map(lambda v: jax.lax.psum(v, axes), mesh=mesh, in_specs=P(axes), out_specs=P(axes)))
+    summed(values).block_until_ready()  # compiled here, not in the first timed call
+
+    def run() -> None:
+        summed(values).block_until_ready()
+
+    run.hlo = lambda: summed.lower(values).compile().as_text()  # what it runs, for step_collectives
+    return run

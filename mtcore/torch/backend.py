@@ -174,6 +174,21 @@ class TorchBackend:
         cfg, tree = read_hf_checkpoint(path, cfg)
         return self.from_numpy(cfg, tree)
 
+    def all_reduce_probe(self, nbytes: int):
+        """``run()``: one all-reduce of ``nbytes`` over every rank of the default group, waited
+        for (None on one device)."""
+        import torch.distributed as dist
+
+        if self.world.devices < 2 or not dist.is_initialized():
+            return None
+        buffer = torch.zeros(max(1, nbytes // 4), dtype=torch.float32, device=self.device)
+
+        def run() -> None:
+            dist.all_reduce(buffer)
+            self.sync(buffer)
+
+        return run
+
     def peak_memory(self, reset: bool = False) -> int | None:
         """Peak device bytes since the last reset (CUDA allocator), or None on CPU. ``reset``:
         start a new window and return None."""
