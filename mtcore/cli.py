@@ -48,7 +48,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg = ModelConfig.of(args.model)
     meshes = [MeshShape.parse(m) for m in args.meshes]
-    bandwidth = None if args.bandwidth is None else args.bandwidth * 1e9
+    bandwidth = None if args.bandwidth is None else _rates(args.bandwidth)
     flops = None if args.flops is None else args.flops * 1e12
     rows = plan(cfg, meshes, args.global_batch_size, args.src_len, args.tgt_len, value_bytes=2 if args.precision == "bf16" else 4,
                 bandwidth=bandwidth, flops=flops)
@@ -61,6 +61,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print()
     print(format_plan(rows, bandwidth=bandwidth, flops=flops))
     return 0
+
+
+def _rates(given: list[str]) -> dict[str, float]:
+    """``--bandwidth 450 data=50`` -> bytes/s per axis, ``""`` for the axes not named."""
+    rates = {}
+    for item in given:
+        axis, _, value = item.rpartition("=")
+        if axis in rates:
+            raise MTCoreError(f"--bandwidth: {'a rate for ' + axis if axis else 'one rate for every axis'} is given twice")
+        try:
+            rates[axis] = float(value) * 1e9
+        except ValueError:
+            raise MTCoreError(f"--bandwidth: expected GB/s or AXIS=GB/s (450, data=50), got {item!r}") from None
+    return rates
 
 
 def _run_config(args: argparse.Namespace, **changes):
@@ -258,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt-len", type=int, default=128, help="target tokens per row, padded (default: %(default)s)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bytes per value held and sent: 4 or 2 (default: %(default)s)")
-    p.add_argument("--bandwidth", type=float, help="GB/s each device sends (e.g. 450 for an H100's NVLink)")
+    p.add_argument("--bandwidth", nargs="+", metavar="GBPS", help="GB/s each device sends (e.g. 450 for an H100's NVLink), "
+                   "and per mesh axis where links differ: 450 data=50 (NVLink in a node, 400 Gb/s InfiniBand between)")
     p.add_argument("--flops", type=float, help="TFLOP/s each device computes (e.g. 989 for an H100's dense bf16)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_plan)

@@ -154,17 +154,40 @@ def step_flops_per_device(cfg: ModelConfig, mesh: MeshShape, global_batch: int, 
     return 3 * (layers / mesh.devices + output / mesh.batch_shards)
 
 
+def link_rates(bandwidth: float | dict[str, float] | None) -> dict[str, float] | None:
+    """``{axis: bytes/s}`` for every mesh axis from one rate for all, or a dict with ``""`` for the
+    axes it does not name (links differ: a node's NVLink for ``tensor`` and ``fsdp``, the network
+    between nodes for ``data``)."""
+    from mtcore.errors import MTCoreError
+    from mtcore.parallel import MESH_AXES
+
+    if bandwidth is None:
+        return None
+    rates = dict(bandwidth) if isinstance(bandwidth, dict) else {"": bandwidth}
+    for axis, value in rates.items():
+        if axis and axis not in MESH_AXES:
+            raise MTCoreError(f"--bandwidth {axis}=...: unknown axis {axis!r}; choose {', '.join(MESH_AXES)}")
+        if not value > 0:
+            raise MTCoreError(f"--bandwidth must be positive, got {value / 1e9:g}")
+    missing = [a for a in MESH_AXES if a not in rates]
+    if missing and "" not in rates:
+        raise MTCoreError(f"--bandwidth: no rate for {', '.join(missing)} (give one number for every other axis)")
+    return {a: rates.get(a, rates.get("")) for a in MESH_AXES}
+
+
 def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: int, tgt_len: int, *,
-         value_bytes: int = FP32, bandwidth: float | None = None, flops: float | None = None) -> list[dict]:
+         value_bytes: int = FP32, bandwidth: float | dict[str, float] | None = None,
+         flops: float | None = None) -> list[dict]:
     """One row per mesh of what it would cost per device and step: held bytes, collectives, bytes
-    sent, FLOPs; with ``bandwidth`` (bytes/s a device sends) and ``flops`` (FLOP/s a device
-    computes) the seconds each would take. Refuses what cannot run: a mesh that does not divide
-    the model or the batch, a non-positive rate."""
+    sent, FLOPs; with ``bandwidth`` (bytes/s a device sends: one rate, or per axis as
+    ``link_rates`` takes it) and ``flops`` (FLOP/s a device computes) the seconds each would take,
+    no overlap assumed. Refuses what cannot run: a mesh that does not divide the model or the
+    batch, a non-positive rate."""
     from mtcore.errors import MTCoreError
 
-    for name, value in (("--bandwidth", bandwidth), ("--flops", flops)):
-        if value is not None and not value > 0:
-            raise MTCoreError(f"{name} must be positive, got {value:g}")
+    rates = link_rates(bandwidth)
+    if flops is not None and not flops > 0:
+        raise MTCoreError(f"--flops must be positive, got {flops / 1e12:g}")
     for name, value in (("--global-batch-size", global_batch), ("--src-len", src_len), ("--tgt-len", tgt_len)):
         if value < 1:
             raise MTCoreError(f"{name} must be at least 1, got {value}")
@@ -177,33 +200,41 @@ def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: 
                "collectives": [c.as_dict() for c in collectives], "sent": sent_bytes(collectives),
                "flops": step_flops_per_device(cfg, mesh, global_batch, src_len, tgt_len),
                "tokens_per_device": global_batch * (src_len + tgt_len) // mesh.batch_shards}
-        if bandwidth:
-            row["communication_s"] = row["sent"] / bandwidth
+        if rates:
+            row["communication_s"] = sum(c.sent / rates[c.axis] for c in collectives)
         if flops:
             row["arithmetic_s"] = row["flops"] / flops
         rows.append(row)
     return rows
 
 
-def format_plan(rows: list[dict], *, bandwidth: float | None = None, flops: float | None = None) -> str:
+def format_plan(rows: list[dict], *, bandwidth: float | dict[str, float] | None = None,
+                flops: float | None = None) -> str:
     """``plan``'s rows as a markdown table."""
     def mb(n: float) -> str:
         return f"{n / 1e6:,.1f} MB"
 
-    head = ["mesh", "devices", "held per device (params + AdamW)", "sent per step per device", "collectives",
-            "FLOPs per device"]
+    head = ["mesh", "devices", "tokens a device trains on (source + target)", "held per device (params + AdamW)",
+            "sent per step per device", "collectives", "FLOPs per device"]
     if bandwidth:
-        head.append(f"communication at {bandwidth / 1e9:g} GB/s")
+        rates = bandwidth if isinstance(bandwidth, dict) else {"": bandwidth}
+        head.append("communication at " + ", ".join(f"{a + ' ' if a else ''}{r / 1e9:g}" for a, r in rates.items())
+                    + " GB/s")
     if flops:
         head.append(f"arithmetic at {flops / 1e12:g} TFLOP/s")
+    if bandwidth and flops:
+        head.append("longer, unless overlapped")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         kinds = ", ".join(f"{c['calls']} {c['kind']} ({c['axis']}, {mb(c['sent'])})" for c in r["collectives"]) or "none"
-        cells = [r["mesh"], str(r["devices"]), f"{mb(r['held']['total'])} ({mb(r['held']['params'])} + "
-                 f"{mb(r['held']['optimizer'])})", mb(r["sent"]), kinds, f"{r['flops']:.3g}"]
+        cells = [r["mesh"], str(r["devices"]), f"{r['tokens_per_device']:,}",
+                 f"{mb(r['held']['total'])} ({mb(r['held']['params'])} + {mb(r['held']['optimizer'])})", mb(r["sent"]),
+                 kinds, f"{r['flops']:.3g}"]
         if bandwidth:
             cells.append(f"{r['communication_s'] * 1e3:,.2f} ms")
         if flops:
             cells.append(f"{r['arithmetic_s'] * 1e3:,.2f} ms")
+        if bandwidth and flops:
+            cells.append("communication" if r["communication_s"] > r["arithmetic_s"] else "arithmetic")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -76,6 +76,10 @@ def test_plan_prints_a_row_per_mesh(capsys):
     (["--model", "marian-en-hu", "--mesh", "wide:2"], "unknown axis 'wide'"),
     (["--model", "tiny", "--mesh", "fsdp:2", "--bandwidth", "0"], "--bandwidth must be positive, got 0"),
     (["--model", "tiny", "--mesh", "fsdp:2", "--flops", "-5"], "--flops must be positive, got -5"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--bandwidth", "450", "wide=5"], "unknown axis 'wide'"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--bandwidth", "fast"], "expected GB/s or AXIS=GB/s"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--bandwidth", "data=50"], "no rate for fsdp, tensor"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--bandwidth", "450", "400"], "one rate for every axis is given twice"),
     (["--model", "tiny", "--mesh", "fsdp:3", "--global-batch-size", "8"], "fsdp:3 does not divide d_model=64"),
     (["--model", "tiny", "--mesh", "data:3", "--global-batch-size", "8"], "8 rows cannot be split evenly over 3 devices"),
     (["--model", "tiny", "--mesh", "fsdp:2", "--global-batch-size", "0"], "--global-batch-size must be at least 1, got 0"),
@@ -84,3 +88,16 @@ def test_plan_refuses_in_one_line(capsys, args, message):
     assert main(["plan", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mtcore: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_plan_times_each_axis_at_its_own_links():
+    """HSDP over 8 nodes of 8: the shards' gathers ride a node's links, the data all-reduce the
+    network between nodes; each collective's bytes over its own axis's rate."""
+    mesh = MeshShape(data=8, fsdp=8)
+    (one,) = plan(MARIAN, [mesh], 4096, 64, 64, value_bytes=2, bandwidth=450e9)
+    (two,) = plan(MARIAN, [mesh], 4096, 64, 64, value_bytes=2, bandwidth={"": 450e9, "data": 50e9})
+    by_axis = {c["axis"]: 0 for c in two["collectives"]}
+    for c in two["collectives"]:
+        by_axis[c["axis"]] += c["sent"]
+    assert one["communication_s"] == pytest.approx(two["sent"] / 450e9)
+    assert two["communication_s"] == pytest.approx(by_axis["fsdp"] / 450e9 + by_axis["data"] / 50e9)
