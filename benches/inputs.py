@@ -67,6 +67,9 @@ def timed(benchmark, fn, rounds: int | None, warmup_rounds: int = 2, min_rounds:
     one = (time.perf_counter() - start) / max(warmup_rounds, 1)
     n = rounds or max(min_rounds or int(session.config.getoption("benchmark_min_rounds")),
                       ceil(float(session.config.getoption("benchmark_max_time")) / max(one, 1e-9)))
+    # In the gate, base and head time the same rounds (the larger count), so their rounds keep
+    # alternating to the end of the case. Alone, n as it is.
+    n = session.turns.agree(benchmark.name, n)
     if on_start is not None:
         on_start()
     before = speed_probe()

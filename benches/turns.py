@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import os
 import select
+import struct
+import zlib
 
 ENV = "MTCORE_TURNS"
 # A partner silent this long is taken as gone (a crash that left the pipe open): run alone.
 TIMEOUT_S = 900.0
-_READY, _TURN = b"r", b"t"
+_READY, _TURN, _COUNT = b"r", b"t", b"c"
+_COUNT_BODY = struct.Struct("<II")  # the case's key (a CRC of its name), its rounds
 
 
 def connect() -> tuple[list[tuple[str, tuple[int, int]]], list[int]]:
@@ -43,6 +46,7 @@ class Turns:
     def __init__(self, spec: str | None = None):
         self.inbox: int | None = None
         self.outbox: int | None = None
+        self._partner_count: tuple[int, int] | None = None  # (key, rounds) the partner sent with a turn
         spec = os.environ.get(ENV) if spec is None else spec
         if spec:
             self.inbox, self.outbox = (int(fd) for fd in spec.split(","))
@@ -58,7 +62,7 @@ class Turns:
         if not self.paired:
             return
         self._send(_READY)
-        seen: set[bytes] = set()
+        seen: set[bytes] = set()  # a count (the partner's first case) is a turn too
         while self.paired and not {_READY, _TURN} <= seen:
             byte = self._receive()
             if byte is not None:
@@ -70,6 +74,24 @@ class Turns:
             return
         self._send(_TURN)
         self._receive()
+
+    def agree(self, case: str, rounds: int) -> int:
+        """The rounds both sessions time ``case`` for: the larger of the two counts each calibrated
+        from its own warm-up. Without it a slower side would time fewer rounds than the faster one
+        and the rest of the faster side's rounds would alternate with the next case's. Called by
+        each session in its turn, after its warm-up: the count goes over with the turn. A partner
+        that reached another case (one that exists on one side only) keeps each side's own count."""
+        if not self.paired:
+            return rounds
+        key = zlib.crc32(case.encode())
+        theirs, self._partner_count = self._partner_count, None
+        self._send(_COUNT + _COUNT_BODY.pack(key, rounds))
+        if theirs is None:  # here first: the partner's count comes back with the turn
+            self._receive()
+            theirs, self._partner_count = self._partner_count, None
+        else:  # here second: the partner is waiting for the turn this message gave it; wait for it back
+            self._receive()
+        return max(rounds, theirs[1]) if theirs is not None and theirs[0] == key else rounds
 
     def before_round(self, fn):
         """pytest-benchmark's ``setup`` for the rounds of ``fn``: hand the turn over, then, while
@@ -95,8 +117,16 @@ class Turns:
             self._alone()
 
     def _receive(self) -> bytes | None:
+        """The partner's next message. A count (``agree``) hands the turn over as ``_TURN`` does,
+        and is kept for this session's ``agree``."""
         ready, _, _ = select.select([self.inbox], [], [], TIMEOUT_S)
         byte = os.read(self.inbox, 1) if ready else b""
+        if byte == _COUNT:
+            body = os.read(self.inbox, _COUNT_BODY.size)  # written with its tag in one write: there already
+            if len(body) == _COUNT_BODY.size:
+                self._partner_count = _COUNT_BODY.unpack(body)
+                return _TURN
+            byte = b""
         if not byte:
             self._alone()
             return None
