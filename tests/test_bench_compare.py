@@ -9,6 +9,7 @@ import json
 import os
 import re
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -425,3 +426,59 @@ def test_a_run_saved_without_raw_rounds_exports_from_its_medians_but_is_not_comp
     assert {e["name"]: e["value"] for e in smaller} == {f"{name} time": m * 1e3 for name, m in medians.items()}
     assert run_cli("--base", str(path), "--head", str(path)) == 2
     assert "has no raw samples (stats.data)" in capsys.readouterr().err
+
+
+def _sessions(plans: dict[str, list[tuple[str, int]]]) -> list[tuple[str, str]]:
+    """Two sessions taking turns in threads, as the gate runs base and head: each times its cases
+    ``[(case, rounds it calibrated)]`` as ``timed`` does (agree on the rounds, then a hand-over
+    before each round). Returns the ``(side, case)`` of every timed round in the order they ran."""
+    import threading
+
+    here = Path(__file__).resolve().parent.parent / "benches"
+    sys.path.insert(0, str(here))
+    try:
+        from turns import Turns, connect
+    finally:
+        sys.path.remove(str(here))
+    ends, _ = connect()
+    log: list[tuple[str, str]] = []
+
+    def session(side: str, spec: str) -> None:
+        turns = Turns(spec)
+        turns.start()
+        for case, calibrated in plans[side]:
+            for _ in range(turns.agree(case, calibrated)):
+                turns.swap()
+                log.append((side, case))
+        turns.finish()
+
+    threads = [threading.Thread(target=session, args=(side, spec), daemon=True)
+               for side, (spec, _) in zip(plans, ends, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # Each session closes its two ends as it finishes (``Turns.finish``): all four, so nothing here.
+    assert not any(t.is_alive() for t in threads), "the sessions deadlocked"
+    return log
+
+
+def test_gate_sessions_agree_on_the_rounds_of_each_case():
+    """A slower side calibrates fewer rounds; both time the larger count, so every case's rounds
+    alternate to its end and no round of one case runs against the next case's."""
+    log = _sessions({"base": [("a", 5), ("b", 3), ("c", 4)], "head": [("a", 3), ("b", 6), ("c", 4)]})
+    for case, n in (("a", 5), ("b", 6), ("c", 4)):
+        rounds = [side for side, c in log if c == case]
+        assert rounds.count("base") == rounds.count("head") == n, (case, log)
+    cases = [c for _, c in log]
+    assert cases == sorted(cases), log  # each case's rounds before the next case's
+    for (side, case), (other, then) in itertools.pairwise(log):
+        assert side != other or case != then, log  # alternating within a case
+
+
+def test_gate_sessions_with_different_cases_keep_their_own_counts():
+    """A case only one side has (a new bench): neither waits for the other's count; each keeps its own."""
+    log = _sessions({"base": [("a", 3), ("c", 2)], "head": [("a", 3), ("new", 4), ("c", 2)]})
+    assert [c for s, c in log if s == "head"].count("new") == 4
+    assert [c for s, c in log if s == "base"] == ["a"] * 3 + ["c"] * 2
+
