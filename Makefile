@@ -6,8 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Extra pytest arguments: make bench ARGS="--size small --framework jax"
 ARGS ?=
-# make bench-check's threshold for train-step and decode medians (docs/measurement.md).
-FAIL ?= median:15%
+# make bench-check's threshold: never flag less than this much slower (docs/regression-gate.md).
+THRESHOLD ?= 0.15
 
 # pytest exits 5 when it selects no test: say so, and do not fail the target for it. Every run keeps
 # its temporary files (pytest's folders, torch's caches, inductor's precompiled headers)
@@ -36,8 +36,9 @@ bench: install  ## the CPU benchmarks, built-in defaults (tiny + small, one pinn
 bench-quick: install  ## the quick subset the regression gate tracks, saved (a couple of minutes)
 	$(call pytest,benches -m quick --benchmark-autosave)
 
-bench-check: install  ## the quick subset against the last saved run: fails on a slower median
-	$(call pytest,benches -m quick --benchmark-autosave --benchmark-compare --benchmark-compare-fail=$(FAIL))
+bench-check: install  ## the quick subset, saved, judged against this machine's saved history (mtcore bench-check): fails on a slower median
+	$(call pytest,benches -m quick --benchmark-save=check)
+	$(PY) -m mtcore.cli bench-check --threshold $(THRESHOLD)
 
 bench-gate: install  ## the pull-request gate here: BASE and this tree taking turns, 3 pairs, then mtcore bench-compare (time: docs/regression-gate.md)
 	$(PY) scripts/bench_gate.py --base $(BASE) --out gate

@@ -1,6 +1,7 @@
 """The terminal summary of what pytest-benchmark keeps in ``extra_info`` but does not print:
 medians with IQR and rounds, tokens/s, MFU, memory, compile seconds; the paired ratios; ratios of
-medians within each group; each framework at its best, against the bars on accelerators."""
+medians within each group; each framework at its best, against the bars on accelerators; what
+each mesh costs; the benchmarks too noisy here to gate."""
 
 from __future__ import annotations
 
@@ -46,6 +47,22 @@ def write(terminalreporter, config):
     _print_ratios(tr, benchmarks)
     _print_fair_fight(tr, benchmarks)
     _print_mesh_costs(tr, benchmarks)
+    _print_too_noisy(tr, benchmarks)
+    if config.getoption("benchmark_compare", None) not in (None, False):
+        tr.write_line("note: --benchmark-compare sets one run against one run, and cannot see how much a benchmark's "
+                      "speed differs from one process to the next here; make bench-check judges against this "
+                      "machine's history, make bench-gate pairs base and head (docs/regression-gate.md)", yellow=True)
+
+
+def _print_too_noisy(tr, benchmarks):
+    """The benchmarks whose rounds spread wider within this run than the threshold a check would
+    judge them by: no single run of them can resolve it here."""
+    from mtcore.perf.history import DRIFT
+
+    lines = [f"{b.name}: IQR {100 * b.stats.iqr / b.stats.median:.0f}%" for b in sorted(benchmarks, key=lambda b: b.name)
+             if b.stats and b.stats.median and b.stats.iqr / b.stats.median > DRIFT]
+    _write_section(tr, f"too noisy on this machine to gate at {100 * DRIFT:g}% (rounds' IQR within this run; "
+                       "make bench-check also weighs the spread between runs):", lines)
 
 
 def _print_paired(tr, benchmarks):

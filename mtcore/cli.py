@@ -195,11 +195,23 @@ def cmd_bench_history(args: argparse.Namespace) -> int:
                         "the latest)" if len(runs) <= history.BEFORE_LATEST else ""))
         for d in drifted:
             lines.append(f"  DRIFT {d.benchmark}: median {d.latest * 1e3:.2f} ms is {d.ratio:.2f}x the rolling "
-                         f"median {d.baseline * 1e3:.2f} ms of the {d.runs} runs before it")
+                         f"median {d.baseline * 1e3:.2f} ms of the {d.runs} runs before it (past {d.limit:.2f}x: "
+                         f"+{100 * d.threshold:g}% and {history.BAND:g}x their largest deviation, {100 * d.spread:.0f}%)")
     for path in history.plot_history(by_fingerprint, args.out or args.dir):
         lines.append(f"plot: {path}")
     print("\n".join(lines) or f"{args.dir}: no runs")
     return 0
+
+
+def cmd_bench_check(args: argparse.Namespace) -> int:
+    import glob
+
+    from mtcore.perf import history
+
+    paths = args.runs or sorted(glob.glob(history.CHECK_RUNS))
+    result = history.check(paths, k=args.k, window=args.window, threshold=args.threshold)
+    print(history.check_report(result))
+    return 1 if result.regressed else 0
 
 
 def cmd_bench_export(args: argparse.Namespace) -> int:
@@ -338,6 +350,14 @@ def _add_bench_commands(sub) -> None:
     p.add_argument("--drift", type=_fraction, default=h.DRIFT,
                    help=f"flag a latest median this much slower than the rolling one (default: {h.DRIFT * 100:g}%%)")
     p.set_defaults(func=cmd_bench_history)
+    p = sub.add_parser("bench-check", help="the newest saved run against this machine's own history (make bench-check): "
+                                           "exit 1 on a regression past both the threshold and the history's band")
+    p.add_argument("runs", nargs="*", metavar="JSON", help=f"saved runs, newest judged (default: {h.CHECK_RUNS})")
+    p.add_argument("--k", type=int, default=h.K, help="saved runs of this machine needed before judging (default: %(default)s)")
+    p.add_argument("--window", type=int, default=h.WINDOW, help="judge against at most this many (default: %(default)s)")
+    p.add_argument("--threshold", type=_fraction, default=h.DRIFT,
+                   help=f"never flag less than this much slower (default: {h.DRIFT * 100:g}%%)")
+    p.set_defaults(func=cmd_bench_check)
     p = sub.add_parser("bench-export", help="github-action-benchmark's customBiggerIsBetter / customSmallerIsBetter JSON")
     p.add_argument("run", help="a pytest-benchmark JSON file")
     p.add_argument("--out", required=True, help="directory for bigger_is_better.json and smaller_is_better.json")

@@ -482,3 +482,49 @@ def test_gate_sessions_with_different_cases_keep_their_own_counts():
     assert [c for s, c in log if s == "head"].count("new") == 4
     assert [c for s, c in log if s == "base"] == ["a"] * 3 + ["c"] * 2
 
+
+# ---- make bench-check: this machine's history ------------------------------------------------
+def _check_history(tmp_path: Path, scales: list[dict], info: dict | None = None, start: int = 0) -> list[str]:
+    """Saved bench-check runs, a minute apart, each with a scale per benchmark (its machine's mood)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return [str(write_run(tmp_path / f"{i:04d}_check.json", scale, seed=i, info=info, when=f"2026-11-01T00:{i:02d}:00"))
+            for i, scale in enumerate(scales, start=start)]
+
+
+def check_cli(*paths: str) -> int:
+    return main(["bench-check", *paths])
+
+
+def test_bench_check_flags_a_quiet_benchmark_and_spares_a_noisy_one(tmp_path, capsys):
+    """A history whose decode medians wandered by a fifth gives decode a band of twice that: a
+    30% slower decode is no alarm there, and the report says it is too noisy to gate at 15%; the
+    quiet train step 30% slower fails."""
+    history = [{TRAIN: 1.0 + 0.01 * (i % 3), DECODE: (0.8, 1.2, 1.0, 0.9, 1.1)[i]} for i in range(5)]
+    paths = _check_history(tmp_path, [*history, {TRAIN: 1.3, DECODE: 1.3}])
+    assert check_cli(*paths) == 1
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| benches/")}
+    assert "**REGRESSED**" in rows[TRAIN] and rows[DECODE].endswith("| ok |"), out
+    noisy = [line for line in out.splitlines() if line.startswith("too noisy")]
+    assert len(noisy) == 1 and noisy[0].startswith(f"too noisy on this machine to gate at 15%: {DECODE} (run-to-run "), out
+    assert 15 < int(re.search(r"run-to-run (\d+)%", noisy[0]).group(1)) < 25, noisy
+    # The same history, only decode slower: nothing regressed.
+    assert check_cli(*_check_history(tmp_path / "b", [*history, {TRAIN: 1.0, DECODE: 1.3}])) == 0
+    assert "0 regressed" in capsys.readouterr().out
+
+
+def test_bench_check_needs_k_runs_of_this_machine(tmp_path, capsys):
+    """Fewer than K saved runs before the newest: it says so and exits 0. Runs of other hardware
+    or another thread budget never count, however many there are."""
+    paths = _check_history(tmp_path, [1.0, 1.0, 1.5])
+    assert check_cli(*paths) == 0
+    assert "not enough history on this machine to judge (2 of 3 saved runs" in capsys.readouterr().out
+    other = machine_info(accelerators=["cuda:0 NVIDIA H100"])
+    elsewhere = _check_history(tmp_path, [1.0] * 5, info=other, start=10)
+    budget = _check_history(tmp_path, [1.0] * 5, info=machine_info(threads=2), start=20)
+    mine = _check_history(tmp_path, [1.0, 1.0, 1.5], start=30)
+    assert check_cli(*elsewhere, *budget, *mine) == 0
+    assert "(2 of 3 saved runs" in capsys.readouterr().out
+    # With a third run of this machine it judges, and the 50% slower run fails.
+    assert check_cli(*_check_history(tmp_path, [1.0, 1.0, 1.0, 1.5], start=40), *elsewhere) == 1
+    assert "**REGRESSED**" in capsys.readouterr().out

@@ -43,34 +43,149 @@ def load_history(history: str | Path) -> dict[str, list[Run]]:
     return out
 
 
+# The band a benchmark's history allows it: this many times the largest deviation of one run's
+# median from the history's median. With 3 to 20 runs a standard deviation is a guess; the largest
+# deviation is what this machine has shown, and the factor is the margin for what it has not yet.
+BAND = 2.0
+
+
 @dataclass
-class Drift:
+class Judged:
+    """One benchmark's latest median against the medians of the runs before it, on one machine."""
+
     fingerprint: str
     benchmark: str
     latest: float
-    baseline: float
-    runs: int
+    baseline: float  # the median of the history's medians
+    runs: int  # history runs that hold this benchmark
+    spread: float  # the largest |median / baseline - 1| among them: run-to-run
+    iqr: float | None  # the latest run's IQR over its median: within the run
+    threshold: float
 
     @property
     def ratio(self) -> float:
         return self.latest / self.baseline
 
+    @property
+    def limit(self) -> float:
+        """The ratio past which it regressed: past both the threshold and the history's band."""
+        return 1 + max(self.threshold, BAND * self.spread)
 
-def drift(runs: list[Run], fp_id: str, window: int = WINDOW, threshold: float = DRIFT) -> list[Drift]:
-    """Benchmarks whose latest median step time is past ``1 + threshold`` times the median of the
-    previous ``window`` runs' medians (at least ``BEFORE_LATEST`` of them) on the same fingerprint."""
-    if len(runs) <= BEFORE_LATEST:
-        return []
-    latest, previous = runs[-1], runs[-1 - window:-1]
+    @property
+    def regressed(self) -> bool:
+        return self.ratio > self.limit
+
+    @property
+    def too_noisy(self) -> bool:
+        """Whether this machine's noise is larger than the threshold it is asked to see."""
+        return self.spread > self.threshold or (self.iqr or 0.0) > self.threshold
+
+
+def within_run_iqr(entry: dict) -> float | None:
+    """A run's IQR of one benchmark's rounds, over their median."""
+    stats = entry["stats"]
+    data = stats.get("data")
+    if data and len(data) >= 4:
+        q1, _, q3 = statistics.quantiles(data, n=4)
+        return (q3 - q1) / statistics.median(data)
+    iqr, median = stats.get("iqr"), stats.get("median")
+    return iqr / median if finite(iqr) and finite(median) and median > 0 else None
+
+
+def judge(latest: Run, previous: list[Run], fp_id: str, threshold: float = DRIFT,
+          min_runs: int = BEFORE_LATEST) -> list[Judged]:
+    """Every benchmark of ``latest`` that at least ``min_runs`` of ``previous`` (the same machine,
+    oldest first) also ran, judged against their medians (``Judged``): mtcore bench-history's
+    drift and make bench-check's verdict both come from here."""
     out = []
     for name, entry in latest.benchmarks.items():
         before = [median_time(r.benchmarks[name]) for r in previous if name in r.benchmarks]
-        if len(before) < BEFORE_LATEST:
+        if len(before) < min_runs:
             continue
-        now, baseline = median_time(entry), statistics.median(before)
-        if now > (1 + threshold) * baseline:
-            out.append(Drift(fp_id, name, now, baseline, len(before)))
+        baseline = statistics.median(before)
+        spread = max(abs(m / baseline - 1) for m in before)
+        out.append(Judged(fp_id, name, median_time(entry), baseline, len(before), spread, within_run_iqr(entry),
+                          threshold))
     return out
+
+
+def drift(runs: list[Run], fp_id: str, window: int = WINDOW, threshold: float = DRIFT) -> list[Judged]:
+    """Benchmarks whose latest median step time is past both ``1 + threshold`` and the band of the
+    previous ``window`` runs (at least ``BEFORE_LATEST`` of them) on the same fingerprint."""
+    if len(runs) <= BEFORE_LATEST:
+        return []
+    return [j for j in judge(runs[-1], runs[-1 - window:-1], fp_id, threshold) if j.regressed]
+
+
+# ---- make bench-check: a run against this machine's own history ----------------------------------
+CHECK_RUNS = ".benchmarks/*/*_check.json"  # where make bench-check saves (--benchmark-save=check)
+K = 3  # saved runs before the latest, at least, before it is judged
+
+
+@dataclass
+class Check:
+    latest: Run
+    history: list[Run]  # the same fingerprint and thread budget, oldest first, at most ``window``
+    judged: list[Judged]
+    k: int
+    threshold: float
+
+    @property
+    def enough(self) -> bool:
+        return len(self.history) >= self.k
+
+    @property
+    def regressed(self) -> list[Judged]:
+        return [j for j in self.judged if j.regressed]
+
+
+def check(paths: list[str | Path], k: int = K, window: int = WINDOW, threshold: float = DRIFT) -> Check:
+    """The newest of ``paths`` judged against the ``window`` saved runs before it of the same
+    hardware fingerprint and thread budget (``judge``); other machines' runs are never used."""
+    if k < 1 or window < k:
+        raise BadRuns(f"--k {k} must be at least 1 and at most --window {window}")
+    runs = sorted((load_run(p, samples=False) for p in paths), key=lambda r: (r.datetime, str(r.path)))
+    if not runs:
+        raise BadRuns(f"no saved runs to check (make bench-check saves them as {CHECK_RUNS})")
+    latest = runs[-1]
+    same = [r for r in runs[:-1] if r.fingerprint == latest.fingerprint and r.threads == latest.threads][-window:]
+    judged = judge(latest, same, fingerprint_id(latest.fingerprint), threshold, min_runs=k) if len(same) >= k else []
+    return Check(latest, same, judged, k, threshold)
+
+
+def check_report(c: Check) -> str:
+    """What make bench-check prints: the verdict per benchmark, and what this machine can see."""
+    head = (f"{c.latest.path}: {len(c.latest.benchmarks)} benchmarks on {fingerprint_id(c.latest.fingerprint)}, "
+            f"threads {c.latest.threads}")
+    if not c.enough:
+        return (f"{head}\nnot enough history on this machine to judge ({len(c.history)} of {c.k} saved runs of this "
+                "hardware and thread budget before this one); saved, so the next runs build it")
+    pct = f"{100 * c.threshold:g}%"
+    lines = [head, f"judged against the median of the last {len(c.history)} saved runs of this machine: a benchmark "
+             f"regresses past both +{pct} and {BAND:g}x the largest run-to-run deviation its history shows", "",
+             "| benchmark | median ms | history median ms (runs) | ratio | run-to-run spread | IQR in run | regresses past | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for j in sorted(c.judged, key=lambda j: j.benchmark):
+        iqr = "-" if j.iqr is None else f"{100 * j.iqr:.0f}%"
+        verdict = "**REGRESSED**" if j.regressed else "faster" if j.ratio < 1 / j.limit else "ok"
+        lines.append(f"| {j.benchmark} | {j.latest * 1e3:.2f} | {j.baseline * 1e3:.2f} ({j.runs}) | {j.ratio:.3f} | "
+                     f"{100 * j.spread:.0f}% | {iqr} | {j.limit:.2f}x | {verdict} |")
+    noisy = [j for j in c.judged if j.too_noisy]
+    if noisy:
+        lines.append("")
+    for j in sorted(noisy, key=lambda j: j.benchmark):
+        why = [f"run-to-run {100 * j.spread:.0f}%"] * (j.spread > c.threshold) + \
+              [f"IQR {100 * j.iqr:.0f}%"] * ((j.iqr or 0) > c.threshold)
+        lines.append(f"too noisy on this machine to gate at {pct}: {j.benchmark} ({', '.join(why)}); it can see "
+                     f"only slowdowns past {j.limit:.2f}x here (make bench-gate pairs base and head instead)")
+    unjudged = sorted(set(c.latest.benchmarks) - {j.benchmark for j in c.judged})
+    if unjudged:
+        lines += ["", f"not judged (fewer than {c.k} earlier runs hold them): {', '.join(unjudged)}"]
+    seen = sorted(j.limit for j in c.judged)
+    if seen:
+        lines += ["", f"the smallest slowdown this machine can see: {seen[0]:.2f}x (median benchmark {seen[len(seen) // 2]:.2f}x, "
+                  f"largest {seen[-1]:.2f}x); {len(c.regressed)} regressed"]
+    return "\n".join(lines)
 
 
 def short_commit(run: Run) -> str:
