@@ -55,6 +55,7 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
     costs = {}
     if mesh is not None or devices > 1:
         # What one device holds and what a step moves, past DDP's bucket rebuild on the second step.
+        state, metrics = step(state, data)
         state, metrics, collectives = be.recorded_step(step, state, data)
         memory, counted = be.step_memory()
         costs = {"held": be.held_bytes(state).as_dict(), "collectives": collectives,

@@ -47,7 +47,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from mtcore.parallel import MeshShape
 
     cfg = ModelConfig.of(args.model)
-    meshes = [MeshShape.parse(m) for m in args.meshes]
+    meshes = MeshShape.parse_all(args.meshes)
     bandwidth = None if args.bandwidth is None else _rates(args.bandwidth)
     flops = None if args.flops is None else args.flops * 1e12
     rows = plan(cfg, meshes, args.global_batch_size, args.src_len, args.tgt_len, value_bytes=2 if args.precision == "bf16" else 4,
@@ -68,6 +68,8 @@ def _rates(given: list[str]) -> dict[str, float]:
     rates = {}
     for item in given:
         axis, _, value = item.rpartition("=")
+        if ":" in item:  # a mesh's spelling, not a rate's
+            raise MTCoreError(f"--bandwidth: expected GB/s or AXIS=GB/s (450, data=50), got {item!r}")
         if axis in rates:
             raise MTCoreError(f"--bandwidth: {'a rate for ' + axis if axis else 'one rate for every axis'} is given twice")
         try:

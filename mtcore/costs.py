@@ -191,8 +191,6 @@ def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: 
     for name, value in (("--global-batch-size", global_batch), ("--src-len", src_len), ("--tgt-len", tgt_len)):
         if value < 1:
             raise MTCoreError(f"{name} must be at least 1, got {value}")
-    if len({str(m) for m in meshes}) != len(meshes):
-        raise MTCoreError(f"--mesh: a mesh is given twice ({' '.join(map(str, meshes))})")
     rows = []
     for mesh in meshes:
         mesh.check_model(cfg)

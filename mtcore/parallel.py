@@ -128,6 +128,15 @@ class MeshShape:
         return cls(**sizes)
 
     @classmethod
+    def parse_all(cls, texts) -> list[MeshShape]:
+        """Several meshes (``--mesh data:1 fsdp:2``), each once: two spellings of one mesh
+        (``data:2,fsdp:2`` and ``fsdp:2,data:2``) are the same mesh."""
+        shapes = [cls.parse(t) for t in texts]
+        if len({str(m) for m in shapes}) != len(shapes):
+            raise MTCoreError(f"--mesh: a mesh is given twice ({' '.join(map(str, shapes))})")
+        return shapes
+
+    @classmethod
     def data_parallel(cls, devices: int) -> MeshShape:
         """What ``--devices N`` means: ``data:N``."""
         return cls(data=devices)

@@ -78,6 +78,7 @@ def test_plan_prints_a_row_per_mesh(capsys):
     (["--model", "tiny", "--mesh", "fsdp:2", "--flops", "-5"], "--flops must be positive, got -5"),
     (["--model", "tiny", "--mesh", "fsdp:2", "--bandwidth", "450", "wide=5"], "unknown axis 'wide'"),
     (["--model", "tiny", "--mesh", "fsdp:2", "--bandwidth", "fast"], "expected GB/s or AXIS=GB/s"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--bandwidth", "450", "data:50"], "expected GB/s or AXIS=GB/s"),
     (["--model", "tiny", "--mesh", "data:2,fsdp:2", "fsdp:2,data:2"], "a mesh is given twice (data:2,fsdp:2 data:2,fsdp:2)"),
     (["--model", "tiny", "--mesh", "fsdp:2", "--bandwidth", "data=50"], "no rate for fsdp, tensor"),
     (["--model", "tiny", "--mesh", "fsdp:2", "--bandwidth", "450", "400"], "one rate for every axis is given twice"),

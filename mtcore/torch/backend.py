@@ -305,7 +305,7 @@ class TorchBackend:
     def recorded_step(self, step, state, batch) -> tuple[train.TrainState, dict, list[dict]]:
         """One call of ``step`` (``make_train_step``'s) on ``batch``, and the collectives it ran on
         this rank, per kind and group size, with their bytes, recorded from torch's dispatcher as
-        the step runs (``parallel.recorded_collectives``). Record the second step or a later one:
+        the step runs (``parallel.recorded_collectives``). Record the third step or a later one:
         DDP rebuilds its buckets on the second (a broadcast of their layout)."""
         with parallel.recorded_collectives() as record:
             state, metrics = step(state, batch)

@@ -197,8 +197,9 @@ def write_report(directory: str | os.PathLike) -> Path:
     settings = read_json(directory / "compare.json") if (directory / "compare.json").is_file() else {}
     if not list(directory.glob("*/metrics.json")) and load_rank_files(directory):
         lines = ["# mtcore compare (from the rank files alone: no metrics.json)",
-                 *scaling_section(directory, {}, settings.get("scaling", "weak"), settings.get("target_loss"),
-                                  always=True)]
+                 *(parallelism_section(directory, {}, settings) if settings.get("meshes") else
+                   scaling_section(directory, {}, settings.get("scaling", "weak"), settings.get("target_loss"),
+                                   always=True))]
         path = directory / "report.md"
         write_text(path, "\n".join(lines) + "\n")
         return path
@@ -514,9 +515,10 @@ def parallelism_section(directory: Path, runs: dict[str, dict[str, Any]], settin
              "|" + " --- |" * 11]
     for r in rows:
         held, want = r["held"], r["held_predicted"]
+        speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"  # none without the framework's data:1
         lines.append(
             f"| {r['framework']} | {r['mesh']} | {r['time_mean']:.2f} ± {r['time_sd']:.2f} | "
-            f"{r['tps_mean']:,.0f} ± {r['tps_sd']:,.0f} | {_f(r['speedup'])}x | "
+            f"{r['tps_mean']:,.0f} ± {r['tps_sd']:,.0f} | {speedup} | "
             f"{_mb(held and held['total'])} ({_mb(want and want['total'])}) | {_mb(r['step_memory'])} | "
             f"{_mb(r['sent_per_step'])} ({_mb(r['sent_per_step_predicted'])}) | "
             f"{_mb(r['bandwidth_mean'])} ± {_mb(r['bandwidth_sd'])} | {_f(r['validation_loss'], 3)} | "

@@ -152,10 +152,8 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
     from mtcore.train.report import write_report
 
     out = Path(out)
-    shapes = [MeshShape.parse(m) for m in meshes] if meshes else []
+    shapes = MeshShape.parse_all(meshes or ())
     if meshes:
-        if len({str(m) for m in shapes}) != len(shapes):
-            raise MTCoreError(f"--mesh: a mesh is given twice ({' '.join(meshes)})")
         scaling = "strong"  # the same global batches on every mesh
         devices = tuple(m.devices for m in shapes)
     devices = tuple(sorted(set(devices)))

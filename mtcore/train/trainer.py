@@ -200,6 +200,7 @@ class Trainer:
         start = time.perf_counter()
         for i, planned in enumerate(batches):
             if i == record_at:
+                self.be.peak_memory(reset=True)  # the step's own peak, where the allocator keeps one
                 self.state, m, moved = self.be.recorded_step(self.step_fn, self.state, planned.batch)
                 self.costs = self._costs(planned.batch, moved, epoch, i + 1)
             else:
