@@ -80,11 +80,14 @@ class Turns:
         from its own warm-up. Without it a slower side would time fewer rounds than the faster one
         and the rest of the faster side's rounds would alternate with the next case's. Called by
         each session in its turn, after its warm-up: the count goes over with the turn. A partner
-        that reached another case (one that exists on one side only) keeps each side's own count."""
+        that reached another case keeps each side's own count: after a case only one side has, the
+        two stay out of step (each its own counts) for the rest of the session."""
         if not self.paired:
             return rounds
         key = zlib.crc32(case.encode())
         theirs, self._partner_count = self._partner_count, None
+        if theirs is not None and theirs[0] != key:
+            theirs = None  # a count for a case this session does not time now: out of step, first here
         self._send(_COUNT + _COUNT_BODY.pack(key, rounds))
         if theirs is None:  # here first: the partner's count comes back with the turn
             self._receive()
@@ -118,7 +121,9 @@ class Turns:
 
     def _receive(self) -> bytes | None:
         """The partner's next message. A count (``agree``) hands the turn over as ``_TURN`` does,
-        and is kept for this session's ``agree``."""
+        and is kept for this session's ``agree``. Alone (the partner gone), nothing."""
+        if not self.paired:
+            return None
         ready, _, _ = select.select([self.inbox], [], [], TIMEOUT_S)
         byte = os.read(self.inbox, 1) if ready else b""
         if byte == _COUNT:

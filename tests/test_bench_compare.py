@@ -477,10 +477,22 @@ def test_gate_sessions_agree_on_the_rounds_of_each_case():
 
 
 def test_gate_sessions_with_different_cases_keep_their_own_counts():
-    """A case only one side has (a new bench): neither waits for the other's count; each keeps its own."""
+    """A case only one side has (a new bench): neither waits for the other's count, and from there
+    on each keeps its own counts, whatever arrives late from the other side."""
     log = _sessions({"base": [("a", 3), ("c", 2)], "head": [("a", 3), ("new", 4), ("c", 2)]})
     assert [c for s, c in log if s == "head"].count("new") == 4
     assert [c for s, c in log if s == "base"] == ["a"] * 3 + ["c"] * 2
+    # Past the one-sided case, a count that arrives for another case is dropped, never taken for
+    # this one: each case's rounds are the side's own count or the larger of the two.
+    plans = {"base": [("a", 3), ("c", 5), ("d", 2)], "head": [("a", 4), ("new", 1), ("c", 2), ("d", 6)]}
+    log = _sessions(plans)
+    both = {case: max(n for plan in plans.values() for c, n in plan if c == case) for case in ("a", "c", "d")}
+    for side, plan in plans.items():
+        timed = [c for s, c in log if s == side]
+        assert [c for c, _ in plan] == list(dict.fromkeys(timed)), log  # its cases, in order
+        for case, own in plan:
+            assert timed.count(case) in (own, both.get(case, own)), (side, case, log)
+        assert timed.count("a") == 4, log  # agreed before the sides fell out of step
 
 
 # ---- make bench-check: this machine's history ------------------------------------------------

@@ -77,8 +77,9 @@ class Judged:
 
     @property
     def too_noisy(self) -> bool:
-        """Whether this machine's noise is larger than the threshold it is asked to see."""
-        return self.spread > self.threshold or (self.iqr or 0.0) > self.threshold
+        """Whether this machine's noise hides the threshold: the history's band, or the rounds'
+        IQR within the run, is wider than it."""
+        return BAND * self.spread > self.threshold or (self.iqr or 0.0) > self.threshold
 
 
 def within_run_iqr(entry: dict) -> float | None:
@@ -174,7 +175,7 @@ def check_report(c: Check) -> str:
     if noisy:
         lines.append("")
     for j in sorted(noisy, key=lambda j: j.benchmark):
-        why = [f"run-to-run {100 * j.spread:.0f}%"] * (j.spread > c.threshold) + \
+        why = [f"run-to-run {100 * j.spread:.0f}%"] * (BAND * j.spread > c.threshold) + \
               [f"IQR {100 * j.iqr:.0f}%"] * ((j.iqr or 0) > c.threshold)
         lines.append(f"too noisy on this machine to gate at {pct}: {j.benchmark} ({', '.join(why)}); it can see "
                      f"only slowdowns past {j.limit:.2f}x here (make bench-gate pairs base and head instead)")
