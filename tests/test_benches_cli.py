@@ -74,6 +74,9 @@ def test_autosave_then_compare(tmp_path):
     assert again.returncode == 0, out[-3000:]
     assert "0001" in out and "DIFFERENT" not in out, out[-3000:]
     assert "machine_info is different" not in out and "machine_info differs" not in out, out[-3000:]
+    # One run against one cannot see between-process variation: one line says so, and where to go.
+    assert out.count("note: --benchmark-compare sets one run against one run") == 1, out[-3000:]
+    assert "note: --benchmark-compare" not in first.stdout  # not without it
 
     # Saved under the hardware fingerprint, not pytest-benchmark's OS-Python folder.
     from mtcore.perf.records import fingerprint, fingerprint_id
