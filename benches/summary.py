@@ -59,8 +59,11 @@ def _print_too_noisy(tr, benchmarks):
     judge them by: no single run of them can resolve it here."""
     from mtcore.perf.history import DRIFT
 
+    # The compile benches time a few cold compiles and are judged at their own, looser threshold
+    # (mtcore.perf.regression.METRICS): a wide IQR of theirs says nothing about the 15%.
     lines = [f"{b.name}: IQR {100 * b.stats.iqr / b.stats.median:.0f}%" for b in sorted(benchmarks, key=lambda b: b.name)
-             if b.stats and b.stats.median and b.stats.iqr / b.stats.median > DRIFT]
+             if b.stats and b.stats.median and b.stats.iqr / b.stats.median > DRIFT
+             and not b.name.startswith("test_compile_time")]
     _write_section(tr, f"too noisy on this machine to gate at {100 * DRIFT:g}% (rounds' IQR within this run; "
                        "make bench-check also weighs the spread between runs):", lines)
 
