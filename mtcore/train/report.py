@@ -456,11 +456,7 @@ def scaling_section(directory: Path, runs: dict[str, dict[str, Any]], scaling: s
              "speed-up | efficiency | one device was |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        cores = len((r["threads"] or {}).get("cores") or [])
-        per_device = cores / (r["world_size"] // r["processes"])
-        one = ("a GPU" if r["device"] == "gpu" else "a TPU core" if r["device"] == "tpu" else
-               f"{per_device:g} CPU core(s)" + (", a JAX host device" if r["framework"] == "jax" else
-                                                  ", a gloo rank" if r["processes"] > 1 else ""))
+        one = _one_device(r)
         lines.append(f"| {r['framework']} | {r['world_size']} | {r['mesh']} | {r['processes']} | {r['global_batch']} | "
                      f"{r['time_mean']:.2f} ± {r['time_sd']:.2f} | {r['tps_mean']:,.0f} ± {r['tps_sd']:,.0f} | "
                      f"{_f(r['speedup'])}x | {_f(r['efficiency'])} | {one} |")
