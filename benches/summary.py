@@ -50,7 +50,7 @@ def write(terminalreporter, config):
     _print_too_noisy(tr, benchmarks)
     if config.getoption("benchmark_compare", None):  # [] unless given
         tr.write_line("note: --benchmark-compare sets one run against one run, and cannot see how much a benchmark's "
-                      "speed differs from one process to the next here; make bench-check judges against this "
+                      "speed differs from one run to the next here; make bench-check judges against this "
                       "machine's history, make bench-gate pairs base and head (docs/regression-gate.md)", yellow=True)
 
 
