@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from mtcore import ModelConfig
@@ -17,6 +19,22 @@ CONFIGS = [
                 activation="gelu", max_len=32, dropout=0.0, pad_id=3, eos_id=2, decoder_start_id=1),
 ]
 SHAPES = [(1, 1, 1), (2, 7, 5), (3, 12, 4)]  # (B, S, T)
+
+# The tests' XLA flag (tests/conftest.py sets it for the session): machine code compiled at -O0, so
+# a compile costs about half, a step of it runs a few times slower.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def as_users_run(env: dict | None = None) -> dict:
+    """``env`` (this process's by default) without the tests' XLA flag: for a process that runs as
+    users run it, many steps or XLA's optimised buffers."""
+    env = dict(os.environ if env is None else env)
+    flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f != FAST_COMPILE)
+    if flags:
+        env["XLA_FLAGS"] = flags
+    else:
+        env.pop("XLA_FLAGS", None)
+    return env
 
 
 def random_tree(cfg: ModelConfig, seed: int) -> dict[str, np.ndarray]:

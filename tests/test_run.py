@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from helpers import compile_counter
+from helpers import as_users_run, compile_counter
 
 import mtcore
 from mtcore.cli import main
@@ -53,10 +55,14 @@ def test_tiny_on_real_en_hu_text_lowers_loss_and_raises_chrf(data_dir, tmp_path)
     need("torch"), need("jax")
     # Three epochs of pairs up to 16 tokens with a 2000-piece vocabulary: the fewest in which both
     # frameworks' chrF rises clearly (what it measured, and what two epochs did not do:
-    # docs/findings/2026-12-02-test-time.md).
-    rc = RunConfig(model="tiny", data=str(data_dir / "tatoeba"), epochs=3, batch_size=32, lr=5e-3,
-                   warmup_steps=100, max_len=16, vocab_size=2000, validation=100, test=50, eval_sentences=50)
-    compare(rc, tmp_path, progress=False)
+    # docs/findings/2026-12-02-test-time.md). From the command line, as users run it: about 900
+    # steps each, which the tests' quickly compiled JAX code (tests/conftest.py) would run slowly.
+    args = ["compare", "--model", "tiny", "--data", str(data_dir / "tatoeba"), "--epochs", "3", "--batch-size", "32",
+            "--lr", "5e-3", "--warmup-steps", "100", "--max-len", "16", "--vocab-size", "2000", "--validation", "100",
+            "--test", "50", "--eval-sentences", "50", "--threads", "1", "--out", str(tmp_path), "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "mtcore", *args], capture_output=True, text=True, timeout=600,
+                          env=as_users_run())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     for framework, m in load_runs(tmp_path).items():
         first, last = m["initial"], m["epochs"][-1]
         assert last["validation_loss"] < first["validation_loss"] - 1.0, framework
