@@ -21,9 +21,9 @@ from mtcore.perf.setup import compile_cache_dir
 # included, run as always): on a 2-core machine compiling is most of a JAX test's time and the
 # tests' programs are tiny and run a few steps. Every process the tests start inherits it, but those
 # that run as users run them: the real-text run and the allocator probes (helpers.as_users_run),
-# and test_benches_cli's bench sessions (started without XLA_FLAGS). The optimised code is checked by the benches, which assert each result against
-# the other framework before timing it (docs/testing.md). XLA reads the variable when JAX starts its
-# backends: before any test does.
+# and test_benches_cli's bench sessions (started without XLA_FLAGS). The optimised code is checked
+# by the benches, which assert each result against the other framework before timing it
+# (docs/testing.md). XLA reads the variable when JAX starts its backends: before any test does.
 if FAST_COMPILE not in os.environ.get("XLA_FLAGS", "").split():
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE).strip()
 

@@ -21,7 +21,7 @@ CONFIGS = [
 SHAPES = [(1, 1, 1), (2, 7, 5), (3, 12, 4)]  # (B, S, T)
 
 # The tests' XLA flag (tests/conftest.py sets it for the session): machine code compiled at -O0, so
-# a compile costs about half, a step of it runs a few times slower.
+# a compile costs less and a step of it runs slower (docs/testing.md).
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
