@@ -85,15 +85,13 @@ def child(args) -> None:
     import mtcore
 
     be, cfg = mtcore.backend(framework), mtcore.ModelConfig.preset(size)
-    from inputs import SHAPES  # the benches' shapes, so the case is the bench's case
-
-    b, s, t = SHAPES[size]
-    if what == "step":
-        from mtcore.weights import init_tree
+    if what == "step":  # the bench's own weights and batch, so the case is the bench's case
+        from inputs import batch as bench_batch
+        from inputs import weights
 
         tcfg = mtcore.TrainConfig()
-        state = be.init_train_state(be.from_numpy(cfg, init_tree(cfg, seed=0)), tcfg)
-        batch = be.device_batch(mtcore.random_batch(cfg, b, s, t, seed=0), cfg)
+        state = be.init_train_state(be.from_numpy(cfg, weights(size)), tcfg)
+        batch = be.device_batch(bench_batch(size), cfg)
         step = be.make_train_step(cfg, tcfg)
 
         def run():
@@ -101,14 +99,13 @@ def child(args) -> None:
             state, m = step(state, batch)
             be.sync(m["loss"])
     else:
-        from mtcore.weights import init_tree
+        from test_decode import MAX_LEN, NUM_BEAMS, _decode_weights, _source
 
-        params = be.from_numpy(cfg, init_tree(cfg, seed=1, std=0.2))
-        src = mtcore.random_batch(cfg, b, s, 1, seed=2)
-        beams = 1 if what == "greedy" else 4
+        params, src = be.from_numpy(cfg, _decode_weights(cfg)), _source(size)
+        beams = 1 if what == "greedy" else NUM_BEAMS
 
         def run():
-            return be.generate(params, cfg, src.src_ids, src.src_mask, max_len=32, num_beams=beams)
+            return be.generate(params, cfg, src.src_ids, src.src_mask, max_len=MAX_LEN, num_beams=beams)
 
     a = np.random.default_rng(0).standard_normal((192, 192), dtype=np.float32)
 
