@@ -52,21 +52,27 @@ def test_defaults_learn_the_synthetic_corpus_to_bleu_90(framework, tmp_path):
 @pytest.mark.slow
 @pytest.mark.data
 def test_tiny_on_real_en_hu_text_lowers_loss_and_raises_chrf(data_dir, tmp_path):
-    need("torch"), need("jax")
-    # Three epochs of pairs up to 16 tokens with a 2000-piece vocabulary: the fewest in which both
-    # frameworks' chrF rises clearly (what it measured, and what two epochs did not do:
-    # docs/findings/2026-12-02-test-time.md). From the command line, as users run it: about 900
-    # steps each, which the tests' quickly compiled JAX code (tests/conftest.py) would run slowly.
-    args = ["compare", "--model", "tiny", "--data", str(data_dir / "tatoeba"), "--epochs", "3", "--batch-size", "32",
-            "--lr", "5e-3", "--warmup-steps", "100", "--max-len", "16", "--vocab-size", "2000", "--validation", "100",
-            "--test", "50", "--eval-sentences", "50", "--threads", "1", "--out", str(tmp_path), "--quiet"]
+    need("jax")
+    # Three epochs of pairs up to 16 tokens with a 2000-piece vocabulary: the fewest in which chrF
+    # rises clearly (what it measured, and what two epochs did not do: docs/findings/2026-12-02-test-time.md).
+    # JAX alone, for the test budget: the corpus, tokenizer and scoring it checks are the same code
+    # for every framework, torch's arithmetic is held to JAX's step for step by
+    # test_compare_trains_both_frameworks_identically_and_reports, and torch has a long run of its
+    # own (test_defaults_learn_the_synthetic_corpus_to_bleu_90), so each framework trains for
+    # hundreds of steps somewhere. From the command line, as users run it: about 900 steps, which
+    # the tests' quickly compiled JAX code (tests/conftest.py) would run slowly.
+    args = ["train", "--framework", "jax", "--model", "tiny", "--data", str(data_dir / "tatoeba"), "--epochs", "3",
+            "--batch-size", "32", "--lr", "5e-3", "--warmup-steps", "100", "--max-len", "16", "--vocab-size", "2000",
+            "--validation", "100", "--test", "50", "--eval-sentences", "50", "--threads", "1", "--out", str(tmp_path),
+            "--quiet"]
     done = subprocess.run([sys.executable, "-m", "mtcore", *args], capture_output=True, text=True, timeout=600,
                           env=as_users_run())
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    for framework, m in load_runs(tmp_path).items():
-        first, last = m["initial"], m["epochs"][-1]
-        assert last["validation_loss"] < first["validation_loss"] - 1.0, framework
-        assert last["chrf"] > first["chrf"] + 2, (framework, first["chrf"], last["chrf"], last["examples"])
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    first, last = m["initial"], m["epochs"][-1]
+    assert m["status"] == "finished" and m["run"]["framework"] == "jax"
+    assert last["validation_loss"] < first["validation_loss"] - 1.0
+    assert last["chrf"] > first["chrf"] + 2, (first["chrf"], last["chrf"], last["examples"])
 
 
 # ---- compare: identical work, agreeing losses, a report ---------------------------------------------
