@@ -34,6 +34,9 @@ def pytest_addoption(parser):
                     help="compile-vs-depth: skip a depth whose compile, extrapolated from the shallower ones and "
                          "doubled, would take longer than this many seconds (an unrolled program's compile grows faster "
                          "than its depth; the figure must finish on any device). Default: %(default)s")
+    group.addoption("--compile-rounds", type=int,
+                    help="from-scratch compiles the compile bench times per case (default: 2 on a CPU, 3 on an "
+                         "accelerator)")
     group.addoption("--rounds", type=int,
                     help=f"fixed timed rounds per benchmark (default: calibrated, {MAX_TIME_S:g} s of timed work per "
                          f"case, at least {MIN_ROUNDS} rounds; see --benchmark-max-time / --benchmark-min-rounds)")
@@ -98,6 +101,12 @@ def _given(config, flag: str) -> bool:
 
     args = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.getini("addopts")]
     return any(str(a) == flag or str(a).startswith(flag + "=") for a in args)
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    """With --benchmark-json, the file is rewritten after every bench, not only at the session's end:
+    a run stopped at a time limit (scripts/gpu_check.py) keeps what it measured."""
+    machine.flush_json(session.config)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,15 @@ def stop(message: str) -> None:
     pytest.exit(f"mtcore benches: {message}", returncode=2)
 
 
+def flush_json(config) -> None:
+    """pytest-benchmark's --benchmark-json file, written now with what has run so far (it writes it
+    once, at the end of the session). Not under xdist, whose workers hand results to the controller."""
+    bs = getattr(config, "_benchmarksession", None)
+    if bs is None or not bs.json or os.environ.get("PYTEST_XDIST_WORKER") or not any(b for b in bs.benchmarks):
+        return
+    bs.handle_saving()
+
+
 def store_by_fingerprint() -> None:
     """Save and compare runs under ``.benchmarks/<hardware fingerprint>/`` (CPU model and cores,
     accelerators, framework versions: mtcore.perf.records.fingerprint) instead of pytest-benchmark's

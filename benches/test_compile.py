@@ -26,7 +26,7 @@ def fresh_compile(case, cfg, tcfg, tree, data):
 
 
 @pytest.mark.cases("compile")
-def test_compile_time(benchmark, case):
+def test_compile_time(benchmark, case, request):
     benchmark.group = f"compile {case.device}-{case.size}-{case.precision} {thread_budget().threads}thr"
     cfg, tcfg = case.model_config(), case.train_config()
     data = case.backend().device_batch(batch(case.size), cfg)
@@ -35,7 +35,7 @@ def test_compile_time(benchmark, case):
     def compile_once():
         results.append(fresh_compile(case, cfg, tcfg, weights(case.size), data))
 
-    rounds = 2 if case.device == "cpu" else 3
+    rounds = request.config.getoption("--compile-rounds") or (2 if case.device == "cpu" else 3)
     benchmark.pedantic(compile_once, rounds=rounds, iterations=1, warmup_rounds=0)
     seconds = [s for s, _ in results]
     # Each fresh compile trained a real first step: its loss must match another framework's on the
@@ -46,5 +46,6 @@ def test_compile_time(benchmark, case):
         want = smoothed_loss(reference, b.tgt_out, b.tgt_mask, tcfg.label_smoothing)
         for _, loss in results:
             assert loss == pytest.approx(want, rel=2e-2), f"{case.id}: loss {loss} after a fresh compile vs {want}"
-    benchmark.extra_info.update(case=case.id, compile_s=min(seconds), what=(
+    benchmark.extra_info.update(case=case.id, framework=case.framework, variant=case.variant, precision=case.precision,
+                                compile_s=min(seconds), what=(
         "trace + lower + XLA compile" if case.framework == "jax" else "first call: torch.compile + one step"))
