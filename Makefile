@@ -19,7 +19,7 @@ endef
 # The base of the pull-request gate (make bench-gate BASE=origin/main).
 BASE ?= origin/main
 
-.PHONY: install bench bench-quick bench-check bench-gate test smoke lint clean
+.PHONY: install bench bench-quick bench-check bench-gate gpu-check test smoke lint clean
 
 $(VENV)/.installed: pyproject.toml scripts/install.py
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-check: install  ## the quick subset, saved, judged against this machine's 
 
 bench-gate: install  ## the pull-request gate here: BASE and this tree taking turns, 3 pairs, then mtcore bench-compare (time: docs/regression-gate.md)
 	$(PY) scripts/bench_gate.py --base $(BASE) --out gate
+
+gpu-check:  ## on a lent GPU machine, with its own packages (no .venv, no network): the GPU table in 5 minutes, to $OUT (scripts/gpu_check.py)
+	$(PYTHON) scripts/gpu_check.py $(ARGS)
 
 test: install  ## the tests, over two processes (the multi-process tests one at a time, on one of them); the 15 slowest listed at the end
 	$(call pytest,tests -n 2 --dist loadgroup --durations=15)
