@@ -8,6 +8,7 @@ is one folder and one line in ``BACKENDS``.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from mtcore.config import ModelConfig, TrainConfig
 from mtcore.costs import HeldBytes
 from mtcore.errors import BackendUnavailable, MTCoreError
 from mtcore.parallel import MeshShape, World
+from mtcore.weights import Tree, from_hf_state_dict, load_safetensors
 
 # name -> (module, class, the framework it runs on, the packages that must be importable, the pip
 # extra that installs them). A framework ``F`` is the folder ``mtcore/F/``; its ``backend.py`` holds
@@ -159,3 +161,23 @@ def framework_of(name: str) -> str:
     if name not in BACKENDS:
         raise MTCoreError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
     return BACKENDS[name][2]
+
+
+# ---- loading Hugging Face checkpoints: every backend's load_hf, and --init-from -------------------
+def read_hf_checkpoint(path: str | os.PathLike, cfg: ModelConfig | None = None) -> tuple[ModelConfig, Tree]:
+    """Config and canonical tree of a local Hugging Face Marian checkpoint directory."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise MTCoreError(f"{path}: not a directory; expected a Hugging Face Marian checkpoint directory")
+    cfg = cfg or ModelConfig.from_hf(path)
+    st = os.path.join(path, "model.safetensors")
+    bin_ = os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(st):
+        state = load_safetensors(st)
+    elif os.path.isfile(bin_):
+        if available("torch"):
+            raise MTCoreError(f"{bin_}: reading .bin checkpoints needs PyTorch; convert it to safetensors")
+        state = framework("torch").load_state_dict(bin_)
+    else:
+        raise MTCoreError(f"{path}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
+    return cfg, from_hf_state_dict(cfg, state, where=path)

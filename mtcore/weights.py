@@ -144,27 +144,6 @@ def to_hf_state_dict(cfg: ModelConfig, tree: Mapping[str, np.ndarray]) -> Tree:
     return state
 
 
-def read_hf_checkpoint(path: str | os.PathLike, cfg: ModelConfig | None = None) -> tuple[ModelConfig, Tree]:
-    """Config and canonical tree of a local Hugging Face Marian checkpoint directory."""
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise MTCoreError(f"{path}: not a directory; expected a Hugging Face Marian checkpoint directory")
-    cfg = cfg or ModelConfig.from_hf(path)
-    st = os.path.join(path, "model.safetensors")
-    bin_ = os.path.join(path, "pytorch_model.bin")
-    if os.path.isfile(st):
-        state = load_safetensors(st)
-    elif os.path.isfile(bin_):
-        from mtcore.backend import available, framework
-
-        if available("torch"):
-            raise MTCoreError(f"{bin_}: reading .bin checkpoints needs PyTorch; convert it to safetensors")
-        state = framework("torch").load_state_dict(bin_)
-    else:
-        raise MTCoreError(f"{path}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
-    return cfg, from_hf_state_dict(cfg, state, where=path)
-
-
 # ---- safetensors --------------------------------------------------------------------------------
 def save_safetensors(path: str | os.PathLike, tree: Mapping[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""

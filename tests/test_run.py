@@ -241,8 +241,9 @@ def test_hf_checkpoint_directory_trains_from_its_weights(tmp_path, capsys):
     from helpers import hf_model
     from test_data import marian_tokenizer_dir
 
+    from mtcore.backend import read_hf_checkpoint
     from mtcore.data import SentencePieceTokenizer, synthetic_corpus
-    from mtcore.weights import init_tree, read_hf_checkpoint
+    from mtcore.weights import init_tree
 
     c = synthetic_corpus(300)
     tok = SentencePieceTokenizer.train([*c.source, *c.target], 512)

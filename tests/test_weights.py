@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 
 from mtcore import ModelConfig, MTCoreError
+from mtcore.backend import read_hf_checkpoint
 from mtcore.weights import (
     check_tree,
     from_hf_state_dict,
     init_tree,
     load_safetensors,
     param_shapes,
-    read_hf_checkpoint,
     save_safetensors,
     sinusoidal_positions,
     to_hf_state_dict,

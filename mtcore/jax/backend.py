@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mtcore.backend import read_hf_checkpoint
 from mtcore.batch import Batch, check_source
 from mtcore.config import ModelConfig, TrainConfig
 from mtcore.costs import HeldBytes
@@ -19,7 +20,7 @@ from mtcore.jax.model import Transformer
 from mtcore.jax.parallel import initialize as initialize_distributed  # noqa: F401  (Framework: jax.distributed)
 from mtcore.parallel import MeshShape
 from mtcore.perf import threads
-from mtcore.weights import Tree, check_tree, from_flax_leaves, read_hf_checkpoint, to_flax_variables
+from mtcore.weights import Tree, check_tree, from_flax_leaves, to_flax_variables
 
 PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
 

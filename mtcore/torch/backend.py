@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtcore.backend import read_hf_checkpoint
 from mtcore.batch import Batch, check_source
 from mtcore.config import COMPILE_MODES, ModelConfig, TrainConfig
 from mtcore.costs import HeldBytes, tally
@@ -21,7 +22,7 @@ from mtcore.perf import threads
 from mtcore.torch import decode, parallel, train
 from mtcore.torch.model import Transformer
 from mtcore.torch.parallel import launch as launch_ranks  # noqa: F401  (Framework: torch's ranks)
-from mtcore.weights import Tree, check_tree, read_hf_checkpoint
+from mtcore.weights import Tree, check_tree
 
 DEVICE_TYPES = {"cpu": "cpu", "gpu": "cuda"}
 

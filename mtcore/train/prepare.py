@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 
+from mtcore.backend import read_hf_checkpoint
 from mtcore.config import PRESETS, ModelConfig
 from mtcore.data.batching import Encoded, encode
 from mtcore.data.corpus import Splits, load_corpus, split
 from mtcore.data.tokenizer import SentencePieceTokenizer, check_fits, is_marian_dir, load_tokenizer
 from mtcore.errors import MTCoreError
 from mtcore.train.options import RunConfig, main_process
-from mtcore.weights import init_tree, read_hf_checkpoint
+from mtcore.weights import init_tree
 
 
 @dataclass
