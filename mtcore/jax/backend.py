@@ -18,9 +18,10 @@ from mtcore.errors import MTCoreError
 from mtcore.jax import decode, parallel, train
 from mtcore.jax.model import Transformer
 from mtcore.jax.parallel import initialize as initialize_distributed  # noqa: F401  (Framework: jax.distributed)
+from mtcore.jax.variables import from_flax_leaves, to_flax_variables
 from mtcore.parallel import MeshShape
 from mtcore.perf import threads
-from mtcore.weights import Tree, check_tree, from_flax_leaves, to_flax_variables
+from mtcore.weights import Tree, check_tree
 
 PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
 
