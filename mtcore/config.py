@@ -183,12 +183,6 @@ class ModelConfig:
         except TypeError as e:
             raise MTCoreError(f"{where}: incomplete Marian config ({e})") from None
 
-    def to_hf(self) -> Any:
-        """The equivalent ``transformers.MarianConfig`` (needs the ``hf`` extra)."""
-        from transformers import MarianConfig
-
-        return MarianConfig(**self.to_hf_dict())
-
     def to_hf_dict(self) -> dict[str, Any]:
         return dict(
             vocab_size=self.vocab_size,

@@ -53,7 +53,9 @@ def hf_model(cfg: ModelConfig, tree: dict[str, np.ndarray]):
     import torch
     from transformers import MarianMTModel
 
-    model = MarianMTModel(cfg.to_hf()).eval()
+    from mtcore.torch.hf import marian_config
+
+    model = MarianMTModel(marian_config(cfg)).eval()
     state = {k: torch.from_numpy(v) for k, v in to_hf_state_dict(cfg, tree).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all("embed_positions" in k for k in missing), (missing, unexpected)

@@ -84,9 +84,10 @@ def test_params_reads_a_checkpoint_directory_given_relatively(tmp_path, monkeypa
     (a relative one too), not only a path with a slash in it."""
     pytest.importorskip("transformers")
     from mtcore.config import ModelConfig
+    from mtcore.torch.hf import marian_config
 
     cfg = ModelConfig.preset("tiny")
-    cfg.to_hf().save_pretrained(tmp_path / "ckpt")
+    marian_config(cfg).save_pretrained(tmp_path / "ckpt")
     monkeypatch.chdir(tmp_path)
     assert main(["params", "ckpt"]) == 0
     assert f"ckpt: {cfg.num_params():,} trainable parameters" in capsys.readouterr().out

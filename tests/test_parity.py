@@ -110,8 +110,10 @@ def test_marian_en_hu_parameter_count_hf():
     import torch
     from transformers import MarianMTModel
 
+    from mtcore.torch.hf import marian_config
+
     with torch.device("meta"):  # shapes without 76M random weights drawn: the count is all it asks
-        model = MarianMTModel(ModelConfig.preset("marian-en-hu").to_hf())
+        model = MarianMTModel(marian_config(ModelConfig.preset("marian-en-hu")))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 76_149_760
 
 

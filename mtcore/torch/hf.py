@@ -13,6 +13,13 @@ from mtcore.torch.backend import TorchBackend, compile_mode
 from mtcore.weights import Tree, from_hf_state_dict, hf_name, init_tree, param_shapes, to_hf_state_dict
 
 
+def marian_config(cfg: ModelConfig):
+    """The ``transformers.MarianConfig`` equivalent to ``cfg``."""
+    from transformers import MarianConfig
+
+    return MarianConfig(**cfg.to_hf_dict())
+
+
 class HFMarian(torch.nn.Module):
     """Hugging Face ``MarianMTModel`` behind mtcore's model interface: the baseline users would
     otherwise train."""
@@ -22,7 +29,7 @@ class HFMarian(torch.nn.Module):
         from transformers import MarianMTModel
 
         self.cfg = cfg
-        self.hf = MarianMTModel(cfg.to_hf())
+        self.hf = MarianMTModel(marian_config(cfg))
 
     def forward(self, src_ids, src_mask, tgt_in):
         return self.hf(input_ids=src_ids, attention_mask=src_mask, decoder_input_ids=tgt_in).logits
