@@ -5,7 +5,6 @@ lacks, pick the quick and gate subsets, and keep what shares a program on one xd
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import pytest
@@ -177,7 +176,7 @@ def scaling_counts(framework: str, device: str) -> list[int]:
 def visible(framework: str, device: str) -> int:
     if device == "cpu":
         budget = threads.parse(session.config.getoption("--threads")) if session.config else None
-        return (os.cpu_count() or 1) // (budget or 1)
+        return len(threads.usable_cores()) // (budget or 1)
     return device_counts(framework).get(device, 0)
 
 

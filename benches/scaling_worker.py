@@ -28,9 +28,6 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
     from mtcore.perf.setup import set_up
 
     local = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "cpu" and hasattr(os, "sched_setaffinity"):
-        # The bench process may be pinned to one core: a worker starts from the whole machine.
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     # The one process set-up, as the bench process and mtcore train have it; a torch rank per
     # device, each its share of the cores; one JAX process drives all its host devices. JAX
     # dispatches multi-device programs asynchronously whatever the flag says: left as it comes.

@@ -83,3 +83,62 @@ def test_more_threads_than_cores_is_an_error():
 
     with pytest.raises(MTCoreError, match=r"may use \d+ core"):
         apply(len(usable_cores()) + 1)
+
+
+@pytest.fixture
+def masked_machine(monkeypatch):
+    """A machine whose os.cpu_count() says 4 while this process may use cores {2, 3} (a
+    container's or taskset's mask); affinity calls recorded, not made."""
+    from mtcore.perf import threads
+
+    pinned: list[tuple[int, ...]] = []
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3})
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: pinned.append(tuple(sorted(cores))))
+    monkeypatch.setattr(threads, "_limit_pools", lambda n: None)
+    for name in (threads.JOB_CORES, "MTCORE_RANK_THREADS", "MTCORE_LAUNCHED"):
+        monkeypatch.setenv(name, "")  # so that what the code under test sets is undone afterwards
+        monkeypatch.delenv(name)
+    return pinned
+
+
+def test_every_path_pins_inside_the_affinity_mask_each_process_to_its_own_core(masked_machine, monkeypatch):
+    from mtcore.perf import threads
+    from mtcore.train import launch as run_launch
+    from mtcore.train.options import RunConfig
+
+    assert threads.usable_cores() == (2, 3) and threads.share(2) == 1
+    # The benches' processes (pytest -n 2, --threads 1) and a bench worker's ranks: apply.
+    assert [threads.apply(1, slot=s, slots=2).cores for s in (0, 1)] == [(2,), (3,)]
+    assert masked_machine == [(2,), (3,)]
+    # The job's mask is kept for the processes this one starts, which inherit its pinned mask.
+    assert os.environ[threads.JOB_CORES] == "2,3"
+    # torch's ranks under the launcher: each its share of the mask, rank r on the r-th core.
+    budgets = []
+    monkeypatch.setattr(run_launch, "set_up", lambda fws, threads, slot, slots, **kw: budgets.append(
+        run_launch.threads.apply(threads, slot=slot, slots=slots).cores))
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        run_launch.set_up_process(RunConfig(framework="torch", devices=2), own_process=False)
+    assert budgets == [(2,), (3,)]
+    # One JAX process driving two host devices, --threads 1 each: both cores of the mask.
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name)
+    run_launch.set_up_process(RunConfig(framework="jax", devices=2, threads=1), own_process=False)
+    assert budgets[-1] == (2, 3)
+
+
+@pytest.mark.torch
+def test_the_torch_launcher_gives_each_rank_its_share_of_the_mask(masked_machine, monkeypatch, tmp_path):
+    import torch.distributed.launcher.api as api
+
+    from mtcore.torch.parallel import launch
+
+    seen = {}
+    monkeypatch.setattr(api, "elastic_launch", lambda config, entry: lambda *args: seen.update(
+        threads=os.environ["MTCORE_RANK_THREADS"], nproc=config.nproc_per_node))
+    launch(2, ["train"], log_dir=tmp_path)
+    assert seen == {"threads": "1", "nproc": 2}  # os.cpu_count() // 2 would be 2 each: both on both cores

@@ -39,11 +39,43 @@ class ThreadBudget:
         return {"threads": self.threads, "cores": list(self.cores), "pinned": self.pinned, "affinity": self.affinity}
 
 
+# The cores the job may use, as its first mtcore process found them before pinning itself: the
+# processes it starts (torch's ranks, bench workers) inherit its pinned mask, not the job's.
+JOB_CORES = "MTCORE_JOB_CORES"
+
+
 def usable_cores() -> tuple[int, ...]:
-    """The cores this process may run on (all of them where the OS has no affinity call)."""
-    if hasattr(os, "sched_getaffinity"):
-        return tuple(sorted(os.sched_getaffinity(0)))
-    return tuple(range(os.cpu_count() or 1))
+    """The cores this job may run on: the affinity mask (a container's or ``taskset``'s, never
+    ``os.cpu_count()``) its first mtcore process started with, else this process's own; all of
+    them where the OS has no affinity call."""
+    if not hasattr(os, "sched_getaffinity"):
+        return tuple(range(os.cpu_count() or 1))
+    mask = sorted(os.sched_getaffinity(0))
+    job = os.environ.get(JOB_CORES)
+    if job:
+        try:
+            return tuple(sorted({int(c) for c in job.split(",")}))
+        except ValueError:
+            pass
+    return tuple(mask)
+
+
+def share(processes: int) -> int:
+    """Each of ``processes`` processes' even share of the job's cores: at least one."""
+    return max(1, len(usable_cores()) // max(processes, 1))
+
+
+def cores_for(slot: int, slots: int = 1, threads: int | None = None) -> tuple[int, ...]:
+    """The cores process ``slot`` of ``slots`` is pinned to, the one place that decides it (the
+    benches' processes, torch's ranks, a JAX process, the bench workers): ``threads`` of the job's
+    cores (default: its ``share``), the ``slot``-th group of them; processes share a core only
+    where the job has fewer cores than they ask for together."""
+    cores = usable_cores()
+    n = threads or share(slots)
+    if n > len(cores):
+        raise MTCoreError(f"threads: {n} asked for, but this process may use {len(cores)} core(s): {list(cores)}")
+    start = slot * n % len(cores)
+    return tuple(sorted(set((cores + cores)[start:start + n])))
 
 
 def whole_machine() -> ThreadBudget:
@@ -78,13 +110,11 @@ def apply(threads: int | None, *, slot: int = 0, slots: int = 1) -> ThreadBudget
     cores = usable_cores()
     affinity = hasattr(os, "sched_setaffinity")
     if threads is None:
-        _limit_pools(max(1, len(cores) // max(slots, 1)))
+        _limit_pools(share(slots))
         return ThreadBudget(threads=len(cores), cores=cores, pinned=False, affinity=affinity)
-    if threads > len(cores):
-        raise MTCoreError(f"threads: {threads} asked for, but this process may use {len(cores)} core(s): {list(cores)}")
-    start = slot * threads % len(cores)
-    chosen = tuple(sorted(set((cores + cores)[start:start + threads])))
+    chosen = cores_for(slot, slots, threads)
     if affinity:
+        os.environ.setdefault(JOB_CORES, ",".join(map(str, cores)))
         os.sched_setaffinity(0, chosen)
     _limit_pools(threads)
     return ThreadBudget(threads=threads, cores=chosen, pinned=True, affinity=affinity)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from mtcore.errors import MTCoreError
 from mtcore.parallel import MESH_AXES, MeshShape, World, under_torchrun
+from mtcore.perf import threads
 
 # How long a collective waits for a rank that went silent before every rank fails. A rank that
 # dies is noticed sooner: torchrun's agent stops the others as soon as one process exits.
@@ -217,7 +218,7 @@ def launch(nproc: int, argv: list[str], *, log_dir: str | os.PathLike, cpu_threa
     )
     # torchrun would set OMP_NUM_THREADS=1; mtcore pins each rank to its share of the cores instead:
     # ranks whose threads outnumber the cores fight over them (docs/findings/2026-11-23-thread-budget.md).
-    os.environ.setdefault("MTCORE_RANK_THREADS", str(cpu_threads or max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ.setdefault("MTCORE_RANK_THREADS", str(cpu_threads or threads.share(nproc)))
     os.environ["MTCORE_LAUNCHED"] = "1"  # the ranks leave the summary to this process
     try:
         elastic_launch(config, sys.executable)("-m", "mtcore", *argv)

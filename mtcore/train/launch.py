@@ -63,7 +63,7 @@ def set_up_process(rc: RunConfig, *, own_process: bool = True, frameworks: tuple
         cores = len(threads.usable_cores())
         if rc.framework == "torch" and under_torchrun():
             slot, slots = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-            share = rc.threads or int(os.environ.get("MTCORE_RANK_THREADS", 0)) or max(1, cores // slots)
+            share = rc.threads or int(os.environ.get("MTCORE_RANK_THREADS", 0)) or threads.share(slots)
             budget = min(share, cores)
         elif rc.threads:
             # A JAX process drives its host devices on the cores it may use: T for each of them.

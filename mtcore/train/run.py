@@ -191,9 +191,9 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
     if rc.device == "cpu" and threads is None:
         # On a CPU a device is a share of the cores: the same share at every device count, so one
         # device is not a whole machine against N devices of half a machine each.
-        from mtcore.perf.threads import usable_cores
+        from mtcore.perf.threads import share
 
-        threads = max(1, len(usable_cores()) // max(devices))
+        threads = share(max(devices))
     plan = [(m.devices, str(m), f"{m}".replace(":", "").replace(",", "-")) for m in shapes] or \
         [(n, None, str(n)) for n in devices]
     for n, mesh, label in plan:
