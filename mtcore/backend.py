@@ -48,8 +48,17 @@ class Framework(Protocol):
     def gemm_peak(self, device: str, dtype: str = "fp32", n: int | None = None, repeats: int = 5) -> float: ...
     # Refuses, in one line naming the API it lacks, a mesh the framework cannot train on.
     def check_mesh(self, mesh: MeshShape, device: str = "cpu", precision: str = "fp32") -> None: ...
-    # A framework whose processes another program starts says how: torch's ``launch_ranks(nproc,
-    # argv, log_dir)`` (its elastic agent), JAX's ``initialize_distributed(...)`` (jax.distributed).
+    # How a run on several devices is laid out in processes. ``PROCESS_PER_DEVICE`` (torch): one
+    # process per device, started here by the framework's launcher (``launch_ranks``: torch's
+    # elastic agent); else (JAX) one process drives all its local devices, and processes on several
+    # hosts join with ``initialize_distributed`` (jax.distributed).
+    PROCESS_PER_DEVICE: bool
+    def launch_ranks(self, nproc: int, argv: list[str], *, log_dir, cpu_threads: int | None = None) -> None: ...
+    def initialize_distributed(self, coordinator: str | None, num_processes: int | None, process_id: int | None,
+                               cpu_devices: int | None = None) -> None: ...
+    # Why the framework cannot run on ``device`` at all in mtcore, after its name ("on TPU (...) is
+    # not supported"); None: it can, where it sees one.
+    def unsupported(self, device: str) -> str | None: ...
 
 
 class Backend(Protocol):

@@ -8,8 +8,6 @@ import json
 import sys
 
 from mtcore.errors import BackendUnavailable, MTCoreError
-from mtcore.files import read_json
-from mtcore.parallel import under_torchrun
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -101,61 +99,33 @@ def _summary(metrics: dict) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import os
-    from pathlib import Path
 
-    from mtcore.train import train
-    from mtcore.train.launch import check_devices, launch, set_up_process
-    from mtcore.train.run import check_request, resumed_config
+    from mtcore.train.run import train_command
 
-    rc = _run_config(args)
-    check_devices(rc)
-    if rc.framework == "torch" and rc.devices > 1 and not under_torchrun():
-        # What train() checks, before ranks start, each to fail the same way; then this very
-        # command as torch's ranks.
-        check_request(rc, Path(args.out), resume=args.resume, overwrite=args.overwrite, given=args.given)
-        launch(rc, args.out, args.argv)
-        metrics = read_json(Path(args.out) / "metrics.json")
+    metrics, ranks = train_command(_run_config(args), args.out, args.argv, resume=args.resume,
+                                   overwrite=args.overwrite, given=args.given, own_process=args.own_process,
+                                   progress=not args.quiet)
+    if metrics is not None and (ranks or not os.environ.get("MTCORE_LAUNCHED")):  # once, where the user looks
         print(_summary(metrics))
-        print(f"metrics: {args.out}/metrics.json; rank files: {args.out}/rank*_results_epoch*.json; "
-              f"checkpoint: {args.out}/checkpoints")
-        return 0
-    # A resumed run is set up as it was trained (its framework, device, threads), not as the
-    # command line's defaults would have it.
-    setup_rc = resumed_config(rc, Path(args.out), args.given) if args.resume else rc
-    set_up_process(setup_rc, own_process=args.own_process)
-    metrics = train(rc, args.out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
-                    given=args.given)
-    if metrics is not None and not os.environ.get("MTCORE_LAUNCHED"):  # the main process, unless mtcore launched it
-        print(_summary(metrics))
-        print(f"metrics: {args.out}/metrics.json; checkpoint: {args.out}/checkpoints")
+        rank_files = f"rank files: {args.out}/rank*_results_epoch*.json; " if ranks else ""
+        print(f"metrics: {args.out}/metrics.json; {rank_files}checkpoint: {args.out}/checkpoints")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mtcore.train import compare
-    from mtcore.train.launch import check_devices, set_up_process
+    from mtcore.train.run import compare_command
 
     frameworks = tuple(f.strip() for f in args.frameworks.split(",") if f.strip())
+    if not frameworks:
+        raise MTCoreError(f"--frameworks: expected a comma list like torch,jax, got {args.frameworks!r}")
     try:
         devices = tuple(int(n) for n in args.devices.split(",") if n.strip())
     except ValueError:
         raise MTCoreError(f"--devices: expected a comma list of device counts like 1,2, got {args.devices!r}") from None
-    if not frameworks:
-        raise MTCoreError(f"--frameworks: expected a comma list like torch,jax, got {args.frameworks!r}")
-    meshes = tuple(args.meshes or ())
-    if meshes and args.devices != "1":
-        raise MTCoreError("compare: --mesh and --devices both say where to train: give one (--devices N is --mesh data:N)")
-    for fw in frameworks:  # each one checked as train checks it, on each mesh
-        _run_config(args, framework=fw, devices=max(devices or (1,)))
-        for mesh in meshes:
-            check_devices(_run_config(args, framework=fw, devices=1, mesh=mesh))
-    rc = _run_config(args, framework=frameworks[0], devices=max(devices or (1,)))
-    check_devices(rc)
-    if set(devices) <= {1} and not meshes:  # both frameworks train in this process
-        set_up_process(dataclasses.replace(rc, devices=1), own_process=args.own_process, frameworks=frameworks)
-    report = compare(dataclasses.replace(rc, devices=1), args.out, frameworks=frameworks, devices=devices or (1,),
-                     scaling=args.scaling, target_loss=args.target_loss, progress=not args.quiet,
-                     overwrite=args.overwrite, meshes=meshes or None)
+    report = compare_command(_run_config(args, framework=frameworks[0], devices=1), args.out, frameworks=frameworks,
+                             devices=devices, meshes=tuple(args.meshes or ()), own_process=args.own_process,
+                             scaling=args.scaling, target_loss=args.target_loss, progress=not args.quiet,
+                             overwrite=args.overwrite)
     print(report.read_text(encoding="utf-8").split("## Quality")[0].strip())
     print(f"\nreport: {report}")
     return 0

@@ -50,14 +50,14 @@ def device_counts(name: str) -> dict[str, int]:
 
 def missing(name: str, device: str) -> str | None:
     """None if backend ``name`` can run on ``device``, else a reason naming what is missing."""
-    from mtcore.backend import available, framework, framework_of
+    from mtcore.backend import available, framework
 
     reason = available(name)
     if reason:
         return reason
-    fw = framework_of(name)
-    if device == "tpu" and fw == "torch":
-        return f"{name} on TPU (torch_xla) is not supported by mtcore"
+    why = framework(name).unsupported(device)
+    if why:
+        return f"{name} {why}"
     if device_counts(name).get(device, 0) == 0:
         package = framework(name).PACKAGES[0]
         return f"{name} sees no {device.upper()} device (installed build: {package} {_version(package)})"

@@ -18,8 +18,9 @@ from mtcore.batch import Batch
 from mtcore.errors import MTCoreError
 
 
-def under_torchrun() -> bool:
-    """Whether torchrun (or its elastic agent) started this process as one rank of a job."""
+def under_launcher() -> bool:
+    """Whether a launcher started this process as one rank of a job: torchrun's elastic agent, or
+    any that sets its environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``)."""
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 

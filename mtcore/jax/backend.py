@@ -28,6 +28,15 @@ PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
 
 # ---- the framework in this process (mtcore.backend.Framework) ----------------------------------
 PACKAGES = ("jax", "jaxlib", "flax", "optax")
+PROCESS_PER_DEVICE = False  # one process drives all its local devices; hosts join with initialize_distributed
+
+
+def launch_ranks(nproc: int, argv: list[str], *, log_dir, cpu_threads: int | None = None) -> None:
+    raise MTCoreError("JAX runs one process over all its local devices: there are no ranks to launch")
+
+
+def unsupported(device: str) -> str | None:
+    return None
 
 
 def set_threads(n: int) -> None:

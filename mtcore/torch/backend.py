@@ -41,6 +41,17 @@ def compile_mode(compile: bool | str | None) -> bool | str:
 
 # ---- the framework in this process (mtcore.backend.Framework) ----------------------------------
 PACKAGES = ("torch",)
+PROCESS_PER_DEVICE = True  # a rank per device, started by torch's elastic agent (launch_ranks)
+
+
+def initialize_distributed(coordinator, num_processes, process_id, cpu_devices=None) -> None:
+    """torch's ranks join their process group as the backend starts, under torchrun."""
+    raise MTCoreError("--coordinator and --num-processes are JAX's: torch's processes join under torchrun "
+                      "(RANK, WORLD_SIZE, MASTER_ADDR in their environment; docs/multi-device.md)")
+
+
+def unsupported(device: str) -> str | None:
+    return "on TPU (torch_xla) is not supported by mtcore" if device == "tpu" else None
 
 
 def set_threads(n: int) -> None:
@@ -156,7 +167,7 @@ class TorchBackend:
         self.mesh_shape = mesh or MeshShape.data_parallel(devices)
         if device == "gpu" and not torch.cuda.is_available():
             raise MTCoreError("torch backend: device 'gpu' asked for, but torch.cuda.is_available() is False")
-        if device == "gpu" and devices > torch.cuda.device_count() and not parallel.under_torchrun():
+        if device == "gpu" and devices > torch.cuda.device_count() and not parallel.under_launcher():
             raise MTCoreError(f"--devices {devices}: torch sees {torch.cuda.device_count()} GPU(s)")
         self.device_kind = device
         self.world, self.device = parallel.init(device, devices)

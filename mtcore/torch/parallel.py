@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from mtcore.errors import MTCoreError
-from mtcore.parallel import MESH_AXES, MeshShape, World, under_torchrun
+from mtcore.parallel import MESH_AXES, MeshShape, World, under_launcher
 from mtcore.perf import threads
 
 # How long a collective waits for a rank that went silent before every rank fails. A rank that
@@ -33,7 +33,7 @@ TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("MTCORE_DIST_TIMEOUT",
 
 def init(device_kind: str, devices: int) -> tuple[World, torch.device]:
     """Join (or, single-device, skip) the process group; ``(world, this rank's device)``."""
-    if not dist.is_initialized() and not (under_torchrun() and int(os.environ["WORLD_SIZE"]) > 1):
+    if not dist.is_initialized() and not (under_launcher() and int(os.environ["WORLD_SIZE"]) > 1):
         if devices > 1:
             raise MTCoreError(
                 f"torch trains on {devices} devices as {devices} processes: start them with "

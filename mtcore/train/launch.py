@@ -1,8 +1,10 @@
 """Starting runs, once for ``mtcore train`` and ``mtcore compare``: the process set-up of a run's
-process (``set_up_process``), and the one launcher (``launch``) that runs ``mtcore train`` in
-processes of its own — torch's ranks under torch's elastic agent, any other run as one child
-process — and, when one fails, records it in the run's ``metrics.json`` with the last good
-checkpoint, the same way whoever launched it."""
+process (``set_up_process``), whether a run's processes are started here (``starts_ranks``), and
+the one launcher (``launch``) that runs ``mtcore train`` in processes of its own — a rank per
+device through the framework's own launcher where it runs a process per device, any other run as
+one child process — and, when one fails, records it in the run's ``metrics.json`` with the last
+good checkpoint, the same way whoever launched it. No framework is named here: each says through
+``mtcore.backend.framework`` how its processes start and join."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mtcore.backend import framework
 from mtcore.config import ModelConfig
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
-from mtcore.parallel import under_torchrun
+from mtcore.parallel import under_launcher
 from mtcore.perf import threads
 from mtcore.perf.setup import ProcessSetup, set_up
 from mtcore.train.options import RunConfig, run_arguments
@@ -26,8 +29,6 @@ def check_mesh(rc: RunConfig) -> None:
     """The framework trains on the mesh, and the mesh splits the model evenly: checked before
     anything is written or set up."""
     if rc.mesh:
-        from mtcore.backend import framework
-
         framework(rc.framework).check_mesh(rc.mesh_shape(), rc.device, rc.precision)
         rc.mesh_shape().check_model(ModelConfig.of(rc.model))  # heads, FFN and model widths: not the vocabulary
 
@@ -39,17 +40,22 @@ def check_devices(rc: RunConfig) -> None:
     (``check_mesh``)."""
     check_mesh(rc)
     asked = f"--mesh {rc.mesh} ({rc.devices} devices)" if rc.mesh else f"--devices {rc.devices}"
-    if rc.device == "cpu" and rc.devices > 1 and not under_torchrun() and not rc.num_processes:
+    if rc.device == "cpu" and rc.devices > 1 and not under_launcher() and not rc.num_processes:
         cores = len(threads.usable_cores())
         if rc.devices > cores:
             raise MTCoreError(f"{asked} on CPU: this process may use {cores} core(s), one per CPU device")
-    if rc.device == "gpu" and rc.framework == "torch" and rc.devices > 1 and not under_torchrun():
-        from mtcore.backend import framework
-
-        gpus = [d for d in framework("torch").visible_devices() if d.startswith("gpu")]
+    if rc.device == "gpu" and starts_ranks(rc):
+        gpus = [d for d in framework(rc.framework).visible_devices() if d.startswith("gpu")]
         if rc.devices > len(gpus):
-            raise MTCoreError(f"{asked}: torch sees {len(gpus)} GPU(s){': ' if gpus else ''}"
+            raise MTCoreError(f"{asked}: {rc.framework} sees {len(gpus)} GPU(s){': ' if gpus else ''}"
                               f"{', '.join(gpus)}")
+
+
+def starts_ranks(rc: RunConfig) -> bool:
+    """Whether ``rc``'s processes are started from here, one per device, by its framework's
+    launcher (``launch``), rather than the run going on in this process: a framework with a
+    process per device, on more than one device, in a process that is not one of the ranks yet."""
+    return rc.devices > 1 and not under_launcher() and framework(rc.framework).PROCESS_PER_DEVICE
 
 
 def set_up_process(rc: RunConfig, *, own_process: bool = True, frameworks: tuple[str, ...] | None = None) -> ProcessSetup:
@@ -61,23 +67,20 @@ def set_up_process(rc: RunConfig, *, own_process: bool = True, frameworks: tuple
     budget, slot, slots = None, 0, 1
     if rc.device == "cpu":
         cores = len(threads.usable_cores())
-        if rc.framework == "torch" and under_torchrun():
+        if under_launcher():  # one rank of several on this host: its share of the cores
             slot, slots = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
             share = rc.threads or int(os.environ.get("MTCORE_RANK_THREADS", 0)) or threads.share(slots)
             budget = min(share, cores)
         elif rc.threads:
-            # A JAX process drives its host devices on the cores it may use: T for each of them.
-            local_devices = rc.devices // (rc.num_processes or 1) if rc.framework == "jax" else 1
-            budget = rc.threads * local_devices
+            # A process that drives several host devices (JAX) does so on T cores for each of them.
+            budget = rc.threads * (rc.devices // (rc.num_processes or 1))
     # The allocator and JAX's dispatch are a CPU run's (a GPU run's host memory is given back as usual).
     setup = set_up(frameworks or (rc.framework,), threads=budget, slot=slot, slots=slots,
                    own_process=own_process and rc.device == "cpu", compile_cache=rc.compile_cache == "on")
-    if rc.framework == "jax" and (rc.coordinator or rc.num_processes):
-        from mtcore.backend import framework
-
+    if rc.coordinator or rc.num_processes:
         # "auto": JAX finds the coordinator, process count and id itself (TPU pods, SLURM).
         coordinator = None if rc.coordinator == "auto" else rc.coordinator
-        framework("jax").initialize_distributed(coordinator, rc.num_processes, rc.process_id,
+        framework(rc.framework).initialize_distributed(coordinator, rc.num_processes, rc.process_id,
                                                 cpu_devices=rc.devices // (rc.num_processes or 1)
                                                 if rc.device == "cpu" else None)
     return setup
@@ -85,17 +88,16 @@ def set_up_process(rc: RunConfig, *, own_process: bool = True, frameworks: tuple
 
 def launch(rc: RunConfig, out: str | os.PathLike, argv: list[str] | None = None) -> None:
     """Run ``mtcore train ARGV`` (default: ``rc`` as options, into ``out``, quietly) in processes of
-    its own: ``rc.devices`` torch ranks under torch's elastic agent (one per device; rank 0 prints
-    here, every rank's output is kept in ``out/logs``), or one child process. A failure stops
+    its own: a rank per device through the framework's launcher where ``starts_ranks`` (torch's
+    elastic agent; rank 0 prints here, every rank's output is kept in ``out/logs``), else one
+    child process. A failure stops
     every process, is written into ``out/metrics.json``'s status as ``failed: ...`` with the last
     good checkpoint, and raised as one MTCoreError saying the same."""
     out = Path(out)
     argv = argv if argv is not None else ["train", *run_arguments(rc), "--out", str(out), "--quiet"]
     try:
-        if rc.framework == "torch" and rc.devices > 1:
-            from mtcore.backend import framework
-
-            framework("torch").launch_ranks(rc.devices, argv, log_dir=out / "logs")
+        if starts_ranks(rc):
+            framework(rc.framework).launch_ranks(rc.devices, argv, log_dir=out / "logs")
         else:
             _run_child([sys.executable, "-m", "mtcore", *argv], what=f"{rc.framework} on {rc.devices} device(s)")
     except MTCoreError as e:

@@ -25,7 +25,7 @@ from typing import Any
 
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
-from mtcore.train.launch import check_mesh, launch
+from mtcore.train.launch import check_devices, check_mesh, launch, set_up_process, starts_ranks
 from mtcore.train.options import RESUMABLE, RunConfig, main_process, option_flag
 from mtcore.train.prepare import prepare
 from mtcore.train.trainer import Trainer
@@ -138,6 +138,38 @@ def train(rc: RunConfig, out: str | os.PathLike, *, progress: bool = True, resum
     return trainer.metrics if trainer.world.main else None
 
 
+def train_command(rc: RunConfig, out: str | os.PathLike, argv: list[str], *, resume: bool = False,
+                  overwrite: bool = False, given: set[str] | None = None, own_process: bool = True,
+                  progress: bool = True) -> tuple[dict[str, Any] | None, bool]:
+    """``mtcore train ARGV`` wherever it must run, the one place that decides: as ranks started from
+    here where the framework runs a process per device (``launch.starts_ranks``; checked first as
+    ``train`` checks, so that no rank is started to fail), else in this process, set up for the run
+    (a resumed run as it was trained: its framework, device, threads). ``(the final metrics on the
+    main process, else None; whether ranks were started)``."""
+    out = Path(out)
+    check_devices(rc)
+    if starts_ranks(rc):
+        check_request(rc, out, resume=resume, overwrite=overwrite, given=given)
+        launch(rc, out, argv)
+        return read_json(out / "metrics.json"), True
+    set_up_process(resumed_config(rc, out, given) if resume else rc, own_process=own_process)
+    return train(rc, out, progress=progress, resume=resume, overwrite=overwrite, given=given), False
+
+
+def compare_command(rc: RunConfig, out: str | os.PathLike, *, frameworks: tuple[str, ...], devices: tuple[int, ...],
+                    meshes: tuple[str, ...] = (), own_process: bool = True, **options) -> Path:
+    """``mtcore compare`` as the command line runs it: where every run trains in this process (one
+    device each, no mesh), the process is set up for all the frameworks first; then ``compare``."""
+    if meshes and set(devices) - {1}:
+        raise MTCoreError("compare: --mesh and --devices both say where to train: give one (--devices N is --mesh data:N)")
+    if set(devices) <= {1} and not meshes:
+        for fw in frameworks:  # checked as train checks them, before any framework starts
+            check_devices(dataclasses.replace(rc, framework=fw, devices=1))
+        set_up_process(dataclasses.replace(rc, devices=1), own_process=own_process, frameworks=frameworks)
+    return compare(dataclasses.replace(rc, devices=1), out, frameworks=frameworks, devices=devices or (1,),
+                   meshes=meshes or None, **options)
+
+
 def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"), devices=(1,),
             scaling: str = "weak", target_loss: float | None = None, progress: bool = True,
             overwrite: bool = False, meshes: tuple[str, ...] | None = None) -> Path:
@@ -162,11 +194,13 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
     fixed = rc.global_batch_size or rc.batch_size if scaling == "strong" else None
     if fixed is not None and not shapes and fixed % max(devices):
         raise MTCoreError(f"--scaling strong: the global batch {fixed} must split evenly over --devices {max(devices)}")
-    for fw in frameworks:
+    for fw in frameworks:  # each run checked as train checks it, before anything is written
         check_device(dataclasses.replace(rc, framework=fw))
+        for n in devices if not shapes else ():
+            check_devices(dataclasses.replace(rc, framework=fw, devices=n))
         for m in shapes:
             # RunConfig checks the global batch against the mesh's batch shards.
-            check_mesh(dataclasses.replace(rc, framework=fw, mesh=str(m), devices=1, global_batch_size=fixed))
+            check_devices(dataclasses.replace(rc, framework=fw, mesh=str(m), devices=1, global_batch_size=fixed))
     clear = claim_out(out, overwrite)
     # The data is read before an old comparison goes (a bad --data must not cost it); the
     # tokenizer every run uses is trained once, here.
