@@ -81,9 +81,9 @@ WARM = (
      "torch._inductor.codegen.cpp", "torch.distributed.fsdp", "torch.distributed.tensor.parallel",
      "torch.distributed.tensor.debug", "torch.distributed.run", "torch.distributed.checkpoint", "torch.profiler",
      "torch.utils.cpp_extension", "torch._inductor.fx_passes.joint_graph", "transformers.models.marian.modeling_marian"],
-    ["mtcore.jax.backend", "mtcore.cli", "mtcore.train.run", "mtcore.train.report", "matplotlib.pyplot",
-     "sacrebleu", "sentencepiece", "tokenizers", "safetensors.numpy", "pytest", "xdist", "pytest_benchmark.plugin",
-     "hypothesis.strategies", "anyio.pytest_plugin"],
+    ["mtcore.jax.backend", "mtcore.cli", "mtcore.train.run", "mtcore.train.report", "mtcore.train.runs",
+     "mtcore.train.plots", "matplotlib.pyplot", "sacrebleu", "sentencepiece", "tokenizers", "safetensors.numpy",
+     "pytest", "xdist", "pytest_benchmark.plugin", "hypothesis.strategies", "anyio.pytest_plugin"],
 )
 
 

@@ -15,7 +15,7 @@ from helpers import as_users_run, compile_counter
 import mtcore
 from mtcore.cli import main
 from mtcore.train import NonFiniteLoss, RunConfig, Trainer, compare, prepare, train
-from mtcore.train.report import load_runs, loss_agreement
+from mtcore.train.runs import load_runs, loss_agreement
 
 pytestmark = [pytest.mark.torch, pytest.mark.jax]
 EPOCH_KEYS = {"training_time", "tokens_per_sec", "train_loss", "validation_loss", "token_accuracy", "bleu", "chrf"}
