@@ -14,6 +14,7 @@ README_MAX_LINES = 200
 BENCH_MODULES = ("conftest.py", "cases.py", "inputs.py", "machine.py", "summary.py", "turns.py", "scaling_worker.py")
 
 LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'][^)]*[\"'])?\s*\)")
+REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:\s+(\S+)")
 INLINE_CODE = re.compile(r"`[^`]*`")
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}-")
 
@@ -34,6 +35,8 @@ def links(path: Path):
         if fence:
             continue
         for match in LINK.finditer(INLINE_CODE.sub("", line)):
+            yield number, match.group(1)
+        if match := REFERENCE.match(line):  # a reference-style link's definition: [name]: target
             yield number, match.group(1)
 
 
