@@ -48,16 +48,20 @@ def usable_cores() -> tuple[int, ...]:
     """The cores this job may run on: the affinity mask (a container's or ``taskset``'s, never
     ``os.cpu_count()``) its first mtcore process started with, else this process's own; all of
     them where the OS has no affinity call."""
-    if not hasattr(os, "sched_getaffinity"):
-        return tuple(range(os.cpu_count() or 1))
-    mask = sorted(os.sched_getaffinity(0))
     job = os.environ.get(JOB_CORES)
-    if job:
+    if job and hasattr(os, "sched_getaffinity"):
         try:
             return tuple(sorted({int(c) for c in job.split(",")}))
         except ValueError:
             pass
-    return tuple(mask)
+    return current_cores()
+
+
+def current_cores() -> tuple[int, ...]:
+    """The cores this process runs on now (its affinity mask): what a run records it had."""
+    if hasattr(os, "sched_getaffinity"):
+        return tuple(sorted(os.sched_getaffinity(0)))
+    return tuple(range(os.cpu_count() or 1))
 
 
 def share(processes: int) -> int:
@@ -80,7 +84,7 @@ def cores_for(slot: int, slots: int = 1, threads: int | None = None) -> tuple[in
 
 def whole_machine() -> ThreadBudget:
     """The budget of a process left as it is: every core it may use, pools as the frameworks choose."""
-    return ThreadBudget(threads=len(usable_cores()), cores=usable_cores(), pinned=False,
+    return ThreadBudget(threads=len(current_cores()), cores=current_cores(), pinned=False,
                         affinity=hasattr(os, "sched_setaffinity"))
 
 

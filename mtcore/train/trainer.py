@@ -332,10 +332,10 @@ def _threads() -> dict[str, Any]:
     """What one process had: the cores it may run on, and torch's intra-op threads if torch runs."""
     import sys
 
-    from mtcore.perf.threads import usable_cores
+    from mtcore.perf.threads import current_cores
 
     torch = sys.modules.get("torch")
-    return {"cores": list(usable_cores()), "torch_threads": torch.get_num_threads() if torch else None}
+    return {"cores": list(current_cores()), "torch_threads": torch.get_num_threads() if torch else None}
 
 
 def _progress(total: int, desc: str, enabled: bool):
