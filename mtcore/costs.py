@@ -11,22 +11,18 @@ import dataclasses
 import math
 
 from mtcore.config import ModelConfig
-from mtcore.parallel import MeshShape
+from mtcore.parallel import TENSOR_PLAN, MeshShape
 from mtcore.weights import BUFFERS, param_shapes
 
-# Megatron's split, as both frameworks apply it: the column-parallel layers split their output
-# units (weight and bias), the row-parallel ones their inputs (the bias, added after the
-# all-reduce, stays whole). Everything else is whole along ``tensor``.
-COLUMN = ("q_proj", "k_proj", "v_proj", "fc1")
-ROW = ("out_proj", "fc2")
 FP32 = 4
 
 
 def split_by_tensor(name: str) -> bool:
-    """Whether tensor parallelism splits the canonical parameter ``name``."""
+    """Whether tensor parallelism splits the canonical parameter ``name`` (``TENSOR_PLAN``: a
+    column layer's weight and bias, a row layer's weight)."""
     module, _, leaf = name.rpartition(".")
-    module = module.rpartition(".")[2]
-    return module in COLUMN or (module in ROW and leaf == "weight")
+    split, _ = TENSOR_PLAN.get(module.rpartition(".")[2], (None, None))
+    return split == "column" or (split == "row" and leaf == "weight")
 
 
 @dataclasses.dataclass(frozen=True)

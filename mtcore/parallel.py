@@ -86,6 +86,18 @@ def global_batch_size(mesh: MeshShape | int, batch_size: int | None, global_batc
 
 
 # ---- device meshes ----------------------------------------------------------------------------
+# Megatron's tensor-parallel plan, declared once by parameter role and read by ``mtcore.costs``
+# (what a device holds) and both frameworks' ``parallel.py`` (torch's ``parallelize_module`` plan,
+# JAX's logical axes): layer name -> (how the layer splits, which units it splits). A ``column``
+# layer splits its output units (weight and bias), a ``row`` layer its input units (its bias,
+# added after the all-reduce, stays whole); ``heads`` whole attention heads to a device, ``mlp``
+# the FFN's hidden units. Every other parameter is whole along ``tensor``.
+TENSOR_PLAN: dict[str, tuple[str, str]] = {
+    "q_proj": ("column", "heads"), "k_proj": ("column", "heads"), "v_proj": ("column", "heads"),
+    "out_proj": ("row", "heads"),
+    "fc1": ("column", "mlp"), "fc2": ("row", "mlp"),
+}
+
 # The axes a mesh may have, outermost first (as MaxText and torchtitan order them: the tensor axis
 # innermost, on the devices that talk fastest). ``data`` replicates the model and splits the batch;
 # ``fsdp`` splits the batch and shards parameters, gradients and optimizer state (ZeRO-3);

@@ -24,19 +24,16 @@ from jax.sharding import PartitionSpec as P
 
 from mtcore.costs import tally
 from mtcore.errors import MTCoreError
-from mtcore.parallel import MESH_AXES, MeshShape, World
+from mtcore.parallel import MESH_AXES, TENSOR_PLAN, MeshShape, World
 
 # The logical axes of each parameter's trailing dimensions, by its module and parameter name; a
-# scanned stack's leading layer axis is never sharded (each scan step reads one whole layer).
+# scanned stack's leading layer axis is never sharded (each scan step reads one whole layer). The
+# tensor-parallel layers' follow mtcore.parallel.TENSOR_PLAN: a column layer's kernel (in, out)
+# splits its outputs, with its bias; a row layer's its inputs, its bias whole.
 LOGICAL_AXES: dict[tuple[str, str], tuple[str, ...]] = {
-    **{(proj, "kernel"): ("embed", "heads") for proj in ("q_proj", "k_proj", "v_proj")},
-    **{(proj, "bias"): ("heads",) for proj in ("q_proj", "k_proj", "v_proj")},
-    ("out_proj", "kernel"): ("heads", "embed"),
-    ("out_proj", "bias"): ("embed",),
-    ("fc1", "kernel"): ("embed", "mlp"),
-    ("fc1", "bias"): ("mlp",),
-    ("fc2", "kernel"): ("mlp", "embed"),
-    ("fc2", "bias"): ("embed",),
+    **{(layer, p): axes for layer, (split, units) in TENSOR_PLAN.items() for p, axes in (
+        {"kernel": ("embed", units), "bias": (units,)} if split == "column" else
+        {"kernel": (units, "embed"), "bias": ("embed",)}).items()},
     **{(norm, p): ("embed",) for norm in ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm",
                                           "layernorm_embedding", "layer_norm") for p in ("scale", "bias")},
     # The tied embedding / output projection: sharded along the model dimension by fsdp, kept whole

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from mtcore.errors import MTCoreError
-from mtcore.parallel import MESH_AXES, MeshShape, World, under_launcher
+from mtcore.parallel import MESH_AXES, TENSOR_PLAN, MeshShape, World, under_launcher
 from mtcore.perf import threads
 
 # How long a collective waits for a rank that went silent before every rank fails. A rank that
@@ -90,12 +90,10 @@ def parallelize(model: torch.nn.Module, shape: MeshShape, mesh) -> torch.nn.Modu
     if shape.tensor > 1:
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+        style = {"column": ColwiseParallel, "row": RowwiseParallel}
         for layer in _layers(model):
-            plan = {"mlp.fc1": ColwiseParallel(), "mlp.fc2": RowwiseParallel()}
-            for attention in ("self_attn", "encoder_attn"):
-                if hasattr(layer, attention):
-                    plan.update({f"{attention}.{p}": ColwiseParallel() for p in ("q_proj", "k_proj", "v_proj")})
-                    plan[f"{attention}.out_proj"] = RowwiseParallel()
+            plan = {name: style[TENSOR_PLAN[name.rpartition(".")[2]][0]]() for name, _ in layer.named_modules()
+                    if name.rpartition(".")[2] in TENSOR_PLAN}
             parallelize_module(layer, mesh["tensor"], plan)
     if shape.batch_shards > 1:
         from torch.distributed.fsdp import FSDPModule, fully_shard
