@@ -138,9 +138,7 @@ def backend(name: str, device: str = "cpu", devices: int = 1, mesh: str | MeshSh
     if not (isinstance(devices, int) and devices >= 1):
         raise MTCoreError(f"devices must be a positive int, got {devices!r}")
     if mesh is not None:
-        mesh = mesh if isinstance(mesh, MeshShape) else MeshShape.parse(mesh)
-        if devices not in (1, mesh.devices):
-            raise MTCoreError(f"--mesh {mesh} is {mesh.devices} device(s), but --devices {devices} was asked for")
+        mesh = MeshShape.of(devices, mesh)
         return getattr(importlib.import_module(module), cls)(device, mesh.devices, mesh=mesh)
     return getattr(importlib.import_module(module), cls)(device, devices)
 

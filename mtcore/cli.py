@@ -216,7 +216,8 @@ def _add_run_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
     from mtcore.train.options import RunConfig, option_flag
 
     types = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str,
-             "float | int": _count_or_fraction}
+             "float | int": _count_or_fraction,
+             "MeshShape | None": str}  # RunConfig parses the mesh
     for f in dataclasses.fields(RunConfig):
         if f.name in skip:
             continue

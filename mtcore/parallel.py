@@ -76,7 +76,7 @@ class World:
 def global_batch_size(mesh: MeshShape | int, batch_size: int | None, global_batch: int | None) -> int:
     """``--batch-size`` is per batch shard (a device, under data parallelism: global = B x N);
     ``--global-batch-size`` fixes the global batch. ``mesh``: a MeshShape, or N for ``data:N``."""
-    mesh = mesh if isinstance(mesh, MeshShape) else MeshShape.data_parallel(mesh)
+    mesh = mesh if isinstance(mesh, MeshShape) else MeshShape.of(mesh)
     if global_batch is not None:
         mesh.check_batch(global_batch)
         return global_batch
@@ -153,6 +153,18 @@ class MeshShape:
     def data_parallel(cls, devices: int) -> MeshShape:
         """What ``--devices N`` means: ``data:N``."""
         return cls(data=devices)
+
+    @classmethod
+    def of(cls, devices: int = 1, mesh: str | MeshShape | None = None) -> MeshShape:
+        """The mesh a run trains on, the one place that decides it: ``mesh`` (``--mesh``, parsed
+        here once), else ``data:N`` for ``--devices N``; a device count other than 1 or the mesh's
+        is refused."""
+        if mesh is None:
+            return cls.data_parallel(devices)
+        shape = mesh if isinstance(mesh, MeshShape) else cls.parse(mesh)
+        if devices not in (1, shape.devices):
+            raise MTCoreError(f"--mesh {shape} is {shape.devices} device(s), but --devices {devices} was asked for")
+        return shape
 
     @property
     def devices(self) -> int:

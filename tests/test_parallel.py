@@ -291,6 +291,11 @@ def test_bad_meshes_are_refused_before_anything_runs(tmp_path, capsys):
     with pytest.raises(MTCoreError, match="the HF baseline trains on one device"):
         RunConfig(framework="hf", mesh="tensor:2")
     assert RunConfig(framework="jax", mesh="tensor:2,fsdp:2").devices == 4
+    # The mesh is one object from here on: parsed once, written as users spell it.
+    rc = RunConfig(framework="jax", mesh="tensor:2,fsdp:2")
+    assert rc.mesh == MeshShape(fsdp=2, tensor=2) and rc.mesh_shape() is rc.mesh
+    assert rc.as_dict()["mesh"] == "fsdp:2,tensor:2" and RunConfig(**rc.as_dict()) == rc
+    assert RunConfig(framework="jax", devices=3).mesh_shape() == MeshShape.of(3) == MeshShape(data=3)
     assert RunConfig(framework="jax", mesh="tensor:2", batch_size=16).global_batch() == 16  # the group shares rows
     assert RunConfig(framework="jax", mesh="fsdp:2,tensor:2", batch_size=16).global_batch() == 32
     with pytest.raises(MTCoreError, match=r"--mesh fsdp:2,tensor:2: a global batch of 33 rows .* 2 batch shards"):

@@ -163,7 +163,7 @@ class JaxBackend:
     def __init__(self, device: str = "cpu", devices: int = 1, mesh: MeshShape | None = None):
         if device not in PLATFORMS:
             raise MTCoreError(f"jax backend: unknown device {device!r}; expected one of {sorted(PLATFORMS)}")
-        self.mesh_shape = mesh or MeshShape.data_parallel(devices)
+        self.mesh_shape = mesh or MeshShape.of(devices)
         try:
             self.mesh, self.world = parallel.make_mesh(PLATFORMS[device], self.mesh_shape)
         except MTCoreError as e:

@@ -114,7 +114,7 @@ def make_mesh(platform: str, shape: MeshShape | int) -> tuple[Mesh, World]:
     """A ``("data", "fsdp", "tensor")`` mesh of ``shape`` (an int: ``data:N``) over devices of
     ``platform``, the same number from every process, in process order (the tensor axis innermost:
     a tensor-parallel group on one process's devices where it fits)."""
-    shape = shape if isinstance(shape, MeshShape) else MeshShape.data_parallel(shape)
+    shape = shape if isinstance(shape, MeshShape) else MeshShape.of(shape)
     devices = shape.devices
     if platform == "cpu" and devices > 1 and not _started() and not _distributed():
         set_cpu_devices(devices)  # one process: all of them are its own

@@ -164,7 +164,7 @@ class TorchBackend:
             raise MTCoreError(f"torch backend: unknown device {device!r}; expected one of {sorted(DEVICE_TYPES)}")
         if mesh is not None:
             check_mesh(mesh, device)
-        self.mesh_shape = mesh or MeshShape.data_parallel(devices)
+        self.mesh_shape = mesh or MeshShape.of(devices)
         if device == "gpu" and not torch.cuda.is_available():
             raise MTCoreError("torch backend: device 'gpu' asked for, but torch.cuda.is_available() is False")
         if device == "gpu" and devices > torch.cuda.device_count() and not parallel.under_launcher():

@@ -8,6 +8,7 @@ good checkpoint, the same way whoever launched it. No framework is named here: e
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from mtcore.backend import framework
 from mtcore.config import ModelConfig
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
-from mtcore.parallel import under_launcher
+from mtcore.parallel import MeshShape, under_launcher
 from mtcore.perf import threads
 from mtcore.perf.setup import ProcessSetup, set_up
 from mtcore.train.options import RunConfig, run_arguments
@@ -27,10 +28,16 @@ from mtcore.train.trainer import last_checkpoint
 
 def check_mesh(rc: RunConfig) -> None:
     """The framework trains on the mesh, and the mesh splits the model evenly: checked before
-    anything is written or set up."""
+    anything is written or set up, once per process (the command line, ``train`` and ``compare``
+    all ask)."""
     if rc.mesh:
-        framework(rc.framework).check_mesh(rc.mesh_shape(), rc.device, rc.precision)
-        rc.mesh_shape().check_model(ModelConfig.of(rc.model))  # heads, FFN and model widths: not the vocabulary
+        _check_mesh(rc.framework, rc.mesh, rc.device, rc.precision, rc.model)
+
+
+@functools.cache  # a check that passed: a failed one raises every time
+def _check_mesh(name: str, mesh: MeshShape, device: str, precision: str, model: str) -> None:
+    framework(name).check_mesh(mesh, device, precision)
+    mesh.check_model(ModelConfig.of(model))  # heads, FFN and model widths: not the vocabulary
 
 
 def check_devices(rc: RunConfig) -> None:

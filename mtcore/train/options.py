@@ -37,7 +37,7 @@ class RunConfig:
     device: str = option("cpu", "the kind of device to train on", choices=DEVICE_KINDS)
     devices: int = option(1, "devices to train on, data parallel (torch: one process each, through torchrun; jax: "
                              "one process drives its devices); the same as --mesh data:N")
-    mesh: str | None = option(None, "device mesh AXIS:N[,AXIS:N...] over the axes data (replicate, split the batch), fsdp "
+    mesh: MeshShape | None = option(None, "device mesh AXIS:N[,AXIS:N...] over the axes data (replicate, split the batch), fsdp "
                                     "(split the batch, shard weights, gradients and AdamW state) and tensor (split heads "
                                     "and FFN units): fsdp:2, tensor:2, fsdp:2,tensor:2 (docs/parallelism.md)")
     model: str = option("tiny", "preset (tiny, small, base, marian-en-hu) or Hugging Face Marian checkpoint dir")
@@ -95,12 +95,11 @@ class RunConfig:
         need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         need(self.devices >= 1, f"--devices must be at least 1, got {self.devices}")
         if self.mesh is not None:
-            shape = MeshShape.parse(self.mesh)
             need(self.framework != "hf", "--mesh: the HF baseline trains on one device")
-            need(self.devices in (1, shape.devices),
-                 f"--mesh {shape} is {shape.devices} device(s), but --devices {self.devices} was asked for")
-            # One spelling from here on, and the device count every launcher reads.
-            object.__setattr__(self, "mesh", str(shape))
+            # The one MeshShape from here on (--mesh is parsed once), and the device count every
+            # launcher reads.
+            shape = MeshShape.of(self.devices, self.mesh)
+            object.__setattr__(self, "mesh", shape)
             object.__setattr__(self, "devices", shape.devices)
         need(self.batch_size >= 1, f"--batch-size must be positive, got {self.batch_size}")
         self.global_batch()  # raises on a global batch the devices cannot split
@@ -114,8 +113,12 @@ class RunConfig:
             )
 
     def mesh_shape(self) -> MeshShape:
-        """The device mesh: ``--mesh``, or ``data:N`` for ``--devices N``."""
-        return MeshShape.parse(self.mesh) if self.mesh else MeshShape.data_parallel(self.devices)
+        """The device mesh: ``--mesh``, or ``data:N`` for ``--devices N`` (``MeshShape.of``)."""
+        return self.mesh or MeshShape.of(self.devices)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as run.json keeps them: the mesh as it is written (``fsdp:2,tensor:2``)."""
+        return {**dataclasses.asdict(self), "mesh": None if self.mesh is None else str(self.mesh)}
 
     def global_batch(self) -> int:
         return global_batch_size(self.mesh_shape(), self.batch_size, self.global_batch_size)

@@ -200,7 +200,7 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
             check_devices(dataclasses.replace(rc, framework=fw, devices=n))
         for m in shapes:
             # RunConfig checks the global batch against the mesh's batch shards.
-            check_devices(dataclasses.replace(rc, framework=fw, mesh=str(m), devices=1, global_batch_size=fixed))
+            check_devices(dataclasses.replace(rc, framework=fw, mesh=m, devices=1, global_batch_size=fixed))
     clear = claim_out(out, overwrite)
     # The data is read before an old comparison goes (a bad --data must not cost it); the
     # tokenizer every run uses is trained once, here.

@@ -116,14 +116,14 @@ class Trainer:
             self.epoch, self.state = self._load_checkpoint()
             self.metrics["epochs"] = [e for e in self.metrics["epochs"] if e["epoch"] <= self.epoch]
             self.metrics["status"] = "running"
-            self.metrics["run"].update(devices=rc.devices, mesh=rc.mesh, world=self.world.as_dict(), process=setup.current(),
+            self.metrics["run"].update(devices=rc.devices, mesh=rc.as_dict()["mesh"], world=self.world.as_dict(), process=setup.current(),
                                        global_batch_size=self.global_batch, devices_used=self._devices_used())
             self.metrics.pop("test", None)
         else:
             self.epoch = 0
             self.state = self.be.init_train_state(self.be.from_numpy(self.cfg, prepared.initial), self.tcfg)
             self.metrics = {
-                "run": {**dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg),
+                "run": {**rc.as_dict(), "model_config": dataclasses.asdict(self.cfg),
                         "num_params": self.cfg.num_params(), "devices_used": self._devices_used(),
                         "world": self.world.as_dict(), "global_batch_size": self.global_batch,
                         "train_pairs": len(prepared.train), "validation_pairs": len(prepared.validation),
@@ -131,7 +131,7 @@ class Trainer:
                 "initial": None, "epochs": [], "test": None, "status": "running",
             }
         # What was asked, and the process set-up it runs under now (a resume may change it).
-        self.io.write("run.json", {"run_config": dataclasses.asdict(rc), "model_config": dataclasses.asdict(self.cfg),
+        self.io.write("run.json", {"run_config": rc.as_dict(), "model_config": dataclasses.asdict(self.cfg),
                                    "process": self.metrics["run"]["process"]})
         self.validation_batches = plan_batches(self.cfg, prepared.validation, rc.batch_size, max_len=self.max_len,
                                                shuffle=False)
