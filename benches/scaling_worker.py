@@ -10,7 +10,7 @@ line, one all-reduce of the bytes the step all-reduces, alone, and ``ok``.
     python benches/scaling_worker.py FRAMEWORK DEVICE DEVICES SIZE PRECISION THREADS PORT [MESH]
 
 With MESH (``test_train_step_mesh``) the devices form that mesh, and the first message also
-says what one device holds and what a step moves (``held``, ``collectives``, ``step_memory``).
+says what one device holds and what a step moves (``mtcore.costs.costs_record``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 def main(framework: str, device: str, devices: int, size: str, precision: str, threads_per_device: int,
          port: int, mesh: str | None = None) -> None:
+    from mtcore.costs import costs_record
     from mtcore.perf.setup import set_up
 
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -49,22 +50,22 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
     state = be.init_train_state(be.from_numpy(cfg, weights(size)), tcfg)
     step, compile_s, state, metrics = be.compile_train_step(cfg, tcfg, state, data, compile=False, fresh=False)
     first_loss = float(be.sync(metrics["loss"]))
-    costs = {}
+    costs = None
     if mesh is not None or devices > 1:
         # What one device holds and what a step moves, past DDP's bucket rebuild on the second step.
         state, metrics = step(state, data)
         state, metrics, collectives = be.recorded_step(step, state, data)
-        memory, counted = be.step_memory()
-        costs = {"held": be.held_bytes(state).as_dict(), "collectives": collectives,
-                 "step_memory": memory, "step_memory_counts": counted}
+        costs = costs_record(cfg, be.mesh_shape, tiled.shape, held=be.held_bytes(state), collectives=collectives,
+                             step_memory=be.step_memory())
 
     with socket.create_connection(("127.0.0.1", port), timeout=600) as conn:
         stream = conn.makefile("rw")
         stream.write(json.dumps({"process": be.world.process, "first_loss": first_loss, "compile_s": compile_s,
-                                 "world": be.world.as_dict(), **costs}) + "\n")
+                                 "world": be.world.as_dict(), "costs": costs}) + "\n")
         stream.flush()
         # The step's all-reduces alone: one call of all their bytes (``comm`` lines).
-        probe = be.all_reduce_probe(sum(c["payload"] for c in costs.get("collectives", []) if c["kind"] == "all-reduce"))
+        probe = be.all_reduce_probe(sum(c["payload"] for c in (costs or {}).get("collectives", [])
+                                        if c["kind"] == "all-reduce"))
         for line in stream:
             if line.strip() == "step":
                 state, metrics = step(state, data)

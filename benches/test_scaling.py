@@ -23,13 +23,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from inputs import batch, check_first_loss, median_seconds, thread_budget, timed
+
+from mtcore.backend import framework
 
 HERE = Path(__file__).parent
 # tokens/s of each (framework, device, size) at one device, this session: the efficiency's base.
@@ -48,13 +49,10 @@ class Workers:
                   case.precision, str(per_device_threads), str(port), *([case.mesh] if case.mesh else [])]
         # torchrun's logs, removed on exit (without --log-dir it leaves a torchelastic_* folder behind).
         self.logs = tempfile.mkdtemp(prefix="mtcore-scaling-")
-        if case.framework == "torch" and case.devices > 1:
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", self.logs,
-                       "--nproc-per-node", str(case.devices), *script]
-            self.processes = case.devices
-        else:
-            command = [sys.executable, *script]
-            self.processes = 1
+        # Started by the framework's own launcher (torch: a rank per device under its elastic agent).
+        fw = framework(case.framework)
+        command = fw.rank_command(case.devices, script, log_dir=self.logs)
+        self.processes = case.devices if fw.PROCESS_PER_DEVICE else 1
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                      start_new_session=True)
@@ -131,7 +129,7 @@ class Workers:
 
 def sent_per_step(workers: Workers) -> int:
     """Bytes a device sent in a step, the most loaded one's (every device of a mesh sends alike)."""
-    return max(sum(c["sent"] for c in r["collectives"]) for r in workers.ready)
+    return max(r["costs"]["sent_bytes_per_step"] for r in workers.ready)
 
 
 @pytest.mark.cases("scaling")
@@ -151,7 +149,8 @@ def test_train_step_scaling(benchmark, case, rounds):
                                 compile_s=workers.ready[0]["compile_s"], threads_per_device=per_device,
                                 global_batch_rows=b.shape[0] * case.devices, tokens_per_step=tokens)
     if case.devices > 1:  # what data parallelism moves: the same fields as the mesh bench's
-        benchmark.extra_info.update(collectives=workers.ready[0]["collectives"], sent_bytes_per_step=sent_per_step(workers))
+        benchmark.extra_info.update(collectives=workers.ready[0]["costs"]["collectives"],
+                                    sent_bytes_per_step=sent_per_step(workers))
     median = median_seconds(benchmark)
     if median is None:  # --benchmark-disable: a smoke run, nothing timed
         return
@@ -182,33 +181,26 @@ def test_train_step_mesh(benchmark, case, rounds):
     global tokens by every device, so tensor-parallel ranks, which see the same rows, are not
     counted twice. CPU timings of strategies on shared cores say little about GPUs: reported,
     never gated."""
-    from mtcore.costs import predicted_bytes, predicted_traffic, sent_bytes
-    from mtcore.parallel import MeshShape
-
     budget = thread_budget()
     per_device = budget.threads if budget.pinned else 1
     benchmark.group = f"train_step mesh {case.device}-{case.size}-{case.precision} {case.devices}dev {per_device}thr/device"
     b = batch(case.size)
-    mesh, cfg = MeshShape.parse(case.mesh), case.model_config()
-    rows, src, tgt = b.shape[0] * case.devices, b.src_ids.shape[1], b.tgt_in.shape[1]
     tokens = int(b.src_mask.sum() + b.tgt_mask.sum()) * case.devices
-    predicted = predicted_bytes(cfg, mesh).as_dict()
-    predicted_sent = sent_bytes(predicted_traffic(cfg, mesh, rows, src, tgt))
     with Workers(case, per_device) as workers:
         # Correct before timed: every mesh takes the one-device step's loss, and a device holds
         # what the mesh predicts (the most loaded one, where a split is uneven).
         for ready in workers.ready:
             check_first_loss(case, ready["first_loss"])
-        held = max((r["held"] for r in workers.ready), key=lambda h: h["total"])
+        # The most loaded device's record (every device of a mesh sends alike; an uneven split holds more on one).
+        costs = max((r["costs"] for r in workers.ready), key=lambda c: (c["held_bytes"]["total"], c["sent_bytes_per_step"]))
+        held, predicted = costs["held_bytes"], costs["held_bytes_predicted"]
         assert abs(held["total"] / predicted["total"] - 1) < 0.05, (held, predicted)
         timed(benchmark, workers.step, rounds)
-    measured, sent = workers.ready[0], sent_per_step(workers)
+    sent = costs["sent_bytes_per_step"]
     benchmark.extra_info.update(
         case=case.id, mesh=case.mesh, world_size=case.devices, processes=workers.processes,
-        compile_s=measured["compile_s"], threads_per_device=per_device, global_batch_rows=rows, tokens_per_step=tokens,
-        held_bytes=held, held_bytes_predicted=predicted, collectives=measured["collectives"],
-        sent_bytes_per_step=sent, sent_bytes_per_step_predicted=predicted_sent,
-        step_memory_bytes=measured["step_memory"], step_memory_counts=measured["step_memory_counts"])
+        compile_s=workers.ready[0]["compile_s"], threads_per_device=per_device, global_batch_rows=costs["batch_shape"][0],
+        tokens_per_step=tokens, **{k: v for k, v in costs.items() if k != "batch_shape"})
     median = median_seconds(benchmark)
     if median is None:  # --benchmark-disable: a smoke run, nothing timed
         return

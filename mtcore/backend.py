@@ -54,6 +54,9 @@ class Framework(Protocol):
     # hosts join with ``initialize_distributed`` (jax.distributed).
     PROCESS_PER_DEVICE: bool
     def launch_ranks(self, nproc: int, argv: list[str], *, log_dir, cpu_threads: int | None = None) -> None: ...
+    # The command line that starts ``python ARGV`` as a run's processes on this host, for a caller
+    # that goes on while they run (the benches' workers): the same launcher, not waited for.
+    def rank_command(self, nproc: int, argv: list[str], *, log_dir) -> list[str]: ...
     def initialize_distributed(self, coordinator: str | None, num_processes: int | None, process_id: int | None,
                                cpu_devices: int | None = None) -> None: ...
     # Why the framework cannot run on ``device`` at all in mtcore, after its name ("on TPU (...) is

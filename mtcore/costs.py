@@ -42,6 +42,21 @@ class HeldBytes:
         return {"params": self.params, "optimizer": self.optimizer, "total": self.total}
 
 
+
+def costs_record(cfg: ModelConfig, mesh: MeshShape, batch_shape, *, held: HeldBytes, collectives: list[dict],
+                 step_memory: tuple[int | None, str]) -> dict:
+    """What a device of a mesh costs, measured beside predicted, in the one set of keys the trainer's
+    rank files, the bench workers and the mesh bench's extra_info share: the bytes it holds (from
+    its shards, ``held``), the collectives a recorded step ran on it (``Backend.recorded_step``)
+    and the bytes they sent, for the global batch of ``batch_shape`` (rows, source, target), and the
+    framework's account of the step's memory (``Backend.step_memory``)."""
+    memory, counted = step_memory
+    return {"held_bytes": held.as_dict(), "held_bytes_predicted": predicted_bytes(cfg, mesh).as_dict(),
+            "collectives": collectives, "sent_bytes_per_step": sum(c["sent"] for c in collectives),
+            "sent_bytes_per_step_predicted": sent_bytes(predicted_traffic(cfg, mesh, *batch_shape)),
+            "batch_shape": list(batch_shape), "step_memory_bytes": memory, "step_memory_counts": counted}
+
+
 def predicted_bytes(cfg: ModelConfig, mesh: MeshShape, value_bytes: int = FP32) -> HeldBytes:
     """``fsdp`` shards every trained parameter (ZeRO-3: the optimizer state with it), ``tensor``
     the layers of ``split_by_tensor``, ``data`` nothing; a split that does not divide is rounded up

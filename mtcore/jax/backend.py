@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cache
 from typing import Any
 
@@ -33,6 +34,11 @@ PROCESS_PER_DEVICE = False  # one process drives all its local devices; hosts jo
 
 def launch_ranks(nproc: int, argv: list[str], *, log_dir, cpu_threads: int | None = None) -> None:
     raise MTCoreError("JAX runs one process over all its local devices: there are no ranks to launch")
+
+
+def rank_command(nproc: int, argv: list[str], *, log_dir) -> list[str]:
+    """One process drives every local device: ``python ARGV``."""
+    return [sys.executable, *argv]
 
 
 def unsupported(device: str) -> str | None:

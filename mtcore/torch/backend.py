@@ -22,6 +22,7 @@ from mtcore.perf import threads
 from mtcore.torch import decode, parallel, train
 from mtcore.torch.model import Transformer
 from mtcore.torch.parallel import launch as launch_ranks  # noqa: F401  (Framework: torch's ranks)
+from mtcore.torch.parallel import rank_command  # noqa: F401  (Framework: the same, as a command line)
 from mtcore.weights import Tree, check_tree
 
 DEVICE_TYPES = {"cpu": "cpu", "gpu": "cuda"}

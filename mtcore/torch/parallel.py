@@ -199,6 +199,16 @@ def recorded_collectives():
     return Record()
 
 
+def rank_command(nproc: int, argv: list[str], *, log_dir: str | os.PathLike) -> list[str]:
+    """The command line that runs ``python ARGV`` as ``nproc`` ranks on this host under torch's
+    elastic agent (``torchrun --standalone``; one process where ``nproc`` is 1), for a caller that
+    goes on while they run (a bench talking to its workers); ``launch`` is the same agent, waited for."""
+    if nproc == 1:
+        return [sys.executable, *argv]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", os.fspath(log_dir),
+            "--nproc-per-node", str(nproc), *argv]
+
+
 def launch(nproc: int, argv: list[str], *, log_dir: str | os.PathLike, cpu_threads: int | None = None) -> None:
     """Run ``python -m mtcore ARGV`` as ``nproc`` ranks on this node under torch's elastic agent
     (what ``torchrun --standalone`` does). Rank 0 prints to this terminal; every rank's output is

@@ -264,16 +264,11 @@ class Trainer:
         """What one device of this process holds (measured from its shards, and predicted from the
         shapes and the mesh) and what the recorded step moved (measured and predicted), with the
         framework's account of the step's memory where it keeps one."""
-        from mtcore.costs import predicted_bytes, predicted_traffic, sent_bytes
+        from mtcore.costs import costs_record
 
-        mesh = self.rc.mesh_shape()
-        memory, counted = self.be.step_memory()
-        return {"held_bytes": self.be.held_bytes(self.state).as_dict(),
-                "held_bytes_predicted": predicted_bytes(self.cfg, mesh).as_dict(),
-                "collectives": collectives, "sent_bytes_per_step": sum(c["sent"] for c in collectives),
-                "sent_bytes_per_step_predicted": sent_bytes(predicted_traffic(self.cfg, mesh, *batch.shape)),
-                "batch_shape": list(batch.shape), "recorded_at": {"epoch": epoch, "step": step},
-                "step_memory_bytes": memory, "step_memory_counts": counted}
+        return {**costs_record(self.cfg, self.rc.mesh_shape(), batch.shape, held=self.be.held_bytes(self.state),
+                               collectives=collectives, step_memory=self.be.step_memory()),
+                "recorded_at": {"epoch": epoch, "step": step}}
 
     def _stop(self, epoch: int, step: int, loss: float, bar) -> None:
         bar.close()
