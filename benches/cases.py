@@ -175,8 +175,10 @@ def scaling_counts(framework: str, device: str) -> list[int]:
 
 def visible(framework: str, device: str) -> int:
     if device == "cpu":
-        budget = threads.parse(session.config.getoption("--threads")) if session.config else None
-        return len(threads.usable_cores()) // (budget or 1)
+        # The session's budget, as its set-up parsed --threads (benches/conftest.py): a device per
+        # pinned budget of cores, or per core with the whole machine.
+        budget = session.setup.threads if session.setup else None
+        return len(threads.usable_cores()) // (budget.threads if budget and budget.pinned else 1)
     return device_counts(framework).get(device, 0)
 
 
