@@ -79,20 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="this CPU, the `tiny` preset, 3 rounds: the script checked "
                                                           "before a GPU is ever lent")
-    p.add_argument("--budget", type=float, help="seconds for all stages together (default: 300; dry run 120)")
+    p.add_argument("--budget", type=float, default=300.0, help="seconds for all stages together (default: %(default)s)")
     p.add_argument("--rounds", type=int, help="timed rounds per bench (default: 20; dry run 3)")
     p.add_argument("--out", type=Path, help="where the table, JSON and log go (default: $OUT, else .tmp/gpu-check)")
     p.add_argument("--stages", help=f"comma list of {', '.join(s.name for s in STAGES)} (default: all)")
     args = p.parse_args(argv)
     try:
         stages = _stages(args.stages)
-        if args.budget is not None and args.budget <= 0 or args.rounds is not None and args.rounds < 1:
+        if args.budget <= 0 or args.rounds is not None and args.rounds < 1:
             raise ValueError("--budget and --rounds must be positive")
     except ValueError as e:
         print(f"gpu_check: {e}", file=sys.stderr)
         return 2
     device, size = ("cpu", "tiny") if args.dry_run else ("gpu", "marian-en-hu")
-    budget = args.budget or (120.0 if args.dry_run else 300.0)
+    budget = args.budget
     rounds = args.rounds or (3 if args.dry_run else 20)
     out = args.out or Path(os.environ.get("OUT") or ROOT / ".tmp" / "gpu-check")
     out.mkdir(parents=True, exist_ok=True)

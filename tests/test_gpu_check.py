@@ -55,7 +55,8 @@ def test_the_dry_run_writes_the_table_json_and_log(tmp_path):
         assert data["machine_info"]["mtcore"]["hardware"]["frameworks"]
     assert not (tmp_path / "bench-compiled.json").exists()
     assert "| train step | jax (scan)" in (tmp_path / "gpu_check.log").read_text()
-    assert seconds < 120, f"the dry run took {seconds:.0f} s"
+    # About 45 s alone on a 2-core VM, about 70 s beside the other tests of make test; a hang is not.
+    assert seconds < 180, f"the dry run took {seconds:.0f} s"
 
 
 def test_a_stage_past_its_limit_is_stopped_even_when_it_ignores_sigterm():
