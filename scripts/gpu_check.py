@@ -43,6 +43,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
+# mtcore runs from this checkout, installed or not: the table reads the benches' summary module,
+# which imports it.
+sys.path[:0] = [str(ROOT), str(ROOT / "benches")]
 
 # The modules mtcore and the benches import on this path; nothing else is needed here.
 REQUIRED = ("torch", "jax", "jaxlib", "flax", "optax", "numpy", "safetensors", "sentencepiece", "sacrebleu",
@@ -62,11 +65,13 @@ class Stage:
 
 TRAIN, DECODE = "benches/test_train.py", "benches/test_decode.py"
 COMPILED = "(compile or cudagraphs)"
+# Within a stage, pytest runs the files in the order given: decoding (two cases) before the train
+# steps (eight, or six), so a stage stopped at its limit loses the more numerous.
 STAGES = (
-    Stage("steps", (TRAIN, DECODE), f"(test_train_step and not loop and not {COMPILED}) or "
+    Stage("steps", (DECODE, TRAIN), f"(test_train_step and not loop and not {COMPILED}) or "
                                     f"(test_decode_latency and greedy and not {COMPILED})", 0.3,
           "train steps (JAX scan, torch eager) and greedy decode"),
-    Stage("compiled", (TRAIN, DECODE), f"(test_train_step and {COMPILED}) or (test_decode_latency and greedy and {COMPILED})",
+    Stage("compiled", (DECODE, TRAIN), f"(test_train_step and {COMPILED}) or (test_decode_latency and greedy and {COMPILED})",
           0.4, "torch.compile and CUDA graphs: train steps and greedy decode"),
     Stage("paired", ("benches/test_paired.py",), "test_paired_train_step", 0.15,
           "torch eager and JAX alternating, fp32 and bf16"),
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     device, size = ("cpu", "tiny") if args.dry_run else ("gpu", "marian-en-hu")
     budget = args.budget
     rounds = args.rounds or (3 if args.dry_run else 20)
-    out = args.out or Path(os.environ.get("OUT") or ROOT / ".tmp" / "gpu-check")
+    out = (args.out or Path(os.environ.get("OUT") or ROOT / ".tmp" / "gpu-check")).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     versions, missing = _versions(gpu=not args.dry_run)
@@ -110,14 +115,16 @@ def main(argv: list[str] | None = None) -> int:
 
     end = time.monotonic() + budget
     results = []
-    for i, stage in enumerate(stages):
-        if args.dry_run and stage.name == "compiled":
-            # torch.compile takes a minute a case on a 2-core CPU, and CUDA graphs exist on a GPU only.
+    # torch.compile takes a minute a case on a 2-core CPU, and CUDA graphs exist on a GPU only.
+    left_out = {"compiled"} if args.dry_run else set()
+    running = [s for s in stages if s.name not in left_out]
+    for stage in stages:
+        if stage.name in left_out:
             results.append({"stage": stage.name, "status": "left out of a dry run", "seconds": 0.0,
                             "json": out / f"bench-{stage.name}.json"})
             continue
         left = end - time.monotonic()
-        limit = left * stage.share / sum(s.share for s in stages[i:])
+        limit = left * stage.share / sum(s.share for s in running[running.index(stage):])
         say(f"\n== stage {stage.name}: {stage.what} (at most {limit:.0f} s)")
         results.append(_run_stage(stage, device, size, rounds, limit, out, say, dry_run=args.dry_run))
         _write_table(out, device, size, versions, results, say=None)
@@ -205,18 +212,19 @@ def _run_stage(stage: Stage, device: str, size: str, rounds: int, limit: float, 
 
 
 def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """End ``proc`` and its process group: SIGTERM, then SIGKILL after ``grace`` seconds (a JAX
-    process waiting on a collective can ignore SIGTERM)."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """End ``proc`` and its process group: SIGTERM, then, after ``grace`` seconds or as soon as
+    ``proc`` is gone, SIGKILL to whatever of the group is left (a JAX process waiting on a
+    collective can ignore SIGTERM)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _load(results: list[dict]) -> tuple[list, dict]:
@@ -238,12 +246,10 @@ def _load(results: list[dict]) -> tuple[list, dict]:
     return benchmarks, machine_info
 
 
-def _fmt(value, scale=1.0, digits=1, suffix=""):
-    return "-" if value is None else f"{value * scale:,.{digits}f}{suffix}"
-
-
 def table(benchmarks: list) -> list[str]:
     """One markdown table: a row per bench; MFU against the session's measured bf16 GEMM peak."""
+    from summary import _fmt
+
     peaks = [b.extra_info.get("gemm_peak_flops") for b in benchmarks
              if b.extra_info.get("precision") == "bf16" and b.extra_info.get("gemm_peak_flops")]
     bf16_peak = max(peaks) if peaks else None
@@ -273,7 +279,6 @@ def table(benchmarks: list) -> list[str]:
 
 def ratios(benchmarks: list) -> list[str]:
     """The paired ratios, then each framework at its best against the docs' bars (benches/summary.py)."""
-    sys.path.insert(0, str(ROOT / "benches"))
     import summary
 
     lines = []
