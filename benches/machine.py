@@ -20,13 +20,31 @@ def stop(message: str) -> None:
     pytest.exit(f"mtcore benches: {message}", returncode=2)
 
 
+_flush_info: dict = {}
+
+
 def flush_json(config) -> None:
-    """pytest-benchmark's --benchmark-json file, written now with what has run so far (it writes it
-    once, at the end of the session). Not under xdist, whose workers hand results to the controller."""
+    """pytest-benchmark's --benchmark-json file, written now with what has run so far, atomically
+    (pytest-benchmark writes it once, at the end of the session, as it always has); the saved runs
+    (--benchmark-save/-autosave) are not touched. The machine and commit info are gathered once.
+    Not under xdist, whose workers hand results to the controller; not where --benchmark-json is an
+    open file (older pytest-benchmark), which only the session's end may write."""
     bs = getattr(config, "_benchmarksession", None)
-    if bs is None or not bs.json or os.environ.get("PYTEST_XDIST_WORKER") or not any(b for b in bs.benchmarks):
+    if (bs is None or not isinstance(bs.json, (str, os.PathLike)) or os.environ.get("PYTEST_XDIST_WORKER")
+            or not any(b for b in bs.benchmarks)):
         return
-    bs.handle_saving()
+    from pytest_benchmark.utils import safe_dumps
+
+    from mtcore.files import atomic_path
+
+    if not _flush_info:
+        _flush_info.update(machine_info=bs.get_machine_info(),
+                           commit_info=config.hook.pytest_benchmark_generate_commit_info(config=config))
+    output = config.hook.pytest_benchmark_generate_json(config=config, benchmarks=bs.benchmarks, include_data=True,
+                                                        **_flush_info)
+    config.hook.pytest_benchmark_update_json(config=config, benchmarks=bs.benchmarks, output_json=output)
+    with atomic_path(bs.json) as tmp:
+        Path(tmp).write_text(safe_dumps(output, ensure_ascii=True, indent=4))
 
 
 def store_by_fingerprint() -> None:
