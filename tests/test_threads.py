@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -93,13 +94,20 @@ def masked_machine(monkeypatch):
 
     pinned: list[tuple[int, ...]] = []
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3})
-    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: pinned.append(tuple(sorted(cores))))
+    mask = {2, 3}
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(mask))
+
+    def pin(pid, cores):
+        pinned.append(tuple(sorted(cores)))
+        mask.clear()
+        mask.update(cores)
+
+    monkeypatch.setattr(os, "sched_setaffinity", pin)
     monkeypatch.setattr(threads, "_limit_pools", lambda n: None)
-    for name in (threads.JOB_CORES, "MTCORE_RANK_THREADS", "MTCORE_LAUNCHED"):
+    for name in (threads.JOB_CORES, threads.PINNED_TO, "MTCORE_RANK_THREADS", "MTCORE_LAUNCHED"):
         monkeypatch.setenv(name, "")  # so that what the code under test sets is undone afterwards
         monkeypatch.delenv(name)
-    return pinned
+    return SimpleNamespace(pinned=pinned, mask=mask)
 
 
 def test_every_path_pins_inside_the_affinity_mask_each_process_to_its_own_core(masked_machine, monkeypatch):
@@ -110,7 +118,7 @@ def test_every_path_pins_inside_the_affinity_mask_each_process_to_its_own_core(m
     assert threads.usable_cores() == (2, 3) and threads.share(2) == 1
     # The benches' processes (pytest -n 2, --threads 1) and a bench worker's ranks: apply.
     assert [threads.apply(1, slot=s, slots=2).cores for s in (0, 1)] == [(2,), (3,)]
-    assert masked_machine == [(2,), (3,)]
+    assert masked_machine.pinned == [(2,), (3,)]
     # The job's mask is kept for the processes this one starts, which inherit its pinned mask.
     assert os.environ[threads.JOB_CORES] == "2,3"
     # torch's ranks under the launcher: each its share of the mask, rank r on the r-th core.
@@ -129,6 +137,14 @@ def test_every_path_pins_inside_the_affinity_mask_each_process_to_its_own_core(m
         monkeypatch.delenv(name)
     run_launch.set_up_process(RunConfig(framework="jax", devices=2, threads=1), own_process=False)
     assert budgets[-1] == (2, 3)
+    # A whole-machine process started pinned by this job gets the job's cores back.
+    threads.apply(1, slot=1, slots=2)
+    assert threads.apply(None).cores == (2, 3) and masked_machine.mask == {2, 3}
+    # A process started under a taskset of its own (not the mask this job pinned) keeps its mask.
+    threads.apply(1, slot=0, slots=2)
+    masked_machine.mask.clear()
+    masked_machine.mask.add(3)
+    assert threads.usable_cores() == (3,) and threads.apply(1).cores == (3,)
 
 
 @pytest.mark.torch

@@ -39,22 +39,29 @@ class ThreadBudget:
         return {"threads": self.threads, "cores": list(self.cores), "pinned": self.pinned, "affinity": self.affinity}
 
 
-# The cores the job may use, as its first mtcore process found them before pinning itself: the
-# processes it starts (torch's ranks, bench workers) inherit its pinned mask, not the job's.
-JOB_CORES = "MTCORE_JOB_CORES"
+# The cores the job may use, as its first mtcore process found them before pinning itself, and
+# the cores it pinned itself to: the processes it starts (torch's ranks, bench workers) inherit its
+# pinned mask, not the job's.
+JOB_CORES, PINNED_TO = "MTCORE_JOB_CORES", "MTCORE_PINNED_TO"
+
+
+def _cores(text: str | None) -> tuple[int, ...] | None:
+    try:
+        return tuple(sorted({int(c) for c in text.split(",")})) if text else None
+    except ValueError:
+        return None
 
 
 def usable_cores() -> tuple[int, ...]:
     """The cores this job may run on: the affinity mask (a container's or ``taskset``'s, never
-    ``os.cpu_count()``) its first mtcore process started with, else this process's own; all of
-    them where the OS has no affinity call."""
-    job = os.environ.get(JOB_CORES)
-    if job and hasattr(os, "sched_getaffinity"):
-        try:
-            return tuple(sorted({int(c) for c in job.split(",")}))
-        except ValueError:
-            pass
-    return current_cores()
+    ``os.cpu_count()``) its first mtcore process started with, where this process inherited the
+    mask that process pinned itself to; else this process's own mask (a process started under a
+    ``taskset`` of its own keeps it); all cores where the OS has no affinity call."""
+    current = current_cores()
+    job, pinned = _cores(os.environ.get(JOB_CORES)), _cores(os.environ.get(PINNED_TO))
+    if job and pinned == current and hasattr(os, "sched_getaffinity"):
+        return job
+    return current
 
 
 def current_cores() -> tuple[int, ...]:
@@ -114,11 +121,14 @@ def apply(threads: int | None, *, slot: int = 0, slots: int = 1) -> ThreadBudget
     cores = usable_cores()
     affinity = hasattr(os, "sched_setaffinity")
     if threads is None:
+        if affinity and current_cores() != cores:  # started pinned by a process of the job: all of it again
+            os.sched_setaffinity(0, cores)
         _limit_pools(share(slots))
         return ThreadBudget(threads=len(cores), cores=cores, pinned=False, affinity=affinity)
     chosen = cores_for(slot, slots, threads)
     if affinity:
         os.environ.setdefault(JOB_CORES, ",".join(map(str, cores)))
+        os.environ[PINNED_TO] = ",".join(map(str, chosen))
         os.sched_setaffinity(0, chosen)
     _limit_pools(threads)
     return ThreadBudget(threads=threads, cores=chosen, pinned=True, affinity=affinity)
