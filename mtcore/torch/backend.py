@@ -46,9 +46,10 @@ PROCESS_PER_DEVICE = True  # a rank per device, started by torch's elastic agent
 
 
 def initialize_distributed(coordinator, num_processes, process_id, cpu_devices=None) -> None:
-    """torch's ranks join their process group as the backend starts, under torchrun."""
-    raise MTCoreError("--coordinator and --num-processes are JAX's: torch's processes join under torchrun "
-                      "(RANK, WORLD_SIZE, MASTER_ADDR in their environment; docs/multi-device.md)")
+    """torch's ranks join their process group as the backend starts, under torchrun (a run is
+    refused this before it starts: train.launch.check_devices)."""
+    raise MTCoreError("torch's processes join under torchrun (RANK, WORLD_SIZE, MASTER_ADDR), not through "
+                      "--coordinator and --num-processes")
 
 
 def unsupported(device: str) -> str | None:

@@ -51,7 +51,12 @@ def check_devices(rc: RunConfig) -> None:
         cores = len(threads.usable_cores())
         if rc.devices > cores:
             raise MTCoreError(f"{asked} on CPU: this process may use {cores} core(s), one per CPU device")
-    if rc.device == "gpu" and starts_ranks(rc):
+    per_device = framework(rc.framework).PROCESS_PER_DEVICE
+    if (rc.coordinator or rc.num_processes) and per_device:
+        raise MTCoreError(f"--coordinator and --num-processes join processes that each drive all their devices; "
+                          f"{rc.framework} runs a process per device, started by its launcher (RANK, WORLD_SIZE, "
+                          "MASTER_ADDR: docs/multi-device.md)")
+    if rc.device == "gpu" and starts_ranks(rc) and not under_launcher():
         gpus = [d for d in framework(rc.framework).visible_devices() if d.startswith("gpu")]
         if rc.devices > len(gpus):
             raise MTCoreError(f"{asked}: {rc.framework} sees {len(gpus)} GPU(s){': ' if gpus else ''}"
@@ -59,10 +64,10 @@ def check_devices(rc: RunConfig) -> None:
 
 
 def starts_ranks(rc: RunConfig) -> bool:
-    """Whether ``rc``'s processes are started from here, one per device, by its framework's
-    launcher (``launch``), rather than the run going on in this process: a framework with a
-    process per device, on more than one device, in a process that is not one of the ranks yet."""
-    return rc.devices > 1 and not under_launcher() and framework(rc.framework).PROCESS_PER_DEVICE
+    """Whether ``rc`` runs as ranks, one process per device, that its framework's launcher starts
+    (``launch``), rather than as one process: a framework with a process per device, on more than
+    one device. (A process that is one of those ranks already: ``under_launcher``.)"""
+    return rc.devices > 1 and framework(rc.framework).PROCESS_PER_DEVICE
 
 
 def set_up_process(rc: RunConfig, *, own_process: bool = True, frameworks: tuple[str, ...] | None = None) -> ProcessSetup:
@@ -74,7 +79,7 @@ def set_up_process(rc: RunConfig, *, own_process: bool = True, frameworks: tuple
     budget, slot, slots = None, 0, 1
     if rc.device == "cpu":
         cores = len(threads.usable_cores())
-        if under_launcher():  # one rank of several on this host: its share of the cores
+        if under_launcher() and framework(rc.framework).PROCESS_PER_DEVICE:  # a rank: its share of the cores
             slot, slots = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
             share = rc.threads or int(os.environ.get("MTCORE_RANK_THREADS", 0)) or threads.share(slots)
             budget = min(share, cores)

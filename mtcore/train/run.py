@@ -25,6 +25,7 @@ from typing import Any
 
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
+from mtcore.parallel import under_launcher
 from mtcore.train.launch import check_devices, check_mesh, launch, set_up_process, starts_ranks
 from mtcore.train.options import RESUMABLE, RunConfig, main_process, option_flag
 from mtcore.train.prepare import prepare
@@ -148,7 +149,7 @@ def train_command(rc: RunConfig, out: str | os.PathLike, argv: list[str], *, res
     main process, else None; whether ranks were started)``."""
     out = Path(out)
     check_devices(rc)
-    if starts_ranks(rc):
+    if starts_ranks(rc) and not under_launcher():
         check_request(rc, out, resume=resume, overwrite=overwrite, given=given)
         launch(rc, out, argv)
         return read_json(out / "metrics.json"), True
