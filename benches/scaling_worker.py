@@ -25,6 +25,7 @@ import numpy as np
 
 def main(framework: str, device: str, devices: int, size: str, precision: str, threads_per_device: int,
          port: int, mesh: str | None = None) -> None:
+    from mtcore.backend import framework as fw
     from mtcore.costs import costs_record
     from mtcore.perf.setup import set_up
 
@@ -32,10 +33,10 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
     # The one process set-up, as the bench process and mtcore train have it; a torch rank per
     # device, each its share of the cores; one JAX process drives all its host devices. JAX
     # dispatches multi-device programs asynchronously whatever the flag says: left as it comes.
-    per_process = threads_per_device if framework == "torch" else threads_per_device * devices
+    ranks = fw(framework).PROCESS_PER_DEVICE
+    per_process = threads_per_device if ranks else threads_per_device * devices
     set_up((framework,), threads=per_process if device == "cpu" else None,
-           slot=local if framework == "torch" else 0, slots=devices if framework == "torch" else 1,
-           synchronous_cpu=False)
+           slot=local if ranks else 0, slots=devices if ranks else 1, synchronous_cpu=False)
 
     from inputs import batch, weights
 
