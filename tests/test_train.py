@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from helpers import CONFIGS, compile_counter, random_tree
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mtcore import TrainConfig, random_batch
@@ -24,11 +24,14 @@ def _steps(be, cfg, tcfg, tree, batches):
 
 @pytest.mark.slow
 @given(cfg=st.sampled_from(CONFIGS), seed=st.integers(0, 2**16))
+@example(cfg=CONFIGS[2], seed=59649)  # a tied-embedding row whose gradient is rounding noise (eps 1e-6 failed it)
 def test_loss_and_update_agree_across_frameworks(backends, cfg, seed):
     # Adam divides by sqrt(v) + eps: with Marian's eps=1e-9 a gradient that is pure rounding noise
-    # (k_proj biases get ~0 analytically) becomes a full +-lr step of random sign. eps=1e-6 keeps
-    # such updates as small as their gradients, so what is compared is the arithmetic.
-    tcfg = TrainConfig(warmup_steps=1, eps=1e-6)
+    # (k_proj biases get ~0 analytically) becomes a full +-lr step of random sign, and with eps=1e-6
+    # a noise gradient of 1e-8 still moves a weight by 1% of lr, past the tolerance below. eps=1e-4
+    # keeps such updates far below it while real gradients still take steps of about lr, so what
+    # is compared is the arithmetic (docs/findings/2026-12-04-house-moves.md).
+    tcfg = TrainConfig(warmup_steps=1, eps=1e-4)
     tree = init_tree(cfg, seed)
     batches = [random_batch(cfg, 2, 7, 5, seed=seed + i) for i in range(2)]
     lt, pt, mt = _steps(backends["torch"], cfg, tcfg, tree, batches)
