@@ -1,0 +1,188 @@
+"""Hosts with a network of their own, on one machine: each a network namespace with its own
+address, hostname and hosts file, joined through a veth pair to a bridge in a switch namespace, its
+link shaped by ``tc`` (tbf). Built with iproute2 and tc, the system's tools, not netlink code of our
+own; everything made is removed when the hosts are closed, however the run ends (an exception,
+Ctrl-C, SIGTERM, a killed host process). Addresses come from the benchmarking range 198.18.0.0/15,
+and traffic goes only between these hosts.
+
+So far the hosts and their counters: running the engines' multi-node paths over them, recording
+the bytes on the wire per run and the docs' page on hosts come next (issue 43).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtcore.errors import MTCoreError
+
+SUBNET = "198.18.0"  # RFC 2544's benchmarking range: never another network's address
+NETNS_ETC = Path("/etc/netns")  # `ip netns exec NAME` binds /etc/netns/NAME/* over /etc/*
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)bit$")
+_CAP_NET_ADMIN = 12
+
+
+def parse_rate(text: str | None) -> int | None:
+    """A link rate as tc spells it (``100mbit``, ``1gbit``, ``500kbit``) in bits per second; None
+    (or ``unshaped``) for a link left as fast as the machine moves it."""
+    if text is None or str(text).strip().lower() in ("", "unshaped"):
+        return None
+    m = _RATE.match(str(text).strip().lower())
+    if not m or float(m.group(1)) <= 0:
+        raise MTCoreError(f"--rate {text!r}: expected a rate like 100mbit, 1gbit or 500kbit (or unshaped)")
+    return int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)])
+
+
+def missing_privilege() -> str | None:
+    """Why this process cannot build hosts (None: it can): network namespaces need root or
+    CAP_NET_ADMIN, and iproute2's ``ip`` and ``tc``."""
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"emulated hosts need iproute2's `{tool}` (apt-get install iproute2)"
+    if os.geteuid() != 0 and not _has_cap_net_admin():
+        return "emulated hosts need root or CAP_NET_ADMIN (to create network namespaces and links)"
+    return None
+
+
+def _has_cap_net_admin() -> bool:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return False
+
+
+@dataclass(frozen=True)
+class Host:
+    """One emulated host: its network namespace, address and hostname; its interface ``eth0``."""
+
+    index: int
+    netns: str
+    address: str
+    hostname: str
+    iface: str = "eth0"
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` run on this host: in its namespace (its hosts file over /etc/hosts) and a UTS
+        namespace of its own named ``hostname``."""
+        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
+                self.hostname, *argv]
+
+    def counters(self) -> dict[str, int]:
+        """The kernel's byte counters of this host's interface: what crossed its link."""
+        out = _run(["ip", "netns", "exec", self.netns, "cat", f"/sys/class/net/{self.iface}/statistics/tx_bytes",
+                    f"/sys/class/net/{self.iface}/statistics/rx_bytes"]).split()
+        return {"tx_bytes": int(out[0]), "rx_bytes": int(out[1])}
+
+
+class EmulatedHosts:
+    """``n`` hosts (``host0`` ... at 198.18.0.1 ...), each link shaped to ``rate`` (``parse_rate``;
+    None: unshaped), as a context manager: built on entering, removed on leaving, on SIGTERM too."""
+
+    def __init__(self, n: int, rate: str | None = None, prefix: str | None = None):
+        if not 1 <= n <= 250:
+            raise MTCoreError(f"hosts: between 1 and 250 emulated hosts, got {n}")
+        self.rate = parse_rate(rate)
+        self.prefix = prefix or f"mt{os.getpid()}"
+        self.hosts = [Host(i, f"{self.prefix}-h{i}", f"{SUBNET}.{i + 1}", f"host{i}") for i in range(n)]
+        self.switch = f"{self.prefix}-sw"
+        self._made: list[str] = []  # namespaces made, in order
+        self._made_etc = False  # /etc/netns, where there was none
+        self._previous = None
+
+    def __enter__(self) -> EmulatedHosts:
+        why = missing_privilege()
+        if why:
+            raise MTCoreError(why)
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # SIGTERM unwinds, so __exit__ runs
+            self._previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _build(self) -> None:
+        self._netns(self.switch)
+        _run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"])
+        _run(["ip", "-n", self.switch, "link", "set", "br0", "up"])
+        hosts_file = "127.0.0.1 localhost\n" + "".join(f"{h.address} {h.hostname}\n" for h in self.hosts)
+        for h in self.hosts:
+            self._netns(h.netns)
+            outside = f"{self.prefix[:9]}s{h.index}"  # the switch's end; interface names are 15 bytes at most
+            _run(["ip", "-n", h.netns, "link", "add", h.iface, "type", "veth", "peer", "name", outside,
+                  "netns", self.switch])
+            _run(["ip", "-n", self.switch, "link", "set", outside, "master", "br0", "up"])
+            _run(["ip", "-n", h.netns, "addr", "add", f"{h.address}/24", "dev", h.iface])
+            for link in ("lo", h.iface):
+                _run(["ip", "-n", h.netns, "link", "set", link, "up"])
+            if self.rate:
+                # tbf: a token bucket at the rate, its burst a millisecond's worth or 16 KiB (a few packets).
+                burst = max(self.rate // 8 // 1000, 16 * 1024)
+                _run(["tc", "-n", h.netns, "qdisc", "add", "dev", h.iface, "root", "tbf", "rate", f"{self.rate}bit",
+                      "burst", str(burst), "latency", "50ms"])
+            if not NETNS_ETC.exists():
+                self._made_etc = True
+            etc = NETNS_ETC / h.netns
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "hosts").write_text(hosts_file)
+
+    def _netns(self, name: str) -> None:
+        self._made.append(name)
+        _run(["ip", "netns", "add", name])
+
+    def close(self) -> None:
+        """Everything made, removed: the processes left in the hosts, the namespaces (their links
+        and qdiscs go with them), the hosts files. Safe to call twice."""
+        for name in reversed(self._made):
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+        self._made.clear()
+        if self._made_etc:
+            try:
+                NETNS_ETC.rmdir()
+            except OSError:  # another run's hosts files are there
+                pass
+            self._made_etc = False
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _run(argv: list[str]) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode:
+        raise MTCoreError(f"hosts: `{' '.join(argv)}` failed: {(result.stderr or result.stdout).strip()}")
+    return result.stdout
+
+
+def leftovers(prefix: str = "mt") -> list[str]:
+    """Namespaces, hosts files and root-namespace links whose names start with ``prefix``: what a
+    run that cleaned up leaves, nothing."""
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
+    names = [line.split()[0] for line in netns if line.strip() and line.split()[0].startswith(prefix)]
+    files = [p.name for p in NETNS_ETC.glob(f"{prefix}*")] if NETNS_ETC.is_dir() else []
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
+    veths = [line.split(":")[1].strip().split("@")[0] for line in links if line.split(":")[1].strip().startswith(prefix)]
+    return [f"netns {n}" for n in names] + [f"/etc/netns/{f}" for f in files] + [f"link {v}" for v in veths]
