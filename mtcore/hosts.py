@@ -166,6 +166,50 @@ class EmulatedHosts:
             self._previous = None
 
 
+# ---- the interface a run's traffic crosses, on any host ------------------------------------------
+def route_iface(address: str) -> str:
+    """The interface this host sends to ``address`` (an address, or a name as this host resolves
+    it) over (``ip route get``): for a run, the one its collectives cross, found from the rendezvous
+    or coordinator address. A name that resolves to loopback gives ``lo``."""
+    import socket
+
+    try:
+        address = socket.getaddrinfo(address, None, socket.AF_INET)[0][4][0]
+    except socket.gaierror as e:
+        raise MTCoreError(f"hosts: {address!r} does not resolve on this host ({e.strerror})") from None
+    out = _run(["ip", "-o", "route", "get", address])
+    m = re.search(r"\bdev (\S+)", out)
+    if not m:
+        raise MTCoreError(f"hosts: no route to {address} here ({out.strip()})")
+    return m.group(1)
+
+
+def iface_counters(iface: str) -> dict[str, int]:
+    """The kernel's byte counters of ``iface`` on this host (``/sys/class/net``)."""
+    stats = Path("/sys/class/net") / iface / "statistics"
+    if not stats.is_dir():
+        known = sorted(p.name for p in Path("/sys/class/net").iterdir()) if Path("/sys/class/net").is_dir() else []
+        raise MTCoreError(f"--net-iface {iface}: no such interface here; this host has {', '.join(known) or 'none'}")
+    return {k: int((stats / k).read_text()) for k in ("tx_bytes", "rx_bytes")}
+
+
+def link_rate(iface: str) -> tuple[int | None, str]:
+    """``(bits per second, where the figure comes from)`` of ``iface``'s link: the rate a tbf qdisc
+    shapes it to (an emulated host's), else what the NIC reports (``/sys/class/net/IFACE/speed``,
+    Mbit/s), else None, saying why (loopback: nothing crosses a network)."""
+    if iface == "lo":
+        return None, "loopback: nothing crosses a network"
+    qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", iface], capture_output=True, text=True).stdout
+    m = re.search(r"\btbf\b.*?\brate (\d+(?:\.\d+)?)([KMG]?)bit", qdiscs)
+    if m:
+        return int(float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[m.group(2)]), "shaped by tc (tbf)"
+    try:
+        speed = int((Path("/sys/class/net") / iface / "speed").read_text())
+    except (OSError, ValueError):  # virtual links have no speed to read
+        return None, "not reported (a virtual link)"
+    return (speed * 1_000_000, "reported by the NIC") if speed > 0 else (None, "not reported")
+
+
 def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 

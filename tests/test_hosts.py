@@ -3,6 +3,7 @@ links, the kernel's counters of what crossed them, and nothing left behind howev
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from mtcore.errors import MTCoreError
-from mtcore.hosts import EmulatedHosts, leftovers, missing_privilege, parse_rate
+from mtcore.hosts import EmulatedHosts, iface_counters, leftovers, link_rate, missing_privilege, parse_rate, route_iface
 
 needs_privilege = pytest.mark.skipif(missing_privilege() is not None, reason=str(missing_privilege()))
 
@@ -84,3 +85,22 @@ def test_nothing_stays_after_sigterm_or_ctrl_c(sig):
     child.send_signal(sig)
     assert child.wait(timeout=20) in (128 + signal.SIGTERM, -signal.SIGINT)
     assert leftovers(prefix) == []
+
+
+def test_loopback_is_no_network_and_an_unknown_interface_is_one_line():
+    assert route_iface("127.0.0.1") == "lo"
+    assert link_rate("lo") == (None, "loopback: nothing crosses a network")
+    assert set(iface_counters("lo")) == {"tx_bytes", "rx_bytes"}
+    with pytest.raises(MTCoreError, match=r"^--net-iface nope0: no such interface here; this host has .*lo"):
+        iface_counters("nope0")
+
+
+@needs_privilege
+def test_a_host_finds_the_interface_to_its_peer_with_the_rate_it_is_shaped_to():
+    probe = ("import json; from mtcore.hosts import iface_counters, link_rate, route_iface; "
+             "print(json.dumps([route_iface('host1'), link_rate('eth0'), sorted(iface_counters('eth0'))]))")
+    with EmulatedHosts(2, rate="25mbit") as hs:
+        out = subprocess.run(hs.hosts[0].command([sys.executable, "-c", probe]), capture_output=True, text=True,
+                             timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == ["eth0", [25_000_000, "shaped by tc (tbf)"], ["rx_bytes", "tx_bytes"]]
