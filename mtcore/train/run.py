@@ -164,7 +164,7 @@ def compare_command(rc: RunConfig, out: str | os.PathLike, *, frameworks: tuple[
     if meshes and set(devices) - {1}:
         raise MTCoreError("compare: --mesh and --devices both say where to train: give one (--devices N is --mesh data:N)")
     if set(devices) <= {1} and not meshes:
-        for fw in frameworks:  # checked as train checks them, before any framework starts
+        for fw in frameworks:  # an unknown framework refused as train refuses it, before any is set up
             check_devices(dataclasses.replace(rc, framework=fw, devices=1))
         set_up_process(dataclasses.replace(rc, devices=1), own_process=own_process, frameworks=frameworks)
     return compare(dataclasses.replace(rc, devices=1), out, frameworks=frameworks, devices=devices or (1,),
