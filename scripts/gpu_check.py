@@ -264,9 +264,9 @@ def table(benchmarks: list) -> list[str]:
         flops = e.get("flops_per_step")
         lines.append("| " + " | ".join([
             {"train_step": "train step", "compile": "compile (from scratch)"}.get(kind, kind),
-            f"{e.get('framework', b.name.split('[')[-1].split('-')[0])} ({e.get('variant', '') or '-'})",
+            f"{e.get('framework', '-')} ({e.get('variant') or '-'})",
             "x".join(str(x) for x in batch if x is not None) if batch else "-",
-            e.get("precision", "-") if kind != "compile" else b.group.split(" ")[1].rsplit("-", 1)[-1],
+            e.get("precision", "-"),
             _fmt(median, 1e3, 2) if kind != "compile" else "-",
             _fmt(b.stats.iqr / median if median and b.stats.iqr is not None else None, 100, 1),
             _fmt(b.stats.rounds, 1, 0),
