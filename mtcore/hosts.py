@@ -24,6 +24,7 @@ from mtcore.errors import MTCoreError
 SUBNET = "198.18.0"  # RFC 2544's benchmarking range: never another network's address
 NETNS_ETC = Path("/etc/netns")  # `ip netns exec NAME` binds /etc/netns/NAME/* over /etc/*
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)bit$")
+_PREFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}  # tc's rate prefixes (it prints them as K, M, G)
 _CAP_NET_ADMIN = 12
 
 
@@ -35,7 +36,7 @@ def parse_rate(text: str | None) -> int | None:
     m = _RATE.match(str(text).strip().lower())
     if not m or float(m.group(1)) <= 0:
         raise MTCoreError(f"--rate {text!r}: expected a rate like 100mbit, 1gbit or 500kbit (or unshaped)")
-    return int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)])
+    return int(float(m.group(1)) * _PREFIX[m.group(2)])
 
 
 def missing_privilege() -> str | None:
@@ -202,7 +203,7 @@ def link_rate(iface: str) -> tuple[int | None, str]:
     qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", iface], capture_output=True, text=True).stdout
     m = re.search(r"\btbf\b.*?\brate (\d+(?:\.\d+)?)([KMG]?)bit", qdiscs)
     if m:
-        return int(float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[m.group(2)]), "shaped by tc (tbf)"
+        return int(float(m.group(1)) * _PREFIX[m.group(2).lower()]), "shaped by tc (tbf)"
     try:
         speed = int((Path("/sys/class/net") / iface / "speed").read_text())
     except (OSError, ValueError):  # virtual links have no speed to read
