@@ -5,8 +5,10 @@ own; everything made is removed when the hosts are closed, however the run ends 
 Ctrl-C, SIGTERM, a killed host process). Addresses come from the benchmarking range 198.18.0.0/15,
 and traffic goes only between these hosts.
 
-So far the hosts and their counters: running the engines' multi-node paths over them, recording
-the bytes on the wire per run and the docs' page on hosts come next (issue 43).
+Each link sends frames no larger than a real Ethernet link's (one TCP segment per packet: no
+segmentation offload), so the kernel's byte counters of an emulated host count what a real wire
+would carry, headers and acknowledgements included (docs/hosts.md). ``WireMeter`` reads the same
+counters on any host, emulated or real, around a run's epochs.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from mtcore.errors import MTCoreError
 
+HOST_IFACE = "eth0"  # every emulated host's link
 SUBNET = "198.18.0"  # RFC 2544's benchmarking range: never another network's address
 NETNS_ETC = Path("/etc/netns")  # `ip netns exec NAME` binds /etc/netns/NAME/* over /etc/*
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)bit$")
@@ -68,7 +72,7 @@ class Host:
     netns: str
     address: str
     hostname: str
-    iface: str = "eth0"
+    iface: str = HOST_IFACE
 
     def command(self, argv: list[str]) -> list[str]:
         """``argv`` run on this host: in its namespace (its hosts file over /etc/hosts) and a UTS
@@ -87,10 +91,13 @@ class EmulatedHosts:
     """``n`` hosts (``host0`` ... at 198.18.0.1 ...), each link shaped to ``rate`` (``parse_rate``;
     None: unshaped), as a context manager: built on entering, removed on leaving, on SIGTERM too."""
 
-    def __init__(self, n: int, rate: str | None = None, prefix: str | None = None):
+    def __init__(self, n: int, rate: str | None = None, prefix: str | None = None, *, names_on_loopback: bool = False):
         if not 1 <= n <= 250:
             raise MTCoreError(f"hosts: between 1 and 250 emulated hosts, got {n}")
         self.rate = parse_rate(rate)
+        # Debian's and many containers' /etc/hosts: a host's own name on 127.0.1.1 (the others' by
+        # their addresses), where the engines' defaults advertise loopback to the other hosts.
+        self.names_on_loopback = names_on_loopback
         self.prefix = prefix or f"mt{os.getpid()}"
         self.hosts = [Host(i, f"{self.prefix}-h{i}", f"{SUBNET}.{i + 1}", f"host{i}") for i in range(n)]
         self.switch = f"{self.prefix}-sw"
@@ -118,7 +125,6 @@ class EmulatedHosts:
         self._netns(self.switch)
         _run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"])
         _run(["ip", "-n", self.switch, "link", "set", "br0", "up"])
-        hosts_file = "127.0.0.1 localhost\n" + "".join(f"{h.address} {h.hostname}\n" for h in self.hosts)
         for h in self.hosts:
             self._netns(h.netns)
             outside = f"{self.prefix[:9]}s{h.index}"  # the switch's end; interface names are 15 bytes at most
@@ -126,6 +132,9 @@ class EmulatedHosts:
                   "netns", self.switch])
             _run(["ip", "-n", self.switch, "link", "set", outside, "master", "br0", "up"])
             _run(["ip", "-n", h.netns, "addr", "add", f"{h.address}/24", "dev", h.iface])
+            # One TCP segment per frame, as on a wire: a veth would otherwise carry (and count)
+            # 64 KiB segmentation-offload packets with one set of headers each.
+            _run(["ip", "-n", h.netns, "link", "set", "dev", h.iface, "gso_max_segs", "1"])
             for link in ("lo", h.iface):
                 _run(["ip", "-n", h.netns, "link", "set", link, "up"])
             if self.rate:
@@ -137,7 +146,9 @@ class EmulatedHosts:
                 self._made_etc = True
             etc = NETNS_ETC / h.netns
             etc.mkdir(parents=True, exist_ok=True)
-            (etc / "hosts").write_text(hosts_file)
+            (etc / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
+                f"{'127.0.1.1' if self.names_on_loopback and o is h else o.address} {o.hostname}\n"
+                for o in self.hosts))
 
     def _netns(self, name: str) -> None:
         self._made.append(name)
@@ -182,7 +193,20 @@ def route_iface(address: str) -> str:
     m = re.search(r"\bdev (\S+)", out)
     if not m:
         raise MTCoreError(f"hosts: no route to {address} here ({out.strip()})")
+    if out.startswith("local ") and not address.startswith("127."):
+        # This host's own address (a head node's rendezvous): the kernel routes it over lo, but
+        # the other hosts reach it through the interface that holds it.
+        return address_iface(address) or m.group(1)
     return m.group(1)
+
+
+def address_iface(address: str) -> str | None:
+    """The interface of this host that holds ``address``, if one does."""
+    for line in _run(["ip", "-o", "-4", "addr", "show"]).splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[3].split("/")[0] == address:
+            return fields[1]
+    return None
 
 
 def iface_counters(iface: str) -> dict[str, int]:
@@ -191,7 +215,7 @@ def iface_counters(iface: str) -> dict[str, int]:
     if not stats.is_dir():
         known = sorted(p.name for p in Path("/sys/class/net").iterdir()) if Path("/sys/class/net").is_dir() else []
         raise MTCoreError(f"--net-iface {iface}: no such interface here; this host has {', '.join(known) or 'none'}")
-    return {k: int((stats / k).read_text()) for k in ("tx_bytes", "rx_bytes")}
+    return {k: int((stats / k).read_text()) for k in ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")}
 
 
 def link_rate(iface: str) -> tuple[int | None, str]:
@@ -209,6 +233,64 @@ def link_rate(iface: str) -> tuple[int | None, str]:
     except (OSError, ValueError):  # virtual links have no speed to read
         return None, "not reported (a virtual link)"
     return (speed * 1_000_000, "reported by the NIC") if speed > 0 else (None, "not reported")
+
+
+LOOPBACK = "loopback: nothing crossed a network"
+IDLE_WINDOW_S = 1.0  # the idle window a run's background traffic (heartbeats) is measured over
+
+
+class WireMeter:
+    """The kernel's byte counters of the interface a run's collectives cross (``iface``), read
+    around each epoch's steps by the host's first process: what went over the wire, less the
+    background (the engines' heartbeats) measured once over an idle window, with the link's rate
+    and how much of it the epoch used. On ``lo`` it records only that nothing crossed a network."""
+
+    def __init__(self, iface: str):
+        self.iface = iface
+        self.rate, self.rate_source = link_rate(iface)
+        self.idle: dict[str, float] | None = None
+        self._start: tuple[float, dict[str, int]] | None = None
+
+    @property
+    def network(self) -> bool:
+        return self.iface != "lo"
+
+    def _read(self) -> tuple[float, dict[str, int]]:
+        return time.perf_counter(), iface_counters(self.iface)
+
+    def measure_idle(self, seconds: float = IDLE_WINDOW_S) -> None:
+        """The background: bytes per second over ``seconds`` while the run's processes wait (every
+        process sleeps through the same window, just after a collective that all of them join)."""
+        t0, c0 = self._read()
+        time.sleep(seconds)
+        t1, c1 = self._read()
+        self.idle = {"window_s": t1 - t0, **{f"{k}_per_s": (c1[k] - c0[k]) / (t1 - t0) for k in c0}}
+
+    def start(self) -> None:
+        self._start = self._read() if self.network else None
+
+    def stop(self, steps: int) -> dict:
+        """What crossed the interface since ``start``, for an epoch of ``steps`` steps."""
+        if not self.network:
+            return {"iface": self.iface, "crossed_network": False, "note": LOOPBACK}
+        (t0, c0), (t1, c1) = self._start, self._read()
+        seconds = t1 - t0
+        out = {"iface": self.iface, "crossed_network": True, "host": _hostname(), "seconds": seconds,
+               "link_rate_bits_per_s": self.rate, "link_rate_source": self.rate_source,
+               **{k: c1[k] - c0[k] for k in c0}, "idle": self.idle}
+        for d in ("tx", "rx"):
+            background = (self.idle or {}).get(f"{d}_bytes_per_s", 0.0) * seconds
+            out[f"{d}_bytes_per_step"] = max(out[f"{d}_bytes"] - background, 0.0) / max(steps, 1)
+        # The busier direction's share of the link over the epoch (a full-duplex link: each its own).
+        out["utilisation"] = (max(out["tx_bytes"], out["rx_bytes"]) * 8 / seconds / self.rate
+                              if self.rate and seconds > 0 else None)
+        return out
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def _exit_on_sigterm(signum, frame):

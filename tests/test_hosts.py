@@ -90,7 +90,7 @@ def test_nothing_stays_after_sigterm_or_ctrl_c(sig):
 def test_loopback_is_no_network_and_an_unknown_interface_is_one_line():
     assert route_iface("127.0.0.1") == "lo"
     assert link_rate("lo") == (None, "loopback: nothing crosses a network")
-    assert set(iface_counters("lo")) == {"tx_bytes", "rx_bytes"}
+    assert set(iface_counters("lo")) == {"tx_bytes", "rx_bytes", "tx_packets", "rx_packets"}
     with pytest.raises(MTCoreError, match=r"^--net-iface nope0: no such interface here; this host has .*lo"):
         iface_counters("nope0")
 
@@ -98,9 +98,11 @@ def test_loopback_is_no_network_and_an_unknown_interface_is_one_line():
 @needs_privilege
 def test_a_host_finds_the_interface_to_its_peer_with_the_rate_it_is_shaped_to():
     probe = ("import json; from mtcore.hosts import iface_counters, link_rate, route_iface; "
-             "print(json.dumps([route_iface('host1'), link_rate('eth0'), sorted(iface_counters('eth0'))]))")
+             "print(json.dumps([route_iface('host1'), route_iface('host0'), link_rate('eth0'), sorted(iface_counters('eth0'))]))")
     with EmulatedHosts(2, rate="25mbit") as hs:
         out = subprocess.run(hs.hosts[0].command([sys.executable, "-c", probe]), capture_output=True, text=True,
                              timeout=30)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == ["eth0", [25_000_000, "shaped by tc (tbf)"], ["rx_bytes", "tx_bytes"]]
+    # host0's own name routes over lo, but the interface holding its address carries the run
+    assert json.loads(out.stdout) == ["eth0", "eth0", [25_000_000, "shaped by tc (tbf)"],
+                                      ["rx_bytes", "rx_packets", "tx_bytes", "tx_packets"]]
