@@ -278,7 +278,9 @@ def step_collectives(hlo_text: str) -> list[dict]:
             shape, kind, attrs = m.groups()
             n = _group_size(attrs)
             payload = _nbytes(shape) * (n if kind == "reduce-scatter" else 1)
-            calls += [(kind, n, payload)] * times
+            # XLA:CPU runs a combined (tuple) collective as one engine call per operand.
+            operands = max(1, len(_ARRAY.findall(shape)) // (2 if kind == "all-gather" and "-start" in line else 1))
+            calls += [(kind, n, payload, operands)] * times
     return tally(calls)
 
 
