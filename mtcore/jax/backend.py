@@ -19,6 +19,7 @@ from mtcore.errors import MTCoreError
 from mtcore.jax import decode, parallel, train
 from mtcore.jax.model import Transformer
 from mtcore.jax.parallel import initialize as initialize_distributed  # noqa: F401  (Framework: jax.distributed)
+from mtcore.jax.parallel import interconnect  # noqa: F401  (Framework: the interface the processes talk over)
 from mtcore.jax.variables import from_flax_leaves, to_flax_variables
 from mtcore.parallel import MeshShape
 from mtcore.perf import threads
@@ -39,6 +40,20 @@ def launch_ranks(nproc: int, argv: list[str], *, log_dir, cpu_threads: int | Non
 def rank_command(nproc: int, argv: list[str], *, log_dir) -> list[str]:
     """One process drives every local device: ``python ARGV``."""
     return [sys.executable, *argv]
+
+
+COORDINATOR_PORT = 1234  # the docs' two-node line's
+
+
+def node_command(node: int, nodes: int, nproc: int, head: str, argv: list[str], *, log_dir, run_id: str) -> list[str]:
+    """``mtcore ARGV`` as host ``node`` of ``nodes`` runs it: one process over the host's devices,
+    joined through ``jax.distributed`` with its coordinator on ``head`` (the docs' two-node line)."""
+    return [sys.executable, "-m", "mtcore", *argv, "--coordinator", f"{head}:{COORDINATOR_PORT}",
+            "--num-processes", str(nodes), "--process-id", str(node)]
+
+
+def collective_engine(device: str) -> str:
+    return {"cpu": "xla-gloo", "gpu": "xla-nccl"}.get(device, "xla-ici")
 
 
 def unsupported(device: str) -> str | None:

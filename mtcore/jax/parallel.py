@@ -96,9 +96,10 @@ def set_cpu_devices(n: int) -> None:
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               cpu_devices: int | None = None) -> None:
+               cpu_devices: int | None = None, interface: str | None = None) -> None:
     """Join a multi-process JAX run. Without arguments JAX finds them itself where it can (TPU
-    pods, SLURM); on CPU the processes all-reduce over gloo."""
+    pods, SLURM); on CPU the processes all-reduce over gloo, on the interface ``interconnect``
+    chooses (``interface``: --net-iface)."""
     if cpu_devices:
         set_cpu_devices(cpu_devices)
     if _started():
@@ -108,6 +109,78 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=120)
     except (RuntimeError, ValueError) as e:
         raise MTCoreError(f"jax.distributed.initialize failed: {e}") from None
+    if cpu_devices and coordinator:
+        _use_interface(_choose_interface(coordinator, interface))
+
+
+_INTERCONNECT: str | None = None  # the interface this process's collectives cross, once chosen
+
+
+def interconnect() -> str | None:
+    """The interface this process's collectives cross to other processes: None for one process,
+    ``lo`` where all of them run on this host."""
+    return _INTERCONNECT
+
+
+def _choose_interface(coordinator: str, given: str | None, timeout_s: float = 15) -> str:
+    """The interface gloo should use, agreed through the coordinator's key-value store: ``lo`` when
+    every process runs on this host (one hostname), else ``given``, else the one that routes to
+    the coordinator; on the coordinator's own host, whose name may resolve to loopback, the one
+    holding the address the other processes reached it at. A host that cannot tell stops, in one
+    line saying what to set, rather than let gloo advertise loopback and time out."""
+    import json
+    import socket
+
+    from jax._src import distributed
+
+    from mtcore.hosts import address_iface, route_iface
+
+    client, me = distributed.global_state.client, distributed.global_state.process_id
+    n = distributed.global_state.num_processes
+    name = coordinator.rsplit(":", 1)[0].strip("[]")
+    try:
+        seen = socket.getaddrinfo(name, None, socket.AF_INET)[0][4][0]
+    except socket.gaierror:
+        seen = name
+    client.key_value_set(f"mtcore/net/{me}", json.dumps([socket.gethostname(), seen]))
+    try:
+        everyone = [json.loads(client.blocking_key_value_get(f"mtcore/net/{p}", int(timeout_s * 1000)))
+                    for p in range(n)]
+    except Exception as e:  # noqa: BLE001  (jaxlib raises its own XlaRuntimeError)
+        raise MTCoreError(f"jax.distributed: the other processes did not say where they run within {timeout_s:g} s "
+                          f"({str(e).splitlines()[0]})") from None
+    if len({host for host, _ in everyone}) == 1:
+        return "lo"
+    if given:
+        return given
+    iface = route_iface(seen)
+    if iface == "lo":
+        reached = [addr for _, addr in everyone if not addr.startswith("127.")]
+        iface = next((i for i in map(address_iface, reached) if i), "lo")
+    if iface == "lo":
+        raise MTCoreError(f"jax.distributed: the coordinator {name} resolves to {seen} (loopback) on "
+                          f"{socket.gethostname()}, so gloo would advertise an address the other hosts cannot reach; "
+                          "pass --net-iface IFACE (the interface that carries the run), or map the hostname to "
+                          "the host's own address in /etc/hosts (docs/hosts.md)")
+    return iface
+
+
+def _use_interface(iface: str) -> None:
+    """gloo's collectives on ``iface`` (on ``lo``, JAX's default: the hostname's address). JAX
+    builds them from its distributed client without an interface; this registers the same CPU
+    client factory with collectives bound to ``iface``, before the backend starts."""
+    global _INTERCONNECT
+    _INTERCONNECT = iface
+    if iface == "lo":
+        return
+    import functools
+
+    from jax._src import distributed, xla_bridge
+    from jax._src.lib import _jax
+
+    collectives = _jax.make_gloo_tcp_collectives(distributed_client=distributed.global_state.client, interface=iface)
+    xla_bridge.register_backend_factory("cpu", functools.partial(xla_bridge.make_cpu_client, collectives=collectives),
+                                        priority=0, fail_quietly=False)
 
 
 def make_mesh(platform: str, shape: MeshShape | int) -> tuple[Mesh, World]:

@@ -21,8 +21,12 @@ from mtcore.parallel import MeshShape
 from mtcore.perf import threads
 from mtcore.torch import decode, parallel, train
 from mtcore.torch.model import Transformer
+from mtcore.torch.parallel import (
+    interconnect,  # noqa: F401  (Framework: the interface the ranks talk over)
+    node_command,  # noqa: F401  (Framework: a node of a multi-node run)
+    rank_command,  # noqa: F401  (Framework: the same, as a command line)
+)
 from mtcore.torch.parallel import launch as launch_ranks  # noqa: F401  (Framework: torch's ranks)
-from mtcore.torch.parallel import rank_command  # noqa: F401  (Framework: the same, as a command line)
 from mtcore.weights import Tree, check_tree
 
 DEVICE_TYPES = {"cpu": "cpu", "gpu": "cuda"}
@@ -45,11 +49,15 @@ PACKAGES = ("torch",)
 PROCESS_PER_DEVICE = True  # a rank per device, started by torch's elastic agent (launch_ranks)
 
 
-def initialize_distributed(coordinator, num_processes, process_id, cpu_devices=None) -> None:
+def initialize_distributed(coordinator, num_processes, process_id, cpu_devices=None, interface=None) -> None:
     """torch's ranks join their process group as the backend starts, under torchrun (a run is
     refused this before it starts: train.launch.check_devices)."""
     raise MTCoreError("torch's processes join under torchrun (RANK, WORLD_SIZE, MASTER_ADDR), not through "
                       "--coordinator and --num-processes")
+
+
+def collective_engine(device: str) -> str:
+    return "nccl" if device == "gpu" else "gloo"
 
 
 def unsupported(device: str) -> str | None:

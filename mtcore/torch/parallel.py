@@ -48,12 +48,44 @@ def init(device_kind: str, devices: int) -> tuple[World, torch.device]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
+        iface = interconnect()
+        if device_kind == "cpu" and iface not in (None, "lo"):
+            # gloo binds to, and advertises, the address of the interface that reaches the other
+            # nodes; by default it takes the hostname's, which many hosts map to loopback.
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
         dist.init_process_group("nccl" if device_kind == "gpu" else "gloo", timeout=TIMEOUT,
                                 device_id=device if device_kind == "gpu" else None)
     size, rank = dist.get_world_size(), dist.get_rank()
     if devices not in (size, None):
         raise MTCoreError(f"--devices {devices}, but torchrun started {size} processes (one per device)")
     return World(devices=size, processes=size, process=rank), device
+
+
+def interconnect() -> str | None:
+    """The interface this rank's collectives cross to other nodes: None for one process, ``lo``
+    where torchrun started every rank on this node (one node: ``GROUP_WORLD_SIZE``), else
+    --net-iface (``MTCORE_NET_IFACE``), ``GLOO_SOCKET_IFNAME``, or the one that routes to the
+    rendezvous host (``MASTER_ADDR``). A node whose route to it is loopback (its own name mapped
+    to 127.0.1.1) stops in one line saying what to set: gloo would advertise loopback."""
+    if not under_launcher() or int(os.environ.get("WORLD_SIZE", 1)) < 2:
+        return None
+    if int(os.environ.get("GROUP_WORLD_SIZE", 1)) < 2:
+        return "lo"
+    given = os.environ.get("MTCORE_NET_IFACE") or os.environ.get("GLOO_SOCKET_IFNAME")
+    if given:
+        return given
+    from mtcore.hosts import route_iface
+
+    master = os.environ.get("MASTER_ADDR", "localhost")
+    iface = route_iface(master)
+    if iface == "lo":
+        import socket
+
+        raise MTCoreError(f"torch rank {os.environ.get('RANK')} on {socket.gethostname()}: the rendezvous host {master} "
+                          "resolves to loopback here, so gloo would advertise an address the other nodes cannot "
+                          "reach; pass --net-iface IFACE or set GLOO_SOCKET_IFNAME=IFACE (the interface that carries "
+                          "the run), or map the hostname to this host's address in /etc/hosts (docs/hosts.md)")
+    return iface
 
 
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -207,6 +239,18 @@ def rank_command(nproc: int, argv: list[str], *, log_dir: str | os.PathLike) -> 
         return [sys.executable, *argv]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", os.fspath(log_dir),
             "--nproc-per-node", str(nproc), *argv]
+
+
+RDZV_PORT = 29500  # the docs' two-node line's
+
+
+def node_command(node: int, nodes: int, nproc: int, head: str, argv: list[str], *, log_dir: str | os.PathLike,
+                 run_id: str) -> list[str]:
+    """``python -m mtcore ARGV`` as node ``node`` of ``nodes`` runs it: ``nproc`` ranks under
+    torchrun's multi-node rendezvous on ``head`` (the docs' two-node line, c10d backend)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node", str(nproc),
+            "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{head}:{RDZV_PORT}",
+            "--rdzv-id", run_id, "--max-restarts", "0", "--log-dir", os.fspath(log_dir), "-m", "mtcore", *argv]
 
 
 def launch(nproc: int, argv: list[str], *, log_dir: str | os.PathLike, cpu_threads: int | None = None) -> None:
