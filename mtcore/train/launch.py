@@ -1,9 +1,11 @@
 """Starting runs, once for ``mtcore train`` and ``mtcore compare``: the process set-up of a run's
-process (``set_up_process``), whether a run's processes are started here (``starts_ranks``), and
-the one launcher (``launch``) that runs ``mtcore train`` in processes of its own — a rank per
-device through the framework's own launcher where it runs a process per device, any other run as
-one child process — and, when one fails, records it in the run's ``metrics.json`` with the last
-good checkpoint, the same way whoever launched it. No framework is named here: each says through
+process (``set_up_process``), whether a run's processes are started here (``starts_processes``),
+and the one launcher (``launch``) that runs ``mtcore train`` in processes of its own — spread over
+emulated hosts with ``--hosts`` (each host runs the framework's own multi-node line: torchrun's
+rendezvous, jax.distributed's coordinator), a rank per device through the framework's own
+launcher where it runs a process per device, any other run as one child process — and, when one
+fails, records it in the run's ``metrics.json`` with the last good checkpoint, the same way
+whoever launched it. No framework is named here: each says through
 ``mtcore.backend.framework`` how its processes start and join."""
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 from mtcore.backend import framework
@@ -46,6 +50,12 @@ def check_devices(rc: RunConfig) -> None:
     ranks start, each to fail the same way; JAX counts its own when it starts. The mesh too
     (``check_mesh``)."""
     check_mesh(rc)
+    if rc.hosts and not on_host():
+        _check_hosts(rc)
+    elif rc.net_iface and not on_host():
+        from mtcore.hosts import iface_counters
+
+        iface_counters(rc.net_iface)  # one line naming this host's interfaces
     asked = f"--mesh {rc.mesh} ({rc.devices} devices)" if rc.mesh else f"--devices {rc.devices}"
     if rc.device == "cpu" and rc.devices > 1 and not under_launcher() and not rc.num_processes:
         cores = len(threads.usable_cores())
@@ -61,6 +71,37 @@ def check_devices(rc: RunConfig) -> None:
         if rc.devices > len(gpus):
             raise MTCoreError(f"{asked}: {rc.framework} sees {len(gpus)} GPU(s){': ' if gpus else ''}"
                               f"{', '.join(gpus)}")
+
+
+def _check_hosts(rc: RunConfig) -> None:
+    from mtcore.hosts import HOST_IFACE, missing_privilege
+
+    if rc.coordinator or rc.num_processes:
+        raise MTCoreError("--hosts starts the run's processes itself: drop --coordinator and --num-processes")
+    why = missing_privilege()
+    if why:
+        raise MTCoreError(f"--hosts {rc.hosts}: {why}")
+    if rc.devices % rc.hosts:
+        raise MTCoreError(f"--hosts {rc.hosts}: the run's {rc.devices} device(s) do not split evenly over {rc.hosts} hosts "
+                          "(each host runs the same number)")
+    cores = len(threads.usable_cores())
+    if rc.hosts > cores:
+        raise MTCoreError(f"--hosts {rc.hosts}: this process may use {cores} core(s), and each host needs one of its own")
+    if rc.net_iface and rc.net_iface not in (HOST_IFACE, "lo"):
+        raise MTCoreError(f"--net-iface {rc.net_iface}: no such interface on the emulated hosts; each has {HOST_IFACE}, lo")
+
+
+def on_host() -> bool:
+    """Whether this process runs on an emulated host that a launcher of this run built."""
+    return "MTCORE_HOST" in os.environ
+
+
+def starts_processes(rc: RunConfig) -> bool:
+    """Whether ``rc``'s processes are started from this one (``launch``): a run spread over
+    emulated hosts, not yet on them, or a run of ranks (``starts_ranks``) not yet under its launcher."""
+    if rc.hosts:
+        return not on_host()
+    return starts_ranks(rc) and not under_launcher()
 
 
 def starts_ranks(rc: RunConfig) -> bool:
@@ -89,12 +130,14 @@ def set_up_process(rc: RunConfig, *, own_process: bool = True, frameworks: tuple
     # The allocator and JAX's dispatch are a CPU run's (a GPU run's host memory is given back as usual).
     setup = set_up(frameworks or (rc.framework,), threads=budget, slot=slot, slots=slots,
                    own_process=own_process and rc.device == "cpu", compile_cache=rc.compile_cache == "on")
+    if rc.net_iface:
+        os.environ["MTCORE_NET_IFACE"] = rc.net_iface  # torch's ranks bind gloo to it (torch.parallel.interconnect)
     if rc.coordinator or rc.num_processes:
         # "auto": JAX finds the coordinator, process count and id itself (TPU pods, SLURM).
         coordinator = None if rc.coordinator == "auto" else rc.coordinator
         framework(rc.framework).initialize_distributed(coordinator, rc.num_processes, rc.process_id,
                                                 cpu_devices=rc.devices // (rc.num_processes or 1)
-                                                if rc.device == "cpu" else None)
+                                                if rc.device == "cpu" else None, interface=rc.net_iface)
     return setup
 
 
@@ -108,7 +151,9 @@ def launch(rc: RunConfig, out: str | os.PathLike, argv: list[str] | None = None)
     out = Path(out)
     argv = argv if argv is not None else ["train", *run_arguments(rc), "--out", str(out), "--quiet"]
     try:
-        if starts_ranks(rc):
+        if rc.hosts and not on_host():
+            launch_on_hosts(rc, argv, log_dir=out / "logs")
+        elif starts_ranks(rc):
             framework(rc.framework).launch_ranks(rc.devices, argv, log_dir=out / "logs")
         else:
             _run_child([sys.executable, "-m", "mtcore", *argv], what=f"{rc.framework} on {rc.devices} device(s)")
@@ -122,6 +167,66 @@ def launch(rc: RunConfig, out: str | os.PathLike, argv: list[str] | None = None)
                 metrics["status"] = f"failed: {message}"
                 write_json(metrics_file, metrics)
         raise MTCoreError(message) from None
+
+
+def launch_on_hosts(rc: RunConfig, argv: list[str], *, log_dir: Path) -> None:
+    """``mtcore ARGV`` spread over ``rc.hosts`` emulated hosts (``mtcore.hosts``), each link shaped
+    to ``rc.rate``: every host runs the framework's own multi-node line (``node_command``) with
+    host 0 as the rendezvous / coordinator, by hostname, pinned to its own share of the cores.
+    Each host's output goes to ``log_dir/HOST.log``. The first host to fail stops every other (its
+    processes are killed with the hosts) and is raised as one line; the hosts are removed however
+    the run ends."""
+    from mtcore.hosts import EmulatedHosts
+    from mtcore.perf.threads import JOB_CORES, PINNED_TO
+
+    fw = framework(rc.framework)
+    per_host = rc.devices // rc.hosts if fw.PROCESS_PER_DEVICE else 1
+    run_id = uuid.uuid4().hex[:8]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    loopback_names = os.environ.get("MTCORE_HOSTNAMES_ON_LOOPBACK") == "1"  # to test what real hosts often have
+    with EmulatedHosts(rc.hosts, rc.rate, names_on_loopback=loopback_names) as hosts:
+        head = hosts.hosts[0].hostname
+        running = []
+        for h in hosts.hosts:
+            cores = threads.cores_for(h.index, rc.hosts)
+            env = {k: v for k, v in os.environ.items() if k not in (JOB_CORES, PINNED_TO)}
+            env.update(MTCORE_HOST=str(h.index), MTCORE_LAUNCHED="1", PYTHONUNBUFFERED="1",
+                       MTCORE_RANK_THREADS=str(max(1, len(cores) // per_host)))
+            command = fw.node_command(h.index, rc.hosts, per_host, head, argv, log_dir=log_dir / h.hostname,
+                                      run_id=run_id)
+            log = open(log_dir / f"{h.hostname}.log", "w")  # noqa: SIM115  (closed when the host's process ends)
+            running.append((h, log, subprocess.Popen(
+                h.command(["taskset", "-c", ",".join(map(str, cores)), *command]), stdout=log,
+                stderr=subprocess.STDOUT, env=env, start_new_session=True)))
+        try:
+            while any(proc.poll() is None for _, _, proc in running):
+                failed = [(h, proc) for h, _, proc in running if proc.poll()]
+                if failed:
+                    break
+                time.sleep(0.2)
+            failed = [(h, proc) for h, _, proc in running if proc.poll()]
+        finally:
+            for _, log, proc in running:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                log.close()
+    if failed:
+        h, proc = failed[0]
+        raise MTCoreError(f"{h.hostname} failed: {_last_error(log_dir / f'{h.hostname}.log', proc.returncode)}; every "
+                          f"host was stopped (its output: {log_dir / f'{h.hostname}.log'})")
+
+
+def _last_error(log: Path, returncode: int) -> str:
+    """What a host's output says went wrong: mtcore's own error line if it printed one (torchrun's
+    report of its rank follows it), else the last line."""
+    lines = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
+    ours = [line for line in lines if "mtcore: error: " in line]
+    if ours:
+        return ours[-1].split("mtcore: error: ", 1)[1]
+    if returncode < 0:
+        return f"killed by signal {signal.Signals(-returncode).name}"
+    return lines[-1] if lines else f"exit code {returncode} (no output)"
 
 
 def _run_child(command: list[str], what: str) -> None:

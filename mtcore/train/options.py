@@ -77,6 +77,16 @@ class RunConfig:
                                            "'auto' where JAX finds it (TPU pod slices, SLURM)")
     num_processes: int | None = option(None, "JAX: how many processes train together")
     process_id: int | None = option(None, "JAX: this process's index among them")
+    # Emulated hosts (mtcore.hosts): the run's processes spread over hosts with a network of their own.
+    hosts: int | None = option(None, "CPU: spread the run over N emulated hosts on this machine (network namespaces, "
+                                     "each its own address, hostname and link; needs root): one process per host for "
+                                     "JAX, devices/N ranks per host for torch, each host pinned to its own cores "
+                                     "(docs/hosts.md)")
+    rate: str | None = option(None, "with --hosts: each host's link shaped to this rate (tc's spelling: 100mbit, 1gbit, "
+                                    "500kbit); default unshaped")
+    net_iface: str | None = option(None, "the network interface the run's collectives cross to other hosts (default: "
+                                         "the one that routes to the rendezvous / coordinator address): its byte counters "
+                                         "are recorded, and gloo is bound to it")
     tokenizer: str | None = option(None, "a saved tokenizer directory to use instead of training one")
     threads: int | None = option(None, "CPU: cores per device, pinned (default: every core the process may use)")
 
@@ -101,6 +111,13 @@ class RunConfig:
             shape = MeshShape.of(self.devices, self.mesh)
             object.__setattr__(self, "mesh", shape)
             object.__setattr__(self, "devices", shape.devices)
+        if self.hosts is not None:
+            need(self.hosts >= 1, f"--hosts must be at least 1, got {self.hosts}")
+            need(self.device == "cpu", f"--hosts: emulated hosts share this machine's CPU; not --device {self.device}")
+        need(self.rate is None or self.hosts is not None, "--rate shapes the links of emulated hosts: give --hosts N too")
+        from mtcore.hosts import parse_rate
+
+        parse_rate(self.rate)  # one line on a spelling tc would not take
         need(self.batch_size >= 1, f"--batch-size must be positive, got {self.batch_size}")
         self.global_batch()  # raises on a global batch the devices cannot split
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr (learning rate) must be a positive number, got {self.lr}")
@@ -131,7 +148,7 @@ class RunConfig:
 
 # Options a resumed run may change: how long and on what it runs, not what it learns or from what.
 RESUMABLE = frozenset({"epochs", "devices", "mesh", "global_batch_size", "batch_size", "coordinator", "num_processes",
-                       "process_id", "threads", "compile_cache"})
+                       "process_id", "threads", "compile_cache", "hosts", "rate", "net_iface"})
 
 
 def option_flag(name: str) -> str:

@@ -25,8 +25,7 @@ from typing import Any
 
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_json
-from mtcore.parallel import under_launcher
-from mtcore.train.launch import check_devices, check_mesh, launch, set_up_process, starts_ranks
+from mtcore.train.launch import check_devices, check_mesh, launch, set_up_process, starts_processes
 from mtcore.train.options import RESUMABLE, RunConfig, main_process, option_flag
 from mtcore.train.prepare import prepare
 from mtcore.train.trainer import Trainer
@@ -98,7 +97,7 @@ def resumed_config(rc: RunConfig, out: Path, given: set[str] | None) -> RunConfi
                                mesh=rc.mesh,
                                global_batch_size=saved.global_batch(), coordinator=rc.coordinator,
                                num_processes=rc.num_processes, process_id=rc.process_id, threads=rc.threads,
-                               compile_cache=rc.compile_cache)
+                               compile_cache=rc.compile_cache, hosts=rc.hosts, rate=rc.rate, net_iface=rc.net_iface)
 
 
 def check_request(rc: RunConfig, out: Path, *, resume: bool, overwrite: bool,
@@ -143,13 +142,14 @@ def train_command(rc: RunConfig, out: str | os.PathLike, argv: list[str], *, res
                   overwrite: bool = False, given: set[str] | None = None, own_process: bool = True,
                   progress: bool = True) -> tuple[dict[str, Any] | None, bool]:
     """``mtcore train ARGV`` wherever it must run, the one place that decides: as ranks started from
-    here where the framework runs a process per device (``launch.starts_ranks``; checked first as
+    here where the framework runs a process per device or the run spreads over emulated hosts
+    (``launch.starts_processes``; checked first as
     ``train`` checks, so that no rank is started to fail), else in this process, set up for the run
     (a resumed run as it was trained: its framework, device, threads). ``(the final metrics on the
     main process, else None; whether ranks were started)``."""
     out = Path(out)
     check_devices(rc)
-    if starts_ranks(rc) and not under_launcher():
+    if starts_processes(rc):
         check_request(rc, out, resume=resume, overwrite=overwrite, given=given)
         launch(rc, out, argv)
         return read_json(out / "metrics.json"), True
@@ -163,12 +163,23 @@ def compare_command(rc: RunConfig, out: str | os.PathLike, *, frameworks: tuple[
     device each, no mesh), the process is set up for all the frameworks first; then ``compare``."""
     if meshes and set(devices) - {1}:
         raise MTCoreError("compare: --mesh and --devices both say where to train: give one (--devices N is --mesh data:N)")
+    if rc.hosts and set(devices) <= {1} and not meshes:
+        raise MTCoreError(f"compare --hosts {rc.hosts}: spreads meshes over hosts; give --mesh (data:{rc.hosts} ...) or "
+                          f"--devices")
     if set(devices) <= {1} and not meshes:
         for fw in frameworks:  # an unknown framework refused as train refuses it, before any is set up
             check_devices(dataclasses.replace(rc, framework=fw, devices=1))
         set_up_process(dataclasses.replace(rc, devices=1), own_process=own_process, frameworks=frameworks)
     return compare(dataclasses.replace(rc, devices=1), out, frameworks=frameworks, devices=devices or (1,),
                    meshes=meshes or None, **options)
+
+
+def _hosts_for(rc: RunConfig, devices: int) -> dict[str, Any]:
+    """A compared run's hosts: spread over ``rc.hosts`` emulated hosts where its devices split over
+    them (``data:1`` beside two-host meshes runs on one host, in one process)."""
+    spread = bool(rc.hosts) and devices % rc.hosts == 0
+    return {"hosts": rc.hosts if spread else None, "rate": rc.rate if spread else None,
+            "net_iface": rc.net_iface if spread else None}
 
 
 def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"), devices=(1,),
@@ -198,10 +209,11 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
     for fw in frameworks:  # each run checked as train checks it, before anything is written
         check_device(dataclasses.replace(rc, framework=fw))
         for n in devices if not shapes else ():
-            check_devices(dataclasses.replace(rc, framework=fw, devices=n))
+            check_devices(dataclasses.replace(rc, framework=fw, devices=n, **_hosts_for(rc, n)))
         for m in shapes:
             # RunConfig checks the global batch against the mesh's batch shards.
-            check_devices(dataclasses.replace(rc, framework=fw, mesh=m, devices=1, global_batch_size=fixed))
+            check_devices(dataclasses.replace(rc, framework=fw, mesh=m, devices=1, global_batch_size=fixed,
+                                              **_hosts_for(rc, m.devices)))
     clear = claim_out(out, overwrite)
     # The data is read before an old comparison goes (a bad --data must not cost it); the
     # tokenizer every run uses is trained once, here.
@@ -234,7 +246,7 @@ def compare(rc: RunConfig, out: str | os.PathLike, *, frameworks=("torch", "jax"
     for n, mesh, label in plan:
         for fw in frameworks:
             run = dataclasses.replace(rc, framework=fw, devices=n, mesh=mesh, global_batch_size=fixed,
-                                      threads=threads, tokenizer=str(out / "tokenizer"))
+                                      threads=threads, tokenizer=str(out / "tokenizer"), **_hosts_for(rc, n))
             # Each run in a process of its own: its own thread budget and framework start-up
             # (XLA sizes its CPU pool and host devices once per process).
             launch(run, out / f"{fw}-{label}")

@@ -111,6 +111,7 @@ class Trainer:
         self.step_fn = self.be.make_train_step(self.cfg, self.tcfg, compile=rc.compile)
         self.costs: dict[str, Any] | None = None  # what a device holds and a step moves, from one recorded step
         self.eval_fn = self.be.make_eval_step(self.cfg, self.tcfg)
+        self.wire, self.wire_idle_pending = _wire_meter(rc)
         if resume:
             self.metrics = read_json(self.out / "metrics.json")
             self.epoch, self.state = self._load_checkpoint()
@@ -197,6 +198,10 @@ class Trainer:
         first_step_s = None
         # The step whose collectives are recorded: the third, past DDP's bucket rebuild on the second.
         record_at = min(2, len(batches) - 1) if self.costs is None else -1
+        if self.wire_idle_pending:
+            self._measure_idle()
+        if self.wire:
+            self.wire.start()
         start = time.perf_counter()
         for i, planned in enumerate(batches):
             if i == record_at:
@@ -223,6 +228,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         self.be.sync(self.state)
         seconds = time.perf_counter() - start
+        wire = self._wire_record(len(batches), [b.batch.shape for b in batches]) if self.wire else None
         bar.close()
         self.epoch = epoch
         sent, sent_predicted = epoch_sent_bytes(self.cfg, self.rc.mesh_shape(), self.costs, [b.batch.shape for b in batches])
@@ -240,6 +246,7 @@ class Trainer:
             "sent_bytes_per_step": sent / len(batches),
             "sent_bytes_per_step_predicted": sent_predicted / len(batches),
             "bandwidth_needed_bytes_per_s": sent / seconds,
+            "wire": wire,  # this host's (the main process's) interface: rank files hold every host's
         }
         record.update(self._validate())
         self.io.save_checkpoint(self.be, self.state, epoch, self.cfg, self.rc.framework)
@@ -257,7 +264,44 @@ class Trainer:
             "devices": self.world.local_devices, "local_batch": local_rows(self.world, self.rc.mesh_shape(), self.global_batch),
             "global_batch": self.global_batch, "threads": _threads(),
             "steps": len(batches), "sent_bytes": sent, "sent_bytes_predicted": sent_predicted, "costs": self.costs,
+            "wire": wire,
         })
+        return record
+
+    def _measure_idle(self) -> None:
+        """The background every host's interface carries while the run's processes wait: all of
+        them join one small collective, then sleep through the same window (the host's first
+        process reading its counters), once per run."""
+        from mtcore.hosts import IDLE_WINDOW_S
+
+        probe = self.be.all_reduce_probe(4)
+        if probe:
+            probe()
+        if self.wire:
+            self.wire.measure_idle(IDLE_WINDOW_S)
+        else:
+            time.sleep(IDLE_WINDOW_S)
+        self.wire_idle_pending = False
+
+    def _wire_record(self, steps: int, shapes: list) -> dict:
+        """This host's wire over the epoch (``WireMeter.stop``) beside what mtcore predicts the
+        engine sends for the recorded step's collectives, framing included (``costs.wire_prediction``),
+        carried to the epoch's batch shapes as ``sent_bytes`` is."""
+        from mtcore.costs import wire_prediction
+
+        record = self.wire.stop(steps)
+        if record["crossed_network"] and self.costs:
+            hosts = self.rc.hosts or None
+            from mtcore.backend import framework
+
+            engine = framework(self.rc.framework).collective_engine(self.rc.device)
+            per_step = wire_prediction(self.costs["collectives"], engine,
+                                       processes_per_host=self.world.processes // hosts if hosts else None)
+            if per_step:
+                sent, _ = epoch_sent_bytes(self.cfg, self.rc.mesh_shape(), self.costs, shapes)
+                scale = sent / steps / self.costs["sent_bytes_per_step"] if self.costs["sent_bytes_per_step"] else 1.0
+                per_step = {**per_step, **{k: per_step[k] * scale for k in ("tx_bytes", "rx_bytes", "sent_bytes")}}
+            record["predicted_per_step"] = per_step
         return record
 
     def _costs(self, batch, collectives: list[dict], epoch: int, step: int) -> dict[str, Any]:
@@ -321,6 +365,21 @@ def epoch_sent_bytes(cfg: ModelConfig, mesh, costs: dict[str, Any] | None,
     predicted = float(sum(sent_bytes(predicted_traffic(cfg, mesh, *shape)) for shape in shapes))
     measured, expected = costs["sent_bytes_per_step"], costs["sent_bytes_per_step_predicted"]
     return (measured / expected * predicted if expected else float(measured * len(shapes))), predicted
+
+
+def _wire_meter(rc: RunConfig):
+    """``(the meter of this host's interface, or None; whether the run measures its background
+    first)``: every process of a run whose collectives cross a network measures the background
+    together, the first process on each host reads its interface (torchrun's LOCAL_RANK 0; a JAX
+    process is alone on its host)."""
+    from mtcore.backend import framework
+    from mtcore.hosts import WireMeter
+
+    iface = framework(rc.framework).interconnect()
+    if iface is None:
+        return None, False
+    first_on_host = int(os.environ.get("LOCAL_RANK", 0)) == 0
+    return (WireMeter(iface) if first_on_host else None), iface != "lo"
 
 
 def _threads() -> dict[str, Any]:

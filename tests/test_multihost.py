@@ -1,0 +1,186 @@
+"""Runs spread over emulated hosts (``--hosts``): the engines' own multi-node lines over links of
+their own, the bytes the kernel counted on each host's interface against the prediction, the
+failures a new cluster meets first, and nothing left behind however a run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mtcore.cli import main
+from mtcore.hosts import leftovers, missing_privilege
+
+needs_privilege = pytest.mark.skipif(missing_privilege() is not None, reason=str(missing_privilege()))
+ROOT = Path(__file__).resolve().parents[1]
+# One batch shape (pairs of at most 16 tokens), one epoch: each process compiles its step once.
+QUICK = ["--model", "tiny", "--synthetic-size", "400", "--max-len", "16", "--validation", "16", "--test", "16",
+         "--eval-sentences", "0", "--global-batch-size", "16", "--epochs", "1", "--dropout", "0", "--quiet"]
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mtcore", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env={**os.environ, **(env or {})})
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def our_processes(marker: str) -> list[str]:
+    """Processes still running whose command line names ``marker`` (a test's own output folder)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in out if marker in line and "ps -eo" not in line]
+
+
+@pytest.mark.torch
+@pytest.mark.jax
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+@needs_privilege
+def test_compare_over_two_hosts_trains_as_one_device_and_the_wire_is_as_predicted(tmp_path):
+    out = tmp_path / "cmp"
+    stdout, stderr = finish(cli("compare", "--mesh", "data:1", "data:2", "--hosts", "2", "--rate", "200mbit",
+                                "--out", str(out), *QUICK), timeout=150)
+    assert "report:" in stdout, stdout + stderr[-3000:]
+    for fw in ("torch", "jax"):
+        one = json.loads((out / f"{fw}-data1" / "metrics.json").read_text())["epochs"][0]["step_losses"]
+        two = json.loads((out / f"{fw}-data2" / "metrics.json").read_text())
+        assert two["run"]["hosts"] == 2 and two["run"]["rate"] == "200mbit"
+        assert max(abs(a - b) for a, b in zip(one, two["epochs"][0]["step_losses"], strict=True)) < 1e-5, fw
+        hosts = [json.loads((out / f"{fw}-data2" / f"rank{r}_results_epoch1.json").read_text())["wire"] for r in (0, 1)]
+        assert [h["host"] for h in hosts] == ["host0", "host1"] and {h["iface"] for h in hosts} == {"eth0"}
+        for h in hosts:
+            assert h["crossed_network"] and h["link_rate_bits_per_s"] == 200_000_000
+            assert h["link_rate_source"] == "shaped by tc (tbf)" and 0 < h["utilisation"] <= 1
+            predicted = h["predicted_per_step"]
+            assert predicted["engine"] == ("gloo" if fw == "torch" else "xla-gloo")
+            # What the kernel counted on each host's link, less the idle background, per step.
+            for d in ("tx", "rx"):
+                assert abs(h[f"{d}_bytes_per_step"] / predicted[f"{d}_bytes"] - 1) < 0.10, (fw, d, h)
+    report = (out / "report.md").read_text()
+    assert re.search(r"\| torch \| data:2 \| 2 hosts, 200 Mbit/s \|", report), report
+    assert re.search(r"\| jax \| data:1 \| one device \|", report)
+    assert leftovers() == [] and not our_processes(str(out))
+
+
+@pytest.mark.torch
+@pytest.mark.xdist_group("processes")
+@needs_privilege
+def test_hostnames_on_loopback_stop_torch_in_one_line_saying_what_to_set(tmp_path):
+    """Debian's /etc/hosts maps a host's own name to 127.0.1.1: gloo would advertise loopback to
+    the other host. The rank that finds its rendezvous host on loopback stops at once, and every
+    host with it."""
+    out = tmp_path / "run"
+    start = time.monotonic()
+    stdout, stderr = finish(cli("train", "--framework", "torch", "--devices", "2", "--hosts", "2", "--out", str(out),
+                                *QUICK, env={"MTCORE_HOSTNAMES_ON_LOOPBACK": "1"}), timeout=60)
+    seconds = time.monotonic() - start
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mtcore: error: host0 failed: torch rank 0 on host0: the rendezvous"), stderr
+    assert "--net-iface IFACE or set GLOO_SOCKET_IFNAME=IFACE" in lines[0] and "every host was stopped" in lines[0]
+    assert seconds < 15, seconds
+    assert leftovers() == [] and not our_processes(str(out))
+
+
+@pytest.mark.jax
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+@needs_privilege
+def test_hostnames_on_loopback_jax_finds_the_interface_itself(tmp_path):
+    """The same hosts under JAX: the processes tell each other through the coordinator where they
+    reached it, and host 0 binds gloo to the interface holding that address."""
+    out = tmp_path / "run"
+    stdout, stderr = finish(cli("train", "--framework", "jax", "--devices", "2", "--hosts", "2", "--out", str(out),
+                                *QUICK, env={"MTCORE_HOSTNAMES_ON_LOOPBACK": "1"}), timeout=90)
+    assert "jax: 1 epochs" in stdout, stdout + stderr[-3000:]
+    wire = [json.loads((out / f"rank{r}_results_epoch1.json").read_text())["wire"] for r in (0, 1)]
+    assert [w["iface"] for w in wire] == ["eth0", "eth0"] and all(w["tx_bytes_per_step"] > 0 for w in wire)
+    assert leftovers() == []
+
+
+@pytest.mark.torch
+@pytest.mark.xdist_group("processes")
+@needs_privilege
+@pytest.mark.parametrize("how", ["sigterm", "killed host"])  # Ctrl-C unwinds as SIGTERM does (test_hosts)
+def test_nothing_stays_when_a_run_over_hosts_is_stopped(tmp_path, how):
+    out = tmp_path / "run"
+    proc = cli("train", "--framework", "torch", "--devices", "2", "--hosts", "2", "--out", str(out), *QUICK[:-1],
+               "--epochs", "50")
+    prefix = f"mt{proc.pid}"
+    deadline = time.monotonic() + 30
+    while not list(out.glob("rank*_results_epoch1.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftovers(prefix), "the hosts were never built"
+    if how == "killed host":
+        pid = subprocess.run(["ip", "netns", "pids", f"{prefix}-h1"], capture_output=True, text=True).stdout.split()
+        trainers = [p for p in pid if "mtcore" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+        os.kill(int(trainers[-1]), signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, stderr = finish(proc, timeout=30)
+    assert proc.returncode != 0
+    if how == "killed host":
+        assert stderr.count("\n") == 1 and "host1 failed" in stderr and "every host was stopped" in stderr, stderr
+    assert leftovers(prefix) == [] and not our_processes(str(out))
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--mesh", "data:2", "--hosts", "2", "--rate", "100mb"], r"--rate '100mb': expected a rate like 100mbit"),
+    (["--mesh", "data:2", "--rate", "100mbit"], r"--rate shapes the links of emulated hosts: give --hosts N too"),
+    (["--mesh", "data:2", "--hosts", "3"], r"--hosts 3: the run's 2 device\(s\) do not split evenly over 3 hosts"),
+    (["--mesh", "data:4", "--hosts", "4"], r"--hosts 4: this process may use \d+ core\(s\), and each host needs one"),
+    (["--mesh", "data:2", "--hosts", "2", "--net-iface", "nope0"],
+     r"--net-iface nope0: no such interface on the emulated hosts; each has eth0, lo"),
+    (["--mesh", "data:2", "--net-iface", "nope0"], r"--net-iface nope0: no such interface here; this host has .*lo"),
+    (["--mesh", "data:2", "--hosts", "2", "--device", "gpu"], r"--hosts: emulated hosts share this machine's CPU"),
+], ids=["rate", "rate-without-hosts", "hosts-not-dividing", "more-hosts-than-cores", "iface-on-hosts", "iface",
+        "gpu"])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, args, error):
+    if "--hosts" in args and "4" in args:
+        import mtcore.perf.threads as threads
+
+        monkeypatch.setattr(threads, "usable_cores", lambda: (0, 1))
+    if missing_privilege() and "--hosts" in args and "--rate" not in args and "gpu" not in args and "3" not in args:
+        pytest.skip(missing_privilege())
+    out = tmp_path / "run"
+    assert main(["train", *args, "--out", str(out), *QUICK]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(error, err), err
+    assert not out.exists()
+
+
+def test_compare_over_hosts_needs_a_mesh(tmp_path, capsys):
+    assert main(["compare", "--hosts", "2", "--out", str(tmp_path / "c"), *QUICK]) == 2
+    assert "compare --hosts 2: spreads meshes over hosts; give --mesh" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_docs_two_node_lines_are_what_runs_on_each_host():
+    """``--hosts`` runs the two-node lines of docs/multi-device.md as written, with HEAD the first
+    host's name and NODE each host's index: the flags each framework's node command gives."""
+    from mtcore.backend import framework
+
+    text = (ROOT / "docs" / "multi-device.md").read_text()
+    block = text[text.index("# two nodes"):text.index("# a TPU VM")]
+    torch_line, jax_line = (" ".join(part.split()) for part in block.replace("\\\n", " ").splitlines()[1:3])
+    for fw, line in (("torch", torch_line), ("jax", jax_line)):
+        written = line.replace("$HEAD", "host0").replace("$NODE", "1").split()
+        command = framework(fw).node_command(1, 2, 4 if fw == "torch" else 1, "host0", ["train"], log_dir="L",
+                                             run_id="mt-1")
+        for flag in ("--nnodes", "--nproc-per-node", "--node-rank", "--rdzv-backend", "--rdzv-endpoint",
+                     "--coordinator", "--num-processes", "--process-id"):
+            if flag in written:
+                assert command[command.index(flag) + 1] == written[written.index(flag) + 1], (fw, flag)
