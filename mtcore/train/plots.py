@@ -143,14 +143,22 @@ def _parallelism_plots(rows: list[dict[str, Any]], directory: Path, caption: str
 
     meshes = list(dict.fromkeys(r["mesh"] for r in rows))
     frameworks = list(dict.fromkeys(r["framework"] for r in rows))
+    # Under each mesh, how its devices talked (each framework's where they differ).
+    tick_labels = []
+    for m in meshes:
+        ways = {r["framework"]: r.get("transport") for r in rows if r["mesh"] == m and r.get("transport")}
+        said = set(ways.values())
+        tick_labels.append(m if not said else f"{m}\n{said.pop()}" if len(said) == 1 else
+                     m + "".join(f"\n{fw}: {t}" for fw, t in ways.items()))
     palette = {"torch": "tab:orange", "jax": "tab:blue", "hf": "tab:green"}
     width = 0.8 / len(frameworks)
     x = np.arange(len(meshes))
     row = {(r["mesh"], r["framework"]): r for r in rows}
     wrapped = caption.replace("; ", "\n", 1)
 
-    def grouped(ax, value, sd=None, label=None, predicted=None, scale=1.0):
-        """One bar per (mesh, framework), labelled with its value; ``predicted`` as a tick."""
+    def grouped(ax, value, sd=None, label=None, predicted=None, scale=1.0, wire=None):
+        """One bar per (mesh, framework), labelled with its value; ``predicted`` as a tick, ``wire``
+        (what crossed a network) as a ring."""
         for j, fw in enumerate(frameworks):
             got = [row.get((m, fw)) for m in meshes]
             heights = [np.nan if g is None or value(g) is None else value(g) / scale for g in got]
@@ -162,7 +170,12 @@ def _parallelism_plots(rows: list[dict[str, Any]], directory: Path, caption: str
                 ticks = [np.nan if g is None or predicted(g) is None else predicted(g) / scale for g in got]
                 ax.scatter(pos, ticks, marker="_", s=600 * width, color="black", zorder=3,
                            label="predicted" if j == 0 else None)
-        ax.set_xticks(x, meshes)
+            if wire is not None:
+                rings = [np.nan if g is None or wire(g) is None else wire(g) / scale for g in got]
+                if not all(np.isnan(rings)):
+                    ax.scatter(pos, rings, marker="o", s=40, facecolors="none", edgecolors="black", zorder=4,
+                               label="on the wire (kernel's counters)" if j == 0 else None)
+        ax.set_xticks(x, tick_labels, fontsize=8)
         ax.legend(fontsize=8)
 
     def save(fig, title, key):
@@ -190,7 +203,7 @@ def _parallelism_plots(rows: list[dict[str, Any]], directory: Path, caption: str
 
     fig, (top, bottom) = plt.subplots(1, 2, figsize=(4.4 * len(meshes) / 2 + 5, 4.8))
     grouped(top, lambda r: r["sent_per_step"], label=_short, scale=1e6,
-            predicted=lambda r: r["sent_per_step_predicted"])
+            predicted=lambda r: r["sent_per_step_predicted"], wire=lambda r: r.get("wire_per_step"))
     top.set_ylabel("MB a device sends per step (mean over the epochs' steps)")
     grouped(bottom, lambda r: r["bandwidth_mean"], lambda r: r["bandwidth_sd"], label=_short, scale=1e6)
     bottom.set_ylabel("MB/s the step's bytes needed (mean ± sd over epochs)")

@@ -194,6 +194,10 @@ def _mb(n: float | None, digits: int = 2) -> str:
     return "-" if n is None else f"{n / 1e6:,.{digits}f}"
 
 
+def _percent(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def _one_device(r: dict[str, Any]) -> str:
     """What one device of a run was: on a CPU, a share of the cores."""
     cores = len((r["threads"] or {}).get("cores") or [])
@@ -220,20 +224,26 @@ def parallelism_section(directory: Path, runs: dict[str, dict[str, Any]], settin
              "mesh; the step's bytes are what one device sends with ring algorithms for the collectives one step "
              "ran, recorded on one step (JAX: its compiled HLO; torch: its dispatcher) and carried to each "
              "batch's shape by the prediction; the bandwidth is an epoch's bytes over its time "
-             "(docs/parallelism.md says what each counts).", "",
-             "| framework | mesh | s / epoch (mean ± sd) | tokens/s (mean ± sd) | speed-up | held per device MB "
-             "(predicted) | step memory MB | sent per step MB (predicted) | bandwidth needed MB/s (mean ± sd) | "
-             "validation loss | BLEU |",
-             "|" + " --- |" * 11]
+             "(docs/parallelism.md says what each counts). The transport says how the devices talked: in one "
+             "process (a memory copy), processes over loopback (nothing crossed a network), or emulated hosts over "
+             "links of their own; there, on the wire is what the busiest host's interface sent a step (the kernel's "
+             "counters, less the idle background), predicted from the engine's algorithms and TCP/IP framing, and "
+             "the link used is the busier direction's share of the link's rate (docs/hosts.md).", "",
+             "| framework | mesh | transport | s / epoch (mean ± sd) | tokens/s (mean ± sd) | speed-up | held per "
+             "device MB (predicted) | step memory MB | sent per step MB (predicted) | bandwidth needed MB/s (mean ± sd) "
+             "| on the wire per step MB (predicted) | link used | validation loss | BLEU |",
+             "|" + " --- |" * 14]
     for r in rows:
         held, want = r["held"], r["held_predicted"]
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"  # none without the framework's data:1
         lines.append(
-            f"| {r['framework']} | {r['mesh']} | {r['time_mean']:.2f} ± {r['time_sd']:.2f} | "
+            f"| {r['framework']} | {r['mesh']} | {r['transport']} | {r['time_mean']:.2f} ± {r['time_sd']:.2f} | "
             f"{r['tps_mean']:,.0f} ± {r['tps_sd']:,.0f} | {speedup} | "
             f"{_mb(held and held['total'])} ({_mb(want and want['total'])}) | {_mb(r['step_memory'])} | "
             f"{_mb(r['sent_per_step'])} ({_mb(r['sent_per_step_predicted'])}) | "
-            f"{_mb(r['bandwidth_mean'])} ± {_mb(r['bandwidth_sd'])} | {_f(r['validation_loss'], 3)} | "
+            f"{_mb(r['bandwidth_mean'])} ± {_mb(r['bandwidth_sd'])} | "
+            f"{_mb(r['wire_per_step'])} ({_mb(r['wire_per_step_predicted'])}) | "
+            f"{_percent(r['utilisation'])} | {_f(r['validation_loss'], 3)} | "
             f"{_f(r['bleu'], 1)} |")
     counts = {r["step_memory_counts"] for r in rows if r["step_memory_counts"]}
     lines += ["", "Step memory: " + ("; ".join(sorted(f"{fw}: {c}" for fw, c in {

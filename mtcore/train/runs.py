@@ -131,7 +131,16 @@ def scaling_rows(directory: str | os.PathLike, scaling: str = "weak") -> list[di
         steps = np.array([epochs[e][0].get("steps") or np.nan for e in complete], dtype=np.float64)
         bandwidth = sent / times  # what a device's links carried while it trained
         last = epochs[max(epochs)][0]
-        rows.append({"run": name, "framework": first["framework"], "device": first["device"],
+        wire = [[r["wire"] for r in epochs[e] if (r.get("wire") or {}).get("crossed_network")] for e in complete]
+        wired = [w for w in wire if w]
+        rows.append({"transport": transport(first, wire[0] if wire else []),
+                     "wire_per_step": _finite(np.mean([max(h["tx_bytes_per_step"] for h in w) for w in wired]))
+                     if wired else None,
+                     "wire_per_step_predicted": (wired[-1][0].get("predicted_per_step") or {}).get("tx_bytes")
+                     if wired else None,
+                     "utilisation": _finite(np.mean([max(h["utilisation"] or 0 for h in w) for w in wired]))
+                     if wired else None,
+                     "run": name, "framework": first["framework"], "device": first["device"],
                      "world_size": first["world_size"], "processes": first["processes"],
                      "mesh": first.get("mesh") or f"data:{first['world_size']}",
                      "global_batch": first["global_batch"], "threads": first.get("threads"),
@@ -157,6 +166,21 @@ def scaling_rows(directory: str | os.PathLike, scaling: str = "weak") -> list[di
             row["speedup"] = row["tps_mean"] / base["tps_mean"]
             row["efficiency"] = row["speedup"] / n
     return sorted(rows, key=lambda r: (r["framework"], r["world_size"], r["mesh"]))
+
+
+def transport(record: dict[str, Any], wire: list[dict[str, Any]]) -> str:
+    """How a run's devices talked, in a few words, from a rank file and its hosts' wire records:
+    one device, one process's host devices (a memory copy), processes over loopback, or hosts
+    over a network (with the link's rate where one is known)."""
+    if record["world_size"] == 1:
+        return "one device"
+    if record["processes"] == 1:
+        return "in one process"
+    if not wire:
+        return "loopback" if "wire" in record else "processes"
+    rates = {w.get("link_rate_bits_per_s") for w in wire}
+    rate = rates.pop() if len(rates) == 1 else None
+    return f"{len(wire)} hosts" + (f", {rate / 1e6:g} Mbit/s" if rate else ", unshaped")
 
 
 def _most(epochs: dict[int, list[dict[str, Any]]], chosen: list[int], key: str) -> np.ndarray:
