@@ -59,9 +59,9 @@ class Framework(Protocol):
     def rank_command(self, nproc: int, argv: list[str], *, log_dir) -> list[str]: ...
     def initialize_distributed(self, coordinator: str | None, num_processes: int | None, process_id: int | None,
                                cpu_devices: int | None = None, interface: str | None = None) -> None: ...
-    # The command line host ``node`` of ``nodes`` runs for a multi-node run of ``nproc`` processes
-    # per node with ``head`` as its rendezvous (the docs' two-node lines: torchrun's c10d
-    # rendezvous, jax.distributed's coordinator): what mtcore.train.launch runs on emulated hosts.
+    # The command line that runs ``python ARGV`` as host ``node`` of ``nodes`` in a multi-node run
+    # of ``nproc`` processes per node with ``head`` as its rendezvous (the docs' two-node lines:
+    # torchrun's c10d rendezvous, jax.distributed's coordinator): what runs on emulated hosts.
     def node_command(self, node: int, nodes: int, nproc: int, head: str, argv: list[str], *, log_dir,
                      run_id: str) -> list[str]: ...
     # The network interface this process's collectives cross to other hosts, once it has joined

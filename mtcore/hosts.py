@@ -82,22 +82,26 @@ class Host:
 
     def counters(self) -> dict[str, int]:
         """The kernel's byte counters of this host's interface: what crossed its link."""
-        out = _run(["ip", "netns", "exec", self.netns, "cat", f"/sys/class/net/{self.iface}/statistics/tx_bytes",
-                    f"/sys/class/net/{self.iface}/statistics/rx_bytes"]).split()
-        return {"tx_bytes": int(out[0]), "rx_bytes": int(out[1])}
+        names = ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")
+        out = _run(["ip", "netns", "exec", self.netns, "cat",
+                    *(f"/sys/class/net/{self.iface}/statistics/{n}" for n in names)]).split()
+        return dict(zip(names, map(int, out), strict=True))
 
 
 class EmulatedHosts:
     """``n`` hosts (``host0`` ... at 198.18.0.1 ...), each link shaped to ``rate`` (``parse_rate``;
     None: unshaped), as a context manager: built on entering, removed on leaving, on SIGTERM too."""
 
-    def __init__(self, n: int, rate: str | None = None, prefix: str | None = None, *, names_on_loopback: bool = False):
+    def __init__(self, n: int, rate: str | None = None, prefix: str | None = None, *,
+                 names_on_loopback: bool | None = None):
         if not 1 <= n <= 250:
             raise MTCoreError(f"hosts: between 1 and 250 emulated hosts, got {n}")
         self.rate = parse_rate(rate)
         # Debian's and many containers' /etc/hosts: a host's own name on 127.0.1.1 (the others' by
-        # their addresses), where the engines' defaults advertise loopback to the other hosts.
-        self.names_on_loopback = names_on_loopback
+        # their addresses), where the engines' defaults advertise loopback to the other hosts. To
+        # try a run against it: MTCORE_HOSTNAMES_ON_LOOPBACK=1.
+        self.names_on_loopback = (os.environ.get("MTCORE_HOSTNAMES_ON_LOOPBACK") == "1" if names_on_loopback is None
+                                  else names_on_loopback)
         self.prefix = prefix or f"mt{os.getpid()}"
         self.hosts = [Host(i, f"{self.prefix}-h{i}", f"{SUBNET}.{i + 1}", f"host{i}") for i in range(n)]
         self.switch = f"{self.prefix}-sw"

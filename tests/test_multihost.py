@@ -99,15 +99,23 @@ def test_hostnames_on_loopback_stop_torch_in_one_line_saying_what_to_set(tmp_pat
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")
 @needs_privilege
-def test_hostnames_on_loopback_jax_finds_the_interface_itself(tmp_path):
-    """The same hosts under JAX: the processes tell each other through the coordinator where they
-    reached it, and host 0 binds gloo to the interface holding that address."""
-    out = tmp_path / "run"
-    stdout, stderr = finish(cli("train", "--framework", "jax", "--devices", "2", "--hosts", "2", "--out", str(out),
-                                *QUICK, env={"MTCORE_HOSTNAMES_ON_LOOPBACK": "1"}), timeout=90)
-    assert "jax: 1 epochs" in stdout, stdout + stderr[-3000:]
-    wire = [json.loads((out / f"rank{r}_results_epoch1.json").read_text())["wire"] for r in (0, 1)]
-    assert [w["iface"] for w in wire] == ["eth0", "eth0"] and all(w["tx_bytes_per_step"] > 0 for w in wire)
+def test_the_mesh_bench_over_hosts_whose_names_are_on_loopback_jax_finds_the_interface_itself(tmp_path):
+    """The mesh bench's workers spread over two hosts (--hosts), on Debian-like hosts files: the
+    JAX processes tell each other through the coordinator where they reached it, and host 0 binds
+    gloo to the interface holding that address. The bench checks each host's wire against the
+    prediction before timing."""
+    report = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "benches" / "test_scaling.py"), "-k",
+                          "mesh and jax and data2", "--size", "tiny", "--hosts", "2", "--rate", "200mbit",
+                          "--rounds", "2", "-p", "no:cacheprovider", f"--benchmark-json={report}", "-q"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "MTCORE_HOSTNAMES_ON_LOOPBACK": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    (bench,) = json.loads(report.read_text())["benchmarks"]
+    assert bench["name"] == "test_train_step_mesh[jax-cpu-tiny-fp32-data2-2hosts]"
+    info = bench["extra_info"]
+    assert info["transport"] == "2 hosts, 200mbit" and [h["host"] for h in info["wire"]["hosts"]] == ["host0", "host1"]
+    assert all(h["tx_bytes_per_step"] > 0.9 * info["wire"]["predicted_per_step"]["tx_bytes"] for h in info["wire"]["hosts"])
     assert leftovers() == []
 
 
@@ -178,8 +186,9 @@ def test_the_docs_two_node_lines_are_what_runs_on_each_host():
     torch_line, jax_line = (" ".join(part.split()) for part in block.replace("\\\n", " ").splitlines()[1:3])
     for fw, line in (("torch", torch_line), ("jax", jax_line)):
         written = line.replace("$HEAD", "host0").replace("$NODE", "1").split()
-        command = framework(fw).node_command(1, 2, 4 if fw == "torch" else 1, "host0", ["train"], log_dir="L",
-                                             run_id="mt-1")
+        command = framework(fw).node_command(1, 2, 4 if fw == "torch" else 1, "host0", ["-m", "mtcore", "train"],
+                                             log_dir="L", run_id="mt-1")
+        assert command[command.index("-m", 3 if fw == "torch" else 0):][:3] == ["-m", "mtcore", "train"]
         for flag in ("--nnodes", "--nproc-per-node", "--node-rank", "--rdzv-backend", "--rdzv-endpoint",
                      "--coordinator", "--num-processes", "--process-id"):
             if flag in written:

@@ -46,10 +46,11 @@ COORDINATOR_PORT = 1234  # the docs' two-node line's
 
 
 def node_command(node: int, nodes: int, nproc: int, head: str, argv: list[str], *, log_dir, run_id: str) -> list[str]:
-    """``mtcore ARGV`` as host ``node`` of ``nodes`` runs it: one process over the host's devices,
-    joined through ``jax.distributed`` with its coordinator on ``head`` (the docs' two-node line)."""
-    return [sys.executable, "-m", "mtcore", *argv, "--coordinator", f"{head}:{COORDINATOR_PORT}",
-            "--num-processes", str(nodes), "--process-id", str(node)]
+    """``python ARGV`` (``-m mtcore train ...``, or a script that takes the same three options) as
+    host ``node`` of ``nodes`` runs it: one process over the host's devices, joined through
+    ``jax.distributed`` with its coordinator on ``head`` (the docs' two-node line)."""
+    return [sys.executable, *argv, "--coordinator", f"{head}:{COORDINATOR_PORT}", "--num-processes", str(nodes),
+            "--process-id", str(node)]
 
 
 def collective_engine(device: str) -> str:

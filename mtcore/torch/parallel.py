@@ -246,11 +246,12 @@ RDZV_PORT = 29500  # the docs' two-node line's
 
 def node_command(node: int, nodes: int, nproc: int, head: str, argv: list[str], *, log_dir: str | os.PathLike,
                  run_id: str) -> list[str]:
-    """``python -m mtcore ARGV`` as node ``node`` of ``nodes`` runs it: ``nproc`` ranks under
-    torchrun's multi-node rendezvous on ``head`` (the docs' two-node line, c10d backend)."""
+    """``python ARGV`` (``-m mtcore train ...``, or a script) as node ``node`` of ``nodes`` runs
+    it: ``nproc`` ranks under torchrun's multi-node rendezvous on ``head`` (the docs' two-node
+    line, c10d backend)."""
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node", str(nproc),
             "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{head}:{RDZV_PORT}",
-            "--rdzv-id", run_id, "--max-restarts", "0", "--log-dir", os.fspath(log_dir), "-m", "mtcore", *argv]
+            "--rdzv-id", run_id, "--max-restarts", "0", "--log-dir", os.fspath(log_dir), *argv]
 
 
 def launch(nproc: int, argv: list[str], *, log_dir: str | os.PathLike, cpu_threads: int | None = None) -> None:

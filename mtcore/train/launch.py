@@ -183,8 +183,7 @@ def launch_on_hosts(rc: RunConfig, argv: list[str], *, log_dir: Path) -> None:
     per_host = rc.devices // rc.hosts if fw.PROCESS_PER_DEVICE else 1
     run_id = uuid.uuid4().hex[:8]
     log_dir.mkdir(parents=True, exist_ok=True)
-    loopback_names = os.environ.get("MTCORE_HOSTNAMES_ON_LOOPBACK") == "1"  # to test what real hosts often have
-    with EmulatedHosts(rc.hosts, rc.rate, names_on_loopback=loopback_names) as hosts:
+    with EmulatedHosts(rc.hosts, rc.rate) as hosts:
         head = hosts.hosts[0].hostname
         running = []
         for h in hosts.hosts:
@@ -192,8 +191,8 @@ def launch_on_hosts(rc: RunConfig, argv: list[str], *, log_dir: Path) -> None:
             env = {k: v for k, v in os.environ.items() if k not in (JOB_CORES, PINNED_TO)}
             env.update(MTCORE_HOST=str(h.index), MTCORE_LAUNCHED="1", PYTHONUNBUFFERED="1",
                        MTCORE_RANK_THREADS=str(max(1, len(cores) // per_host)))
-            command = fw.node_command(h.index, rc.hosts, per_host, head, argv, log_dir=log_dir / h.hostname,
-                                      run_id=run_id)
+            command = fw.node_command(h.index, rc.hosts, per_host, head, ["-m", "mtcore", *argv],
+                                      log_dir=log_dir / h.hostname, run_id=run_id)
             log = open(log_dir / f"{h.hostname}.log", "w")  # noqa: SIM115  (closed when the host's process ends)
             running.append((h, log, subprocess.Popen(
                 h.command(["taskset", "-c", ",".join(map(str, cores)), *command]), stdout=log,
