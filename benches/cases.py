@@ -41,6 +41,7 @@ class Case:
     devices: int | None = None  # data parallel over this many devices (the scaling bench)
     rows: int | None = None  # batch rows, when not the size's default (SHAPES)
     mesh: str | None = None  # a device mesh (the mesh bench): ``fsdp:2``; ``devices`` is its size
+    hosts: int | None = None  # the workers spread over this many emulated hosts (--hosts)
 
     def __post_init__(self):
         if not self.variant:
@@ -55,6 +56,8 @@ class Case:
             parts.append(self.mesh.replace(":", "").replace(",", "-"))
         elif self.devices is not None:
             parts.append(f"{self.devices}dev")
+        if self.hosts:
+            parts.append(f"{self.hosts}hosts")
         return "-".join(parts)
 
     def model_config(self, **changes) -> mtcore.ModelConfig:
@@ -119,6 +122,15 @@ def selection(config) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
     devices = csv(config.getoption("--device"), DEVICE_KINDS, "device") or DEVICE_KINDS
     sizes = csv(config.getoption("--size"), tuple(PRESETS), "size") or DEFAULT_SIZES
     return frameworks, devices, sizes
+
+
+def over_hosts(chosen: list, hosts: int | None) -> list:
+    """The worker cases spread over ``hosts`` emulated hosts (--hosts) where their devices split
+    evenly over them; the others run on this host as before."""
+    if not hosts:
+        return chosen
+    return [dataclasses.replace(c, hosts=hosts) if c.devices and c.devices >= hosts and c.devices % hosts == 0 else c
+            for c in chosen]
 
 
 def cases(kind: str, frameworks, devices, sizes) -> list:
@@ -190,6 +202,8 @@ def marks(case, kind: str) -> list:
     if kind in ("scaling", "mesh"):
         # Worker processes, one case at a time: two cases' ranks would share the cores.
         marks.append(pytest.mark.xdist_group("scaling"))
+        if case.hosts and session.hosts_missing:
+            marks.append(pytest.mark.skip(reason=f"{case.id}: {session.hosts_missing}"))
         if case.devices > 1:
             marks.append(pytest.mark.multidevice)
             seen = visible(case.framework, case.device)

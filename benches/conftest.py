@@ -10,7 +10,7 @@ import os
 import machine
 import pytest
 import summary
-from cases import DEFAULT_SIZES, FRAMEWORKS, cases, marks, selection
+from cases import DEFAULT_SIZES, FRAMEWORKS, cases, marks, over_hosts, selection
 from inputs import MAX_TIME_S, MIN_ROUNDS, session
 
 from mtcore.config import PRESETS
@@ -37,9 +37,29 @@ def pytest_addoption(parser):
     group.addoption("--compile-rounds", type=int,
                     help="from-scratch compiles the compile bench times per case (default: 2 on a CPU, 3 on an "
                          "accelerator)")
+    group.addoption("--hosts", type=int,
+                    help="the worker benches (scaling, mesh) spread over N emulated hosts, each with its own address, "
+                         "hostname and link (network namespaces: needs root; docs/hosts.md), where their devices split "
+                         "evenly; the bytes on each host's wire recorded and held to the prediction")
+    group.addoption("--rate", help="with --hosts: each host's link shaped to this rate (100mbit, 1gbit; default unshaped)")
     group.addoption("--rounds", type=int,
                     help=f"fixed timed rounds per benchmark (default: calibrated, {MAX_TIME_S:g} s of timed work per "
                          f"case, at least {MIN_ROUNDS} rounds; see --benchmark-max-time / --benchmark-min-rounds)")
+
+
+def _hosts(config) -> None:
+    """--hosts and --rate, checked once: a bad value stops the session in one line; a machine that
+    cannot build hosts skips the cases that need them, saying why."""
+    from mtcore.hosts import missing_privilege, parse_rate
+
+    session.hosts, session.rate = config.getoption("--hosts"), config.getoption("--rate")
+    if session.hosts is not None and not 2 <= session.hosts <= len(threads.usable_cores()):
+        raise MTCoreError(f"--hosts {session.hosts}: between 2 and the {len(threads.usable_cores())} cores this process "
+                          "may use (each host runs on cores of its own)")
+    if session.rate is not None and session.hosts is None:
+        raise MTCoreError("--rate shapes the links of emulated hosts: give --hosts N too")
+    parse_rate(session.rate)
+    session.hosts_missing = missing_privilege() if session.hosts else None
 
 
 def pytest_generate_tests(metafunc):
@@ -47,6 +67,8 @@ def pytest_generate_tests(metafunc):
     if marker is None or "case" not in metafunc.fixturenames:
         return
     chosen = cases(marker.args[0], *selection(metafunc.config))
+    if marker.args[0] in ("scaling", "mesh"):
+        chosen = over_hosts(chosen, metafunc.config.getoption("--hosts"))
     params = [pytest.param(c, id=c.id, marks=marks(c, marker.args[0])) for c in chosen]
     metafunc.parametrize("case", params or [pytest.param(None, marks=pytest.mark.skip(reason="no case selected"))])
 
@@ -62,6 +84,7 @@ def pytest_configure(config):
     try:
         frameworks, devices, _ = selection(config)
         budget = threads.parse(config.getoption("--threads"))
+        _hosts(config)
         worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
         slots = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
         # The one process set-up (mtcore/perf/setup.py), before any framework starts and before

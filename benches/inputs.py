@@ -39,6 +39,9 @@ class Session:
     config: Any = None
     setup: ProcessSetup | None = None
     turns: Turns = field(default_factory=Turns)
+    hosts: int | None = None  # --hosts: the worker benches spread over emulated hosts
+    rate: str | None = None  # --rate: their links' rate
+    hosts_missing: str | None = None  # why this machine cannot build them (no root, no iproute2)
 
 
 session = Session()

@@ -2,15 +2,17 @@
 scaling: each device holds the bench's batch of SIZE), stepped on command from the bench.
 
 Started as its own process (torch ranks by torchrun), so neither the bench process's thread
-budget nor its framework state leaks into it. It connects to the bench on 127.0.0.1:PORT, compiles
+budget nor its framework state leaks into it. It connects to the bench's Unix socket SOCKET, compiles
 and takes the first step, reports ``{"first_loss", "compile_s"}``, then for every ``step`` line runs
 one synced step and answers ``ok`` (every rank answers; the bench waits for all); for every ``comm``
 line, one all-reduce of the bytes the step all-reduces, alone, and ``ok``.
 
-    python benches/scaling_worker.py FRAMEWORK DEVICE DEVICES SIZE PRECISION THREADS PORT [MESH]
+    python benches/scaling_worker.py FRAMEWORK DEVICE DEVICES SIZE PRECISION THREADS SOCKET [MESH]
+        [--coordinator HOST:PORT --num-processes N --process-id I]
 
 With MESH (``test_train_step_mesh``) the devices form that mesh, and the first message also
-says what one device holds and what a step moves (``mtcore.costs.costs_record``).
+says what one device holds and what a step moves (``mtcore.costs.costs_record``). The last three
+options join a JAX process to the others on emulated hosts (``node_command``), as ``mtcore train``'s.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 
 
 def main(framework: str, device: str, devices: int, size: str, precision: str, threads_per_device: int,
-         port: int, mesh: str | None = None) -> None:
+         address: str, mesh: str | None = None, coordinator: str | None = None, num_processes: int = 1,
+         process_id: int = 0) -> None:
     from mtcore.backend import framework as fw
     from mtcore.costs import costs_record
     from mtcore.perf.setup import set_up
@@ -34,9 +37,13 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
     # device, each its share of the cores; one JAX process drives all its host devices. JAX
     # dispatches multi-device programs asynchronously whatever the flag says: left as it comes.
     ranks = fw(framework).PROCESS_PER_DEVICE
-    per_process = threads_per_device if ranks else threads_per_device * devices
+    per_process = threads_per_device if ranks else threads_per_device * devices // num_processes
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", devices))
     set_up((framework,), threads=per_process if device == "cpu" else None,
-           slot=local if ranks else 0, slots=devices if ranks else 1, synchronous_cpu=False)
+           slot=local if ranks else 0, slots=local_ranks if ranks else 1, synchronous_cpu=False)
+    if coordinator:
+        fw(framework).initialize_distributed(coordinator, num_processes, process_id,
+                                             cpu_devices=devices // num_processes if device == "cpu" else None)
 
     from inputs import batch, weights
 
@@ -59,7 +66,9 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
         costs = costs_record(cfg, be.mesh_shape, tiled.shape, held=be.held_bytes(state), collectives=collectives,
                              step_memory=be.step_memory())
 
-    with socket.create_connection(("127.0.0.1", port), timeout=600) as conn:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(600)
+        conn.connect(address)
         stream = conn.makefile("rw")
         stream.write(json.dumps({"process": be.world.process, "first_loss": first_loss, "compile_s": compile_s,
                                  "world": be.world.as_dict(), "costs": costs}) + "\n")
@@ -81,5 +90,15 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    framework, device, devices, size, precision, per_device, port, *mesh = sys.argv[1:]
-    main(framework, device, int(devices), size, precision, int(per_device), int(port), *mesh)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    for name in ("framework", "device", "devices", "size", "precision", "per_device", "address"):
+        parser.add_argument(name)
+    parser.add_argument("mesh", nargs="?")
+    parser.add_argument("--coordinator")
+    parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--process-id", type=int, default=0)
+    a = parser.parse_args()
+    main(a.framework, a.device, int(a.devices), a.size, a.precision, int(a.per_device), a.address, a.mesh,
+         a.coordinator, a.num_processes, a.process_id)

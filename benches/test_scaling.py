@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
-from inputs import batch, check_first_loss, median_seconds, thread_budget, timed
+from inputs import batch, check_first_loss, median_seconds, session, thread_budget, timed
 
 from mtcore.backend import framework
 
@@ -38,25 +38,56 @@ _ONE_DEVICE: dict[tuple, float] = {}
 
 
 class Workers:
-    """The processes of one case, on loopback; killed with their process group whatever happens."""
+    """The processes of one case, on this host or spread over emulated hosts (``case.hosts``),
+    talking to the bench over a Unix socket (a path, which a process in another network namespace
+    reaches too); killed with their process groups, and the hosts removed, whatever happens."""
 
     def __init__(self, case, per_device_threads: int, timeout: float = 600):
         self.case, self.timeout = case, timeout
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(timeout)
-        port = self.server.getsockname()[1]
-        script = [str(HERE / "scaling_worker.py"), case.framework, case.device, str(case.devices), case.size,
-                  case.precision, str(per_device_threads), str(port), *([case.mesh] if case.mesh else [])]
-        # torchrun's logs, removed on exit (without --log-dir it leaves a torchelastic_* folder behind).
+        # torchrun's logs and the socket, removed on exit (without --log-dir it leaves a torchelastic_* folder behind).
         self.logs = tempfile.mkdtemp(prefix="mtcore-scaling-")
-        # Started by the framework's own launcher (torch: a rank per device under its elastic agent).
+        address = os.path.join(self.logs, "bench.sock")
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(address)
+        self.server.listen()
+        script = [str(HERE / "scaling_worker.py"), case.framework, case.device, str(case.devices), case.size,
+                  case.precision, str(per_device_threads), address, *([case.mesh] if case.mesh else [])]
         fw = framework(case.framework)
-        command = fw.rank_command(case.devices, script, log_dir=self.logs)
-        self.processes = case.devices if fw.PROCESS_PER_DEVICE else 1
+        self.processes = case.devices if fw.PROCESS_PER_DEVICE else (case.hosts or 1)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                     start_new_session=True)
+        self.hosts, self.procs = None, []
+        self.steps = 0  # synced steps every worker has taken
+        try:
+            if case.hosts:
+                self._start_on_hosts(fw, script, env)
+            else:
+                # Started by the framework's own launcher (torch: a rank per device under its elastic agent).
+                self.procs.append(subprocess.Popen(fw.rank_command(case.devices, script, log_dir=self.logs),
+                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                                   start_new_session=True))
+        except BaseException:
+            self.__exit__()
+            raise
         self.streams, self.ready = [], []
+
+    def _start_on_hosts(self, fw, script: list[str], env: dict) -> None:
+        """Each host runs the framework's multi-node line (torchrun's rendezvous, jax.distributed's
+        coordinator on host 0), pinned to its own share of the cores, as ``mtcore train --hosts``."""
+        from mtcore.hosts import EmulatedHosts
+        from mtcore.perf.threads import JOB_CORES, PINNED_TO, cores_for
+
+        n = self.case.hosts
+        self.hosts = EmulatedHosts(n, session.rate).__enter__()
+        per_host = self.case.devices // n if fw.PROCESS_PER_DEVICE else 1
+        head = self.hosts.hosts[0].hostname
+        for h in self.hosts.hosts:
+            cores = cores_for(h.index, n)
+            command = fw.node_command(h.index, n, per_host, head, script, log_dir=os.path.join(self.logs, h.hostname),
+                                      run_id=f"bench-{os.getpid()}")
+            host_env = {k: v for k, v in env.items() if k not in (JOB_CORES, PINNED_TO)}
+            self.procs.append(subprocess.Popen(h.command(["taskset", "-c", ",".join(map(str, cores)), *command]),
+                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                               env={**host_env, "MTCORE_HOST": str(h.index)}, start_new_session=True))
 
     def _accept(self) -> socket.socket:
         """The next worker's connection; a worker that died before connecting fails the case at
@@ -67,8 +98,8 @@ class Workers:
             try:
                 return self.server.accept()[0]
             except TimeoutError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise OSError(f"no worker connected (exit status {self.proc.poll()})") from None
+                if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+                    raise OSError(f"no worker connected (exit status {[p.poll() for p in self.procs]})") from None
 
     def __enter__(self):
         try:
@@ -90,6 +121,7 @@ class Workers:
             stream.flush()
         for stream in self.streams:
             assert stream.readline().strip() == "ok", f"{self.case.id}: a worker stopped"
+        self.steps += what == "step"
 
     def all_reduce_seconds(self, calls: int) -> float:
         """Median seconds of the step's all-reduce alone (one call of all its bytes), after one
@@ -102,29 +134,87 @@ class Workers:
             times.append(time.perf_counter() - start)
         return sorted(times)[len(times) // 2]
 
+    def wire(self, steps: int = 3) -> dict | None:
+        """On emulated hosts: what each host's interface carried per step over ``steps`` synced
+        steps, less the background measured over an idle window first, beside what mtcore predicts
+        the engine sends (``costs.wire_prediction``); None on this host."""
+        if self.hosts is None:
+            return None
+        from mtcore.costs import wire_prediction
+        from mtcore.hosts import IDLE_WINDOW_S
+
+        def counters():
+            return time.perf_counter(), [h.counters() for h in self.hosts.hosts]
+
+        self.step()  # every worker past its set-up (JAX compiles its probe after saying it is ready)
+        t0, idle0 = counters()
+        time.sleep(IDLE_WINDOW_S)
+        t1, idle1 = counters()
+        for _ in range(steps):
+            self.step()
+        t2, end = counters()
+        fw = framework(self.case.framework)
+        predicted = wire_prediction(self.ready[0]["costs"]["collectives"], fw.collective_engine(self.case.device),
+                                    processes_per_host=self.processes // self.case.hosts)
+        per_host = []
+        for h, a, b, c in zip(self.hosts.hosts, idle0, idle1, end, strict=True):
+            per_host.append({"host": h.hostname, **{f"{d}_bytes_per_step": (c[f"{d}_bytes"] - b[f"{d}_bytes"] - (
+                b[f"{d}_bytes"] - a[f"{d}_bytes"]) / (t1 - t0) * (t2 - t1)) / steps for d in ("tx", "rx")},
+                "tx_packets_per_step": (c["tx_packets"] - b["tx_packets"]) / steps,
+                "idle_tx_bytes_per_s": (b["tx_bytes"] - a["tx_bytes"]) / (t1 - t0)})
+        return {"hosts": per_host, "rate": session.rate or "unshaped", "predicted_per_step": predicted}
+
     def output(self) -> str:
-        try:
-            return self.proc.communicate(timeout=5)[0] or ""
-        except subprocess.TimeoutExpired:
-            return ""
+        out = []
+        for p in self.procs:
+            try:
+                out.append(p.communicate(timeout=5)[0] or "")
+            except (subprocess.TimeoutExpired, ValueError):
+                pass
+        return "\n".join(out)
 
     def __exit__(self, *exc) -> None:
-        for stream in self.streams:
+        for stream in getattr(self, "streams", []):
             try:
                 stream.write("quit\n")
                 stream.flush()
             except OSError:
                 pass
         deadline = time.monotonic() + 10
-        while self.proc.poll() is None and time.monotonic() < deadline:
+        while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
             time.sleep(0.05)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        if self.hosts is not None:
+            self.hosts.close()
         self.server.close()
         shutil.rmtree(self.logs, ignore_errors=True)
+
+
+def check_wire(workers: Workers) -> dict | None:
+    """Before timing, on emulated hosts: the bytes each host's interface carried per step, within
+    10% of what mtcore predicts the engine sends, framing included (docs/hosts.md)."""
+    wire = workers.wire()
+    predicted = wire and wire["predicted_per_step"]
+    if predicted:
+        for host in wire["hosts"]:
+            for d in ("tx", "rx"):
+                got = host[f"{d}_bytes_per_step"]
+                assert abs(got / predicted[f"{d}_bytes"] - 1) < 0.10, (workers.case.id, host, predicted)
+    return wire
+
+
+def transport(case, workers: Workers) -> str:
+    """How the case's devices talked (as ``report.md`` says it)."""
+    if case.devices == 1:
+        return "one device"
+    if case.hosts:
+        return f"{case.hosts} hosts, {session.rate or 'unshaped'}"
+    return "loopback" if workers.processes > 1 else "in one process"
 
 
 def sent_per_step(workers: Workers) -> int:
@@ -140,6 +230,7 @@ def test_train_step_scaling(benchmark, case, rounds):
     with Workers(case, per_device) as workers:
         for ready in workers.ready:
             check_first_loss(case, ready["first_loss"])  # the tiled batch's loss is the one-batch loss
+        wire = check_wire(workers)
         timed(benchmark, workers.step, rounds)
         timing = median_seconds(benchmark) is not None
         all_reduce_s = workers.all_reduce_seconds(min(rounds or 10, 20)) if case.devices > 1 and timing else None
@@ -147,7 +238,8 @@ def test_train_step_scaling(benchmark, case, rounds):
     tokens = int(b.src_mask.sum() + b.tgt_mask.sum()) * case.devices
     benchmark.extra_info.update(case=case.id, world_size=case.devices, processes=workers.processes,
                                 compile_s=workers.ready[0]["compile_s"], threads_per_device=per_device,
-                                global_batch_rows=b.shape[0] * case.devices, tokens_per_step=tokens)
+                                global_batch_rows=b.shape[0] * case.devices, tokens_per_step=tokens,
+                                transport=transport(case, workers), wire=wire)
     if case.devices > 1:  # what data parallelism moves: the same fields as the mesh bench's
         benchmark.extra_info.update(collectives=workers.ready[0]["costs"]["collectives"],
                                     sent_bytes_per_step=sent_per_step(workers))
@@ -198,12 +290,14 @@ def test_train_step_mesh(benchmark, case, rounds):
                  "held_bytes": max((c["held_bytes"] for c in records), key=lambda h: h["total"])}
         held, predicted = costs["held_bytes"], costs["held_bytes_predicted"]
         assert abs(held["total"] / predicted["total"] - 1) < 0.05, (held, predicted)
+        wire = check_wire(workers)
         timed(benchmark, workers.step, rounds)
     sent = costs["sent_bytes_per_step"]
     benchmark.extra_info.update(
         case=case.id, mesh=case.mesh, world_size=case.devices, processes=workers.processes,
         compile_s=workers.ready[0]["compile_s"], threads_per_device=per_device, global_batch_rows=costs["batch_shape"][0],
-        tokens_per_step=tokens, **{k: v for k, v in costs.items() if k != "batch_shape"})
+        tokens_per_step=tokens, transport=transport(case, workers), wire=wire,
+        **{k: v for k, v in costs.items() if k != "batch_shape"})
     median = median_seconds(benchmark)
     if median is None:  # --benchmark-disable: a smoke run, nothing timed
         return
