@@ -77,6 +77,8 @@ def interconnect() -> str | None:
     from mtcore.hosts import route_iface
 
     master = os.environ.get("MASTER_ADDR", "localhost")
+    if master == "localhost" or master.startswith("127.") or master == "::1":
+        return "lo"  # spelled as loopback: every node is on this host (no other could reach it)
     iface = route_iface(master)
     if iface == "lo":
         import socket
