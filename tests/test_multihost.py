@@ -193,3 +193,16 @@ def test_the_docs_two_node_lines_are_what_runs_on_each_host():
                      "--coordinator", "--num-processes", "--process-id"):
             if flag in written:
                 assert command[command.index(flag) + 1] == written[written.index(flag) + 1], (fw, flag)
+
+
+def test_without_the_privilege_a_run_over_hosts_is_one_line(tmp_path, capsys, monkeypatch):
+    import mtcore.hosts as hosts
+
+    monkeypatch.setattr(hosts, "missing_privilege",
+                        lambda: "emulated hosts need root or CAP_NET_ADMIN (to create network namespaces and links)")
+    out = tmp_path / "run"
+    assert main(["train", "--mesh", "data:2", "--hosts", "2", "--out", str(out), *QUICK]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mtcore: error: --hosts 2: emulated hosts need root or CAP_NET_ADMIN (to create network namespaces " \
+                  "and links)", err
+    assert not out.exists()
