@@ -154,6 +154,19 @@ class EmulatedHosts:
                 f"{'127.0.1.1' if self.names_on_loopback and o is h else o.address} {o.hostname}\n"
                 for o in self.hosts))
 
+    def start(self, host: Host, command: list[str], *, env: dict[str, str], stdout, **popen) -> subprocess.Popen:
+        """``command`` started on ``host``, pinned (``taskset``) to its share of the job's cores
+        (``threads.cores_for``): the one way a run's processes are put on emulated hosts (``mtcore
+        train --hosts``, the benches' workers). ``env`` without the job's core masks: a host's
+        cores are its job's; ``MTCORE_HOST`` says which host it is."""
+        from mtcore.perf.threads import JOB_CORES, PINNED_TO, cores_for
+
+        cores = cores_for(host.index, len(self.hosts))
+        env = {k: v for k, v in env.items() if k not in (JOB_CORES, PINNED_TO)}
+        env["MTCORE_HOST"] = str(host.index)
+        return subprocess.Popen(host.command(["taskset", "-c", ",".join(map(str, cores)), *command]), stdout=stdout,
+                                env=env, start_new_session=True, **popen)
+
     def _netns(self, name: str) -> None:
         self._made.append(name)
         _run(["ip", "netns", "add", name])
@@ -161,16 +174,25 @@ class EmulatedHosts:
     def close(self) -> None:
         """Everything made, removed: the processes left in the hosts, the namespaces (their links
         and qdiscs go with them), the hosts files. Safe to call twice."""
-        for name in reversed(self._made):
-            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-            shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
-        self._made.clear()
+        # A second SIGTERM or Ctrl-C must not cut the clean-up short.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            for name in reversed(self._made):
+                for _ in range(20):  # until no process is left: one may have forked as the others died
+                    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+                    if not pids:
+                        break
+                    for pid in pids:
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except (ProcessLookupError, ValueError):
+                            pass
+                    time.sleep(0.05)
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+                shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+            self._made.clear()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if self._made_etc:
             try:
                 NETNS_ETC.rmdir()
@@ -187,12 +209,10 @@ def route_iface(address: str) -> str:
     """The interface this host sends to ``address`` (an address, or a name as this host resolves
     it) over (``ip route get``): for a run, the one its collectives cross, found from the rendezvous
     or coordinator address. A name that resolves to loopback gives ``lo``."""
-    import socket
-
-    try:
-        address = socket.getaddrinfo(address, None, socket.AF_INET)[0][4][0]
-    except socket.gaierror as e:
-        raise MTCoreError(f"hosts: {address!r} does not resolve on this host ({e.strerror})") from None
+    resolved = resolve(address)
+    if not re.match(r"^\d+\.\d+\.\d+\.\d+$", resolved):
+        raise MTCoreError(f"hosts: {address!r} does not resolve on this host")
+    address = resolved
     out = _run(["ip", "-o", "route", "get", address])
     m = re.search(r"\bdev (\S+)", out)
     if not m:
@@ -213,6 +233,62 @@ def address_iface(address: str) -> str | None:
     return None
 
 
+def resolve(name: str) -> str:
+    """``name`` as this host resolves it (an IPv4 address), or ``name`` itself where it does not."""
+    import socket
+
+    try:
+        return socket.getaddrinfo(name, None, socket.AF_INET)[0][4][0]
+    except (socket.gaierror, UnicodeError):
+        return name
+
+
+@dataclass(frozen=True)
+class Link:
+    """Where a process's collectives go, as the run's processes agreed it: the interface (``lo``
+    where every process runs on this host), how many hosts the run spans, how many of its
+    processes run on this one, and whether this process is the first of them (the one that reads
+    the host's counters)."""
+
+    iface: str
+    hosts: int
+    per_host: int
+    first: bool
+
+
+def agree_link(me: int, everyone: list[tuple[str, str]], given: str | None, head: str, *, strict: bool,
+               hint: str = "pass --net-iface IFACE") -> Link:
+    """The ``Link`` of process ``me``, from every process's ``(hostname, the address it reached the
+    rendezvous host head at)``, exchanged through the framework's own store: ``lo`` when one
+    hostname runs them all; else ``given`` (--net-iface); else the interface that routes to where
+    this host reached ``head``; on ``head``'s own host, whose name may resolve to loopback, the one
+    holding the address the others reached it at. ``strict`` (gloo binds to it): a host that cannot
+    tell stops in one line saying what to set (``hint``), rather than let gloo advertise loopback
+    and time out."""
+    names = [host for host, _ in everyone]
+    mine, seen = everyone[me]
+    hosts, per_host, first = len(set(names)), names.count(mine), names.index(mine) == me
+    if hosts == 1:
+        return Link("lo", 1, per_host, first)
+    if given:
+        return Link(given, hosts, per_host, first)
+    try:
+        iface = route_iface(seen)
+        if iface == "lo":
+            reached = [addr for _, addr in everyone if not addr.startswith("127.")]
+            iface = next((i for i in map(address_iface, reached) if i), "lo")
+    except MTCoreError:
+        if strict:
+            raise
+        iface = "lo"
+    if iface == "lo" and strict:
+        raise MTCoreError(f"{mine}: the rendezvous host {head} resolves to {seen} (loopback) here, and no other process "
+                          f"reached it at an address of this host, so gloo would advertise one the other hosts cannot "
+                          f"reach; {hint} (the interface that carries the run), or map the hostname to the host's own "
+                          "address in /etc/hosts (docs/hosts.md)")
+    return Link(iface, hosts, per_host, first)
+
+
 def iface_counters(iface: str) -> dict[str, int]:
     """The kernel's byte counters of ``iface`` on this host (``/sys/class/net``)."""
     stats = Path("/sys/class/net") / iface / "statistics"
@@ -228,7 +304,10 @@ def link_rate(iface: str) -> tuple[int | None, str]:
     Mbit/s), else None, saying why (loopback: nothing crosses a network)."""
     if iface == "lo":
         return None, "loopback: nothing crosses a network"
-    qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", iface], capture_output=True, text=True).stdout
+    try:
+        qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", iface], capture_output=True, text=True).stdout
+    except FileNotFoundError:  # no tc: nothing shapes it that we could read
+        qdiscs = ""
     m = re.search(r"\btbf\b.*?\brate (\d+(?:\.\d+)?)([KMG]?)bit", qdiscs)
     if m:
         return int(float(m.group(1)) * _PREFIX[m.group(2).lower()]), "shaped by tc (tbf)"
@@ -282,13 +361,26 @@ class WireMeter:
         out = {"iface": self.iface, "crossed_network": True, "host": _hostname(), "seconds": seconds,
                "link_rate_bits_per_s": self.rate, "link_rate_source": self.rate_source,
                **{k: c1[k] - c0[k] for k in c0}, "idle": self.idle}
-        for d in ("tx", "rx"):
-            background = (self.idle or {}).get(f"{d}_bytes_per_s", 0.0) * seconds
-            out[f"{d}_bytes_per_step"] = max(out[f"{d}_bytes"] - background, 0.0) / max(steps, 1)
-        # The busier direction's share of the link over the epoch (a full-duplex link: each its own).
-        out["utilisation"] = (max(out["tx_bytes"], out["rx_bytes"]) * 8 / seconds / self.rate
-                              if self.rate and seconds > 0 else None)
+        out.update(per_step(c0, c1, seconds, steps, self.idle))
+        # The busier direction's share of the link over the epoch, the background left out (a
+        # full-duplex link: each direction its own).
+        busiest = max(out["tx_bytes_per_step"], out["rx_bytes_per_step"]) * steps
+        out["utilisation"] = busiest * 8 / seconds / self.rate if self.rate and seconds > 0 else None
         return out
+
+
+def per_step(before: dict[str, int], after: dict[str, int], seconds: float, steps: int,
+             idle: dict[str, float] | None) -> dict[str, float]:
+    """Bytes per step each way between two readings of an interface's counters ``seconds`` apart
+    over ``steps`` steps, less the background (``idle``: bytes per second) over that time."""
+    return {f"{d}_bytes_per_step": max(after[f"{d}_bytes"] - before[f"{d}_bytes"]
+                                       - (idle or {}).get(f"{d}_bytes_per_s", 0.0) * seconds, 0.0) / max(steps, 1)
+            for d in ("tx", "rx")}
+
+
+def describe(hosts: int, rate_bits: float | None) -> str:
+    """How a run's devices talked over emulated or real hosts, as the report and the benches say it."""
+    return f"{hosts} hosts" + (f", {rate_bits / 1e6:g} Mbit/s" if rate_bits else ", unshaped")
 
 
 def _hostname() -> str:
@@ -302,7 +394,10 @@ def _exit_on_sigterm(signum, frame):
 
 
 def _run(argv: list[str]) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise MTCoreError(f"hosts: `{argv[0]}` is not installed here (iproute2)") from None
     if result.returncode:
         raise MTCoreError(f"hosts: `{' '.join(argv)}` failed: {(result.stderr or result.stdout).strip()}")
     return result.stdout
