@@ -64,9 +64,10 @@ class Framework(Protocol):
     # torchrun's c10d rendezvous, jax.distributed's coordinator): what runs on emulated hosts.
     def node_command(self, node: int, nodes: int, nproc: int, head: str, argv: list[str], *, log_dir,
                      run_id: str) -> list[str]: ...
-    # The network interface this process's collectives cross to other hosts, once it has joined
-    # them: None for one process, "lo" when every process runs on this host.
-    def interconnect(self) -> str | None: ...
+    # Where this process's collectives go (mtcore.hosts.Link: the interface, "lo" when every process
+    # runs on this host; the hosts; the processes on this one), as the processes agreed it when
+    # they joined: None for one process.
+    def interconnect(self) -> Any: ...
     # What carries the collectives on ``device`` ("gloo", "nccl", "xla-gloo"): costs.wire_prediction
     # predicts the bytes each sends.
     def collective_engine(self, device: str) -> str: ...

@@ -109,68 +109,48 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=120)
     except (RuntimeError, ValueError) as e:
         raise MTCoreError(f"jax.distributed.initialize failed: {e}") from None
-    if cpu_devices and coordinator:
-        _use_interface(_choose_interface(coordinator, interface))
+    if coordinator:
+        global _LINK
+        _LINK = _agree_link(coordinator, interface, strict=bool(cpu_devices))
+        if cpu_devices:
+            _use_interface(_LINK.iface)
 
 
-_INTERCONNECT: str | None = None  # the interface this process's collectives cross, once chosen
+_LINK = None  # where this process's collectives go, once the processes agreed it (mtcore.hosts.Link)
 
 
-def interconnect() -> str | None:
-    """The interface this process's collectives cross to other processes: None for one process,
-    ``lo`` where all of them run on this host."""
-    return _INTERCONNECT
+def interconnect():
+    """This process's ``mtcore.hosts.Link``: None for one process (or processes JAX found itself)."""
+    return _LINK
 
 
-def _choose_interface(coordinator: str, given: str | None, timeout_s: float = 15) -> str:
-    """The interface gloo should use, agreed through the coordinator's key-value store: ``lo`` when
-    every process runs on this host (one hostname), else ``given``, else the one that routes to
-    the coordinator; on the coordinator's own host, whose name may resolve to loopback, the one
-    holding the address the other processes reached it at. A host that cannot tell stops, in one
-    line saying what to set, rather than let gloo advertise loopback and time out."""
+def _agree_link(coordinator: str, given: str | None, *, strict: bool, timeout_s: float = 60):
+    """The processes tell each other, through the coordinator's key-value store, their hostnames
+    and the address each reached the coordinator at; ``mtcore.hosts.agree_link`` picks this
+    process's interface from that."""
     import json
     import socket
 
     from jax._src import distributed
 
-    from mtcore.hosts import address_iface, route_iface
+    from mtcore.hosts import agree_link, resolve
 
     client, me = distributed.global_state.client, distributed.global_state.process_id
-    n = distributed.global_state.num_processes
-    name = coordinator.rsplit(":", 1)[0].strip("[]")
-    try:
-        seen = socket.getaddrinfo(name, None, socket.AF_INET)[0][4][0]
-    except socket.gaierror:
-        seen = name
-    client.key_value_set(f"mtcore/net/{me}", json.dumps([socket.gethostname(), seen]))
+    head = coordinator.rsplit(":", 1)[0].strip("[]")
+    client.key_value_set(f"mtcore/net/{me}", json.dumps([socket.gethostname(), resolve(head)]))
     try:
         everyone = [json.loads(client.blocking_key_value_get(f"mtcore/net/{p}", int(timeout_s * 1000)))
-                    for p in range(n)]
+                    for p in range(distributed.global_state.num_processes)]
     except Exception as e:  # noqa: BLE001  (jaxlib raises its own XlaRuntimeError)
         raise MTCoreError(f"jax.distributed: the other processes did not say where they run within {timeout_s:g} s "
                           f"({str(e).splitlines()[0]})") from None
-    if len({host for host, _ in everyone}) == 1:
-        return "lo"
-    if given:
-        return given
-    iface = route_iface(seen)
-    if iface == "lo":
-        reached = [addr for _, addr in everyone if not addr.startswith("127.")]
-        iface = next((i for i in map(address_iface, reached) if i), "lo")
-    if iface == "lo":
-        raise MTCoreError(f"jax.distributed: the coordinator {name} resolves to {seen} (loopback) on "
-                          f"{socket.gethostname()}, so gloo would advertise an address the other hosts cannot reach; "
-                          "pass --net-iface IFACE (the interface that carries the run), or map the hostname to "
-                          "the host's own address in /etc/hosts (docs/hosts.md)")
-    return iface
+    return agree_link(me, [tuple(x) for x in everyone], given, head, strict=strict)
 
 
 def _use_interface(iface: str) -> None:
     """gloo's collectives on ``iface`` (on ``lo``, JAX's default: the hostname's address). JAX
     builds them from its distributed client without an interface; this registers the same CPU
     client factory with collectives bound to ``iface``, before the backend starts."""
-    global _INTERCONNECT
-    _INTERCONNECT = iface
     if iface == "lo":
         return
     import functools

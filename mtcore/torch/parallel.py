@@ -48,11 +48,12 @@ def init(device_kind: str, devices: int) -> tuple[World, torch.device]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        iface = interconnect()
-        if device_kind == "cpu" and iface not in (None, "lo"):
+        global _LINK
+        _LINK = _agree_link(device_kind)
+        if device_kind == "cpu" and _LINK.iface != "lo":
             # gloo binds to, and advertises, the address of the interface that reaches the other
             # nodes; by default it takes the hostname's, which many hosts map to loopback.
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", _LINK.iface)
         dist.init_process_group("nccl" if device_kind == "gpu" else "gloo", timeout=TIMEOUT,
                                 device_id=device if device_kind == "gpu" else None)
     size, rank = dist.get_world_size(), dist.get_rank()
@@ -61,33 +62,45 @@ def init(device_kind: str, devices: int) -> tuple[World, torch.device]:
     return World(devices=size, processes=size, process=rank), device
 
 
-def interconnect() -> str | None:
-    """The interface this rank's collectives cross to other nodes: None for one process, ``lo``
-    where torchrun started every rank on this node (one node: ``GROUP_WORLD_SIZE``), else
-    --net-iface (``MTCORE_NET_IFACE``), ``GLOO_SOCKET_IFNAME``, or the one that routes to the
-    rendezvous host (``MASTER_ADDR``). A node whose route to it is loopback (its own name mapped
-    to 127.0.1.1) stops in one line saying what to set: gloo would advertise loopback."""
-    if not under_launcher() or int(os.environ.get("WORLD_SIZE", 1)) < 2:
-        return None
-    if int(os.environ.get("GROUP_WORLD_SIZE", 1)) < 2:
-        return "lo"
-    given = os.environ.get("MTCORE_NET_IFACE") or os.environ.get("GLOO_SOCKET_IFNAME")
-    if given:
-        return given
-    from mtcore.hosts import route_iface
+_LINK = None  # where this rank's collectives go, once the ranks agreed it (mtcore.hosts.Link)
 
+
+def interconnect():
+    """This rank's ``mtcore.hosts.Link``: None for one process."""
+    return _LINK
+
+
+def _agree_link(device_kind: str):
+    """Where this rank's collectives go, before its process group exists: every rank tells the
+    others, through the store torchrun's agent hosts (``MASTER_ADDR``), its hostname and the
+    address it reached that host at, and ``mtcore.hosts.agree_link`` picks the interface
+    (--net-iface, ``MTCORE_NET_IFACE``, or ``GLOO_SOCKET_IFNAME`` where set). Without the agent's
+    store (another launcher), every rank is taken to be on this host unless told an interface."""
+    import json
+    import socket
+
+    from mtcore.hosts import Link, agree_link, resolve
+
+    given = os.environ.get("MTCORE_NET_IFACE")
+    gloo = os.environ.get("GLOO_SOCKET_IFNAME")
+    if given and gloo and gloo.split(",")[0] != given:
+        raise MTCoreError(f"--net-iface {given}, but GLOO_SOCKET_IFNAME={gloo}: gloo would use the one and the other "
+                          "would be counted; give one")
+    given = given or (gloo.split(",")[0] if gloo else None)
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     master = os.environ.get("MASTER_ADDR", "localhost")
-    if master == "localhost" or master.startswith("127.") or master == "::1":
-        return "lo"  # spelled as loopback: every node is on this host (no other could reach it)
-    iface = route_iface(master)
-    if iface == "lo":
-        import socket
-
-        raise MTCoreError(f"torch rank {os.environ.get('RANK')} on {socket.gethostname()}: the rendezvous host {master} "
-                          "resolves to loopback here, so gloo would advertise an address the other nodes cannot "
-                          "reach; pass --net-iface IFACE or set GLOO_SOCKET_IFNAME=IFACE (the interface that carries "
-                          "the run), or map the hostname to this host's address in /etc/hosts (docs/hosts.md)")
-    return iface
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return Link(given or "lo", 1, int(os.environ.get("LOCAL_WORLD_SIZE", world)), local == 0)
+    store = dist.TCPStore(master, int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=datetime.timedelta(seconds=60))
+    prefix = f"mtcore/link/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}"
+    store.set(f"{prefix}/{rank}", json.dumps([socket.gethostname(), resolve(master)]))
+    keys = [f"{prefix}/{r}" for r in range(world)]
+    store.wait(keys)
+    everyone = [tuple(json.loads(store.get(k))) for k in keys]
+    return agree_link(rank, everyone, given, master, strict=device_kind == "cpu",
+                      hint="pass --net-iface IFACE or set GLOO_SOCKET_IFNAME=IFACE")
 
 
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
