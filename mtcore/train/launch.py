@@ -87,8 +87,9 @@ def _check_hosts(rc: RunConfig) -> None:
     cores = len(threads.usable_cores())
     if rc.hosts > cores:
         raise MTCoreError(f"--hosts {rc.hosts}: this process may use {cores} core(s), and each host needs one of its own")
-    if rc.net_iface and rc.net_iface not in (HOST_IFACE, "lo"):
-        raise MTCoreError(f"--net-iface {rc.net_iface}: no such interface on the emulated hosts; each has {HOST_IFACE}, lo")
+    if rc.net_iface and rc.net_iface != HOST_IFACE:
+        raise MTCoreError(f"--net-iface {rc.net_iface}: the emulated hosts talk over {HOST_IFACE} (each has {HOST_IFACE} "
+                          "and lo)")
 
 
 def on_host() -> bool:
@@ -172,38 +173,36 @@ def launch(rc: RunConfig, out: str | os.PathLike, argv: list[str] | None = None)
 def launch_on_hosts(rc: RunConfig, argv: list[str], *, log_dir: Path) -> None:
     """``mtcore ARGV`` spread over ``rc.hosts`` emulated hosts (``mtcore.hosts``), each link shaped
     to ``rc.rate``: every host runs the framework's own multi-node line (``node_command``) with
-    host 0 as the rendezvous / coordinator, by hostname, pinned to its own share of the cores.
-    Each host's output goes to ``log_dir/HOST.log``. The first host to fail stops every other (its
-    processes are killed with the hosts) and is raised as one line; the hosts are removed however
-    the run ends."""
+    host 0 as the rendezvous / coordinator, by hostname, pinned to its own share of the cores
+    (``EmulatedHosts.start``). Each host's output goes to ``log_dir/HOST.log``. The first host seen
+    to fail stops every other (its processes are killed with the hosts) and is raised as one line;
+    the hosts are removed however the run ends."""
     from mtcore.hosts import EmulatedHosts
-    from mtcore.perf.threads import JOB_CORES, PINNED_TO
 
     fw = framework(rc.framework)
     per_host = rc.devices // rc.hosts if fw.PROCESS_PER_DEVICE else 1
     run_id = uuid.uuid4().hex[:8]
     log_dir.mkdir(parents=True, exist_ok=True)
+    failed = None
     with EmulatedHosts(rc.hosts, rc.rate) as hosts:
         head = hosts.hosts[0].hostname
+        share = max(1, len(threads.cores_for(0, rc.hosts)) // per_host)
+        env = {**os.environ, "MTCORE_LAUNCHED": "1", "PYTHONUNBUFFERED": "1", "MTCORE_RANK_THREADS": str(share)}
         running = []
-        for h in hosts.hosts:
-            cores = threads.cores_for(h.index, rc.hosts)
-            env = {k: v for k, v in os.environ.items() if k not in (JOB_CORES, PINNED_TO)}
-            env.update(MTCORE_HOST=str(h.index), MTCORE_LAUNCHED="1", PYTHONUNBUFFERED="1",
-                       MTCORE_RANK_THREADS=str(max(1, len(cores) // per_host)))
-            command = fw.node_command(h.index, rc.hosts, per_host, head, ["-m", "mtcore", *argv],
-                                      log_dir=log_dir / h.hostname, run_id=run_id)
-            log = open(log_dir / f"{h.hostname}.log", "w")  # noqa: SIM115  (closed when the host's process ends)
-            running.append((h, log, subprocess.Popen(
-                h.command(["taskset", "-c", ",".join(map(str, cores)), *command]), stdout=log,
-                stderr=subprocess.STDOUT, env=env, start_new_session=True)))
         try:
-            while any(proc.poll() is None for _, _, proc in running):
-                failed = [(h, proc) for h, _, proc in running if proc.poll()]
-                if failed:
-                    break
+            for h in hosts.hosts:
+                command = fw.node_command(h.index, rc.hosts, per_host, head, ["-m", "mtcore", *argv],
+                                          log_dir=log_dir / h.hostname, run_id=run_id)
+                log = open(log_dir / f"{h.hostname}.log", "w")  # noqa: SIM115  (closed below, whatever happens)
+                try:
+                    running.append((h, log, hosts.start(h, command, env=env, stdout=log, stderr=subprocess.STDOUT)))
+                except BaseException:
+                    log.close()
+                    raise
+            while failed is None and any(proc.poll() is None for _, _, proc in running):
+                failed = next(((h, proc.returncode) for h, _, proc in running if proc.poll()), None)
                 time.sleep(0.2)
-            failed = [(h, proc) for h, _, proc in running if proc.poll()]
+            failed = failed or next(((h, proc.returncode) for h, _, proc in running if proc.poll()), None)
         finally:
             for _, log, proc in running:
                 if proc.poll() is None:
@@ -211,9 +210,10 @@ def launch_on_hosts(rc: RunConfig, argv: list[str], *, log_dir: Path) -> None:
                     proc.wait()
                 log.close()
     if failed:
-        h, proc = failed[0]
-        raise MTCoreError(f"{h.hostname} failed: {_last_error(log_dir / f'{h.hostname}.log', proc.returncode)}; every "
-                          f"host was stopped (its output: {log_dir / f'{h.hostname}.log'})")
+        h, returncode = failed
+        log = log_dir / f"{h.hostname}.log"
+        raise MTCoreError(f"{h.hostname} failed: {_last_error(log, returncode)}; every host was stopped (its output: "
+                          f"{log})")
 
 
 def _last_error(log: Path, returncode: int) -> str:

@@ -178,9 +178,10 @@ def transport(record: dict[str, Any], wire: list[dict[str, Any]]) -> str:
         return "in one process"
     if not wire:
         return "loopback" if "wire" in record else "processes"
+    from mtcore.hosts import describe
+
     rates = {w.get("link_rate_bits_per_s") for w in wire}
-    rate = rates.pop() if len(rates) == 1 else None
-    return f"{len(wire)} hosts" + (f", {rate / 1e6:g} Mbit/s" if rate else ", unshaped")
+    return describe(len(wire), rates.pop() if len(rates) == 1 else None)
 
 
 def _most(epochs: dict[int, list[dict[str, Any]]], chosen: list[int], key: str) -> np.ndarray:

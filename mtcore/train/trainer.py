@@ -111,7 +111,9 @@ class Trainer:
         self.step_fn = self.be.make_train_step(self.cfg, self.tcfg, compile=rc.compile)
         self.costs: dict[str, Any] | None = None  # what a device holds and a step moves, from one recorded step
         self.eval_fn = self.be.make_eval_step(self.cfg, self.tcfg)
-        self.wire, self.wire_idle_pending = _wire_meter(rc)
+        self.wire, self.link = _wire_meter(rc)
+        # Every process of a run whose collectives cross a network measures the background together, once.
+        self.wire_idle_pending = self.link is not None and self.link.iface != "lo"
         if resume:
             self.metrics = read_json(self.out / "metrics.json")
             self.epoch, self.state = self._load_checkpoint()
@@ -291,12 +293,10 @@ class Trainer:
 
         record = self.wire.stop(steps)
         if record["crossed_network"] and self.costs:
-            hosts = self.rc.hosts or None
             from mtcore.backend import framework
 
             engine = framework(self.rc.framework).collective_engine(self.rc.device)
-            per_step = wire_prediction(self.costs["collectives"], engine,
-                                       processes_per_host=self.world.processes // hosts if hosts else None)
+            per_step = wire_prediction(self.costs["collectives"], engine, processes_per_host=self.link.per_host)
             if per_step:
                 sent, _ = epoch_sent_bytes(self.cfg, self.rc.mesh_shape(), self.costs, shapes)
                 scale = sent / steps / self.costs["sent_bytes_per_step"] if self.costs["sent_bytes_per_step"] else 1.0
@@ -368,18 +368,16 @@ def epoch_sent_bytes(cfg: ModelConfig, mesh, costs: dict[str, Any] | None,
 
 
 def _wire_meter(rc: RunConfig):
-    """``(the meter of this host's interface, or None; whether the run measures its background
-    first)``: every process of a run whose collectives cross a network measures the background
-    together, the first process on each host reads its interface (torchrun's LOCAL_RANK 0; a JAX
-    process is alone on its host)."""
+    """``(the meter of this host's interface, or None; this process's Link, or None)``: the
+    processes of a run agreed where their collectives go (``Framework.interconnect``); the first
+    on each host reads its interface."""
     from mtcore.backend import framework
     from mtcore.hosts import WireMeter
 
-    iface = framework(rc.framework).interconnect()
-    if iface is None:
-        return None, False
-    first_on_host = int(os.environ.get("LOCAL_RANK", 0)) == 0
-    return (WireMeter(iface) if first_on_host else None), iface != "lo"
+    link = framework(rc.framework).interconnect()
+    if link is None:
+        return None, None
+    return (WireMeter(link.iface) if link.first else None), link
 
 
 def _threads() -> dict[str, Any]:
