@@ -420,7 +420,9 @@ def test_torch_collectives_are_what_the_mesh_predicts(two_torch_ranks):
     once (P bytes, plus the loss's three scalars); FSDP2 reduce-scatters them once and gathers
     every layer's weights twice but the root's (the tied embedding) once, since it keeps the root
     gathered from forward to backward; DTensor all-reduces the activations the model's layout
-    predicts, plus a scalar a sharded parameter for the gradient norm. (docs/parallelism.md)"""
+    predicts. Besides, one all-reduce of the loss's three scalars and one of the gradient norm's
+    sum of squares per layout split over ranks (one here: never one per parameter).
+    (docs/parallelism.md)"""
     from mtcore.costs import predicted_traffic
     from mtcore.weights import param_shapes
 
@@ -443,11 +445,11 @@ def test_torch_collectives_are_what_the_mesh_predicts(two_torch_ranks):
     root = np.prod(param_shapes(PARALLEL_CFG)["shared.weight"]) * 4
     assert measured["reduce-scatter"]["payload"] == predicted["reduce-scatter"].payload
     assert measured["all-gather"]["payload"] == predicted["all-gather"].payload - root
-    assert measured["all-reduce"]["payload"] < 1000  # scalars: the gradient norm's parts, the loss's sums
+    assert measured["all-reduce"]["calls"] == 2 and measured["all-reduce"]["payload"] == 16  # the loss's sums, the norm
     measured, predicted = measured_and_predicted("tensor:2")
     scalars = measured["all-reduce"]["payload"] - predicted["all-reduce"].payload
-    assert 0 < scalars < 1000, (measured, predicted)
-    assert measured["all-reduce"]["calls"] > predicted["all-reduce"].calls
+    assert scalars == 16, (measured, predicted)  # the loss's three sums, the gradient norm's one
+    assert measured["all-reduce"]["calls"] == predicted["all-reduce"].calls + 2
 
 
 @pytest.mark.torch

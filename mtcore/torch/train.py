@@ -54,13 +54,29 @@ def _is_dtensor(t: torch.Tensor) -> bool:
 
 def clip_sharded(params: list[torch.Tensor], clip_norm: float) -> torch.Tensor:
     """``clip_grad_norm_`` over gradients that are DTensors on different meshes (FSDP over the batch
-    axes, tensor parallel inside) or plain tensors: each norm made whole, then the same clipping
-    (``max_norm / (norm + 1e-6)``, at most 1) as torch's."""
-    norms = []
+    axes, tensor parallel inside) or plain tensors: the squares of each rank's own shards summed per
+    layout (mesh and placements), each sum all-reduced once over the mesh dimensions its gradients
+    are split along, as torchtitan takes the norm in one reduction rather than one per parameter;
+    then the same clipping (``max_norm / (norm + 1e-6)``, at most 1) as torch's."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard
+
+    squares: dict[tuple, list] = {}  # layout -> [its mesh, the sum of its squares on this rank]
     for p in params:
-        n = torch.linalg.vector_norm(p.grad)
-        norms.append(n.full_tensor() if _is_dtensor(n) else n)
-    total = torch.linalg.vector_norm(torch.stack(norms))
+        g = p.grad
+        if _is_dtensor(g):
+            key = (id(g.device_mesh), tuple(i for i, pl in enumerate(g.placements) if isinstance(pl, Shard)))
+            meshes = squares.setdefault(("mesh", *key), [g.device_mesh, torch.zeros((), device=g.to_local().device)])
+            meshes[1] = meshes[1] + g.to_local().float().pow(2).sum()
+        else:
+            plain = squares.setdefault(("plain",), [None, torch.zeros((), device=g.device)])
+            plain[1] = plain[1] + g.float().pow(2).sum()
+    total_sq = None
+    for key, (mesh, sq) in squares.items():
+        for dim in key[2] if key[0] == "mesh" else ():  # a replicated dimension holds the whole already
+            dist.all_reduce(sq, group=mesh.get_group(dim))
+        total_sq = sq if total_sq is None else total_sq + sq
+    total = total_sq.sqrt()
     if clip_norm > 0:
         coef = float((clip_norm / (total + 1e-6)).clamp(max=1.0))
         for p in params:
