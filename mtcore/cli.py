@@ -41,15 +41,22 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from mtcore.config import ModelConfig
-    from mtcore.costs import format_plan, plan
+    from mtcore.costs import compute_seconds, format_plan, plan
     from mtcore.parallel import MeshShape
 
     cfg = ModelConfig.of(args.model)
     meshes = MeshShape.parse_all(args.meshes)
     bandwidth = None if args.bandwidth is None else _rates(args.bandwidth)
+    latency = None if args.latency is None else {a: v / 1e15 for a, v in _rates(args.latency, "--latency").items()}
     flops = None if args.flops is None else args.flops * 1e12
+    if args.compute_ms is not None and args.compute_from is not None:
+        raise MTCoreError("--compute-ms and --compute-from both give the step's arithmetic: give one")
+    compute_s = compute_seconds(args.compute_from) if args.compute_from else (
+        None if args.compute_ms is None else args.compute_ms / 1e3)
+    if compute_s is not None and flops is not None:
+        raise MTCoreError("--flops and a measured compute time both give the step's arithmetic: give one")
     rows = plan(cfg, meshes, args.global_batch_size, args.src_len, args.tgt_len, value_bytes=2 if args.precision == "bf16" else 4,
-                bandwidth=bandwidth, flops=flops)
+                bandwidth=bandwidth, flops=flops, latency=latency, compute_s=compute_s)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -57,23 +64,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"{args.src_len} source / {args.tgt_len} target tokens; {args.precision} values throughout. Predicted "
           "from the shapes and the mesh, no step run (docs/parallelism.md says what is counted).")
     print()
-    print(format_plan(rows, bandwidth=bandwidth, flops=flops))
+    print(format_plan(rows, bandwidth=bandwidth, flops=flops, latency=latency, compute_s=compute_s))
     return 0
 
 
-def _rates(given: list[str]) -> dict[str, float]:
-    """``--bandwidth 450 data=50`` -> bytes/s per axis, ``""`` for the axes not named."""
+def _rates(given: list[str], what: str = "--bandwidth") -> dict[str, float]:
+    """``--bandwidth 450 data=50`` -> bytes/s per axis, ``""`` for the axes not named (``--latency
+    5 data=30``: the same spelling, microseconds, returned x 1e9 as the rates are)."""
+    unit = "GB/s" if what == "--bandwidth" else "µs"
     rates = {}
     for item in given:
         axis, _, value = item.rpartition("=")
         if ":" in item:  # a mesh's spelling, not a rate's
-            raise MTCoreError(f"--bandwidth: expected GB/s or AXIS=GB/s (450, data=50), got {item!r}")
+            raise MTCoreError(f"{what}: expected {unit} or AXIS={unit} (450, data=50), got {item!r}")
         if axis in rates:
-            raise MTCoreError(f"--bandwidth: {'a rate for ' + axis if axis else 'one rate for every axis'} is given twice")
+            noun = "rate" if what == "--bandwidth" else "value"
+            raise MTCoreError(f"{what}: {f'a {noun} for ' + axis if axis else f'one {noun} for every axis'} is given twice")
         try:
             rates[axis] = float(value) * 1e9
         except ValueError:
-            raise MTCoreError(f"--bandwidth: expected GB/s or AXIS=GB/s (450, data=50), got {item!r}") from None
+            raise MTCoreError(f"{what}: expected {unit} or AXIS={unit} (450, data=50), got {item!r}") from None
     return rates
 
 
@@ -260,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bandwidth", nargs="+", metavar="GBPS", help="GB/s each device sends (e.g. 450 for an H100's NVLink), "
                    "and per mesh axis where links differ: 450 data=50 (NVLink in a node, 400 Gb/s InfiniBand between)")
     p.add_argument("--flops", type=float, help="TFLOP/s each device computes (e.g. 989 for an H100's dense bf16)")
+    p.add_argument("--latency", nargs="+", metavar="US", help="microseconds each message of a collective waits on the "
+                   "link (a ring all-reduce waits for 2(N-1) of them a call, the others N-1), and per mesh axis where "
+                   "links differ: 5 data=30")
+    p.add_argument("--compute-ms", type=float, help="measured milliseconds of a step's arithmetic on one device (instead "
+                   "of --flops), carried to each mesh by its share of the FLOPs")
+    p.add_argument("--compute-from", metavar="RUN", help="the same from a one-device run's directory (its last epoch's "
+                   "time per step)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("train", help="train one framework epoch by epoch; metrics.json and checkpoints in --out")

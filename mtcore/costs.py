@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 
 from mtcore.config import ModelConfig
 from mtcore.parallel import TENSOR_PLAN, MeshShape
@@ -168,10 +170,12 @@ def step_flops_per_device(cfg: ModelConfig, mesh: MeshShape, global_batch: int, 
     return 3 * (layers / mesh.devices + output / mesh.batch_shards)
 
 
-def link_rates(bandwidth: float | dict[str, float] | None) -> dict[str, float] | None:
-    """``{axis: bytes/s}`` for every mesh axis from one rate for all, or a dict with ``""`` for the
+def link_rates(bandwidth: float | dict[str, float] | None, what: str = "--bandwidth", *,
+               positive: bool = True) -> dict[str, float] | None:
+    """``{axis: value}`` for every mesh axis from one value for all, or a dict with ``""`` for the
     axes it does not name (links differ: a node's NVLink for ``tensor`` and ``fsdp``, the network
-    between nodes for ``data``)."""
+    between nodes for ``data``): bytes/s for ``--bandwidth``, seconds for ``--latency`` (which may
+    be 0: ``positive`` False)."""
     from mtcore.errors import MTCoreError
     from mtcore.parallel import MESH_AXES
 
@@ -180,31 +184,50 @@ def link_rates(bandwidth: float | dict[str, float] | None) -> dict[str, float] |
     rates = dict(bandwidth) if isinstance(bandwidth, dict) else {"": bandwidth}
     for axis, value in rates.items():
         if axis and axis not in MESH_AXES:
-            raise MTCoreError(f"--bandwidth {axis}=...: unknown axis {axis!r}; choose {', '.join(MESH_AXES)}")
-        if not value > 0:
-            raise MTCoreError(f"--bandwidth must be positive, got {value / 1e9:g}")
+            raise MTCoreError(f"{what} {axis}=...: unknown axis {axis!r}; choose {', '.join(MESH_AXES)}")
+        if positive and not value > 0:
+            raise MTCoreError(f"{what} must be positive, got {value / 1e9:g}")
+        if not positive and not value >= 0:
+            raise MTCoreError(f"{what} must not be negative, got {value * 1e6:g}")
     missing = [a for a in MESH_AXES if a not in rates]
     if missing and "" not in rates:
-        raise MTCoreError(f"--bandwidth: no rate for {', '.join(missing)} (give one number for every other axis)")
+        raise MTCoreError(f"{what}: no {'rate' if positive else 'value'} for {', '.join(missing)} (give one number for "
+                          "every other axis)")
     return {a: rates.get(a, rates.get("")) for a in MESH_AXES}
+
+
+def message_steps(kind: str, n: int) -> int:
+    """The messages one device waits for, one after another, in a ring collective over ``n``
+    devices: 2(N-1) for an all-reduce (its reduce-scatter, then its all-gather), N-1 otherwise.
+    The planner's latency term charges each of them once per call."""
+    return (2 if kind == "all-reduce" else 1) * (n - 1) if n > 1 else 0
 
 
 def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: int, tgt_len: int, *,
          value_bytes: int = FP32, bandwidth: float | dict[str, float] | None = None,
-         flops: float | None = None) -> list[dict]:
+         flops: float | None = None, latency: float | dict[str, float] | None = None,
+         compute_s: float | None = None) -> list[dict]:
     """One row per mesh of what it would cost per device and step: held bytes, collectives, bytes
     sent, FLOPs; with ``bandwidth`` (bytes/s a device sends: one rate, or per axis as
-    ``link_rates`` takes it) and ``flops`` (FLOP/s a device computes) the seconds each would take,
-    no overlap assumed. Refuses what cannot run: a mesh that does not divide the model or the
-    batch, a non-positive rate."""
+    ``link_rates`` takes it) the seconds the collectives take, plus, with ``latency`` (seconds a
+    message waits on the link: one figure, or per axis), that latency for every message a ring
+    waits for (``message_steps``) in every call; with ``flops`` (FLOP/s a device computes) the
+    seconds of arithmetic, or ``compute_s``, one device's measured seconds of a step's arithmetic on
+    one device, carried to each mesh by its share of the FLOPs. No overlap assumed. Refuses what
+    cannot run: a mesh that does not divide the model or the batch, a non-positive rate, a
+    negative latency."""
     from mtcore.errors import MTCoreError
 
     rates = link_rates(bandwidth)
     if flops is not None and not flops > 0:
         raise MTCoreError(f"--flops must be positive, got {flops / 1e12:g}")
+    if compute_s is not None and not compute_s > 0:
+        raise MTCoreError(f"--compute-ms must be positive, got {compute_s * 1e3:g}")
+    waits = link_rates(latency, "--latency", positive=False)
     for name, value in (("--global-batch-size", global_batch), ("--src-len", src_len), ("--tgt-len", tgt_len)):
         if value < 1:
             raise MTCoreError(f"{name} must be at least 1, got {value}")
+    one_device = step_flops_per_device(cfg, MeshShape(), global_batch, src_len, tgt_len)
     rows = []
     for mesh in meshes:
         mesh.check_model(cfg)
@@ -216,27 +239,58 @@ def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: 
                "tokens_per_device": global_batch * (src_len + tgt_len) // mesh.batch_shards}
         if rates:
             row["communication_s"] = sum(c.sent / rates[c.axis] for c in collectives)
-        if flops:
+        if waits is not None:
+            row["latency_s"] = sum(c.calls * message_steps(c.kind, mesh.sizes[c.axis]) * waits[c.axis]
+                                   for c in collectives)
+            row["communication_s"] = row.get("communication_s", 0.0) + row["latency_s"]
+        if compute_s is not None:
+            row["arithmetic_s"] = compute_s * row["flops"] / one_device
+        elif flops:
             row["arithmetic_s"] = row["flops"] / flops
         rows.append(row)
     return rows
 
 
+def compute_seconds(run_dir: str | os.PathLike) -> float:
+    """A one-device run's measured seconds per step (its last epoch's training time over its
+    steps; ``mtcore train`` or a compare run's directory), for ``plan``'s ``compute_s``."""
+    from mtcore.errors import MTCoreError
+    from mtcore.files import read_json
+
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise MTCoreError(f"--compute-from {run_dir}: no metrics.json there (a run directory of mtcore train)")
+    metrics = read_json(path)
+    run, epochs = metrics.get("run") or {}, metrics.get("epochs") or []
+    if run.get("devices") != 1 or not epochs or not epochs[-1].get("steps"):
+        raise MTCoreError(f"--compute-from {run_dir}: needs a finished epoch of a one-device run (this one trained on "
+                          f"{run.get('devices')} device(s), {len(epochs)} epoch(s))")
+    return epochs[-1]["training_time"] / epochs[-1]["steps"]
+
+
 def format_plan(rows: list[dict], *, bandwidth: float | dict[str, float] | None = None,
-                flops: float | None = None) -> str:
+                flops: float | None = None, latency: float | dict[str, float] | None = None,
+                compute_s: float | None = None) -> str:
     """``plan``'s rows as a markdown table."""
     def mb(n: float) -> str:
         return f"{n / 1e6:,.1f} MB"
 
+    def per_axis(value, scale: float, unit: str) -> str:
+        values = value if isinstance(value, dict) else {"": value}
+        return ", ".join(f"{a + ' ' if a else ''}{v / scale:g}" for a, v in values.items()) + f" {unit}"
+
+    timed = any("communication_s" in r for r in rows)
+    computed = any("arithmetic_s" in r for r in rows)
     head = ["mesh", "devices", "tokens a device trains on (source + target)", "held per device (params + AdamW)",
             "sent per step per device", "collectives", "FLOPs per device"]
-    if bandwidth:
-        rates = bandwidth if isinstance(bandwidth, dict) else {"": bandwidth}
-        head.append("communication at " + ", ".join(f"{a + ' ' if a else ''}{r / 1e9:g}" for a, r in rates.items())
-                    + " GB/s")
-    if flops:
-        head.append(f"arithmetic at {flops / 1e12:g} TFLOP/s")
-    if bandwidth and flops:
+    if timed:
+        head.append("communication at " + " + ".join(
+            ([per_axis(bandwidth, 1e9, "GB/s")] if bandwidth else []) +
+            ([per_axis(latency, 1e-6, "µs a message")] if latency is not None else [])))
+    if computed:
+        head.append(f"arithmetic at {flops / 1e12:g} TFLOP/s" if compute_s is None else
+                    f"arithmetic ({compute_s * 1e3:g} ms a step on one device, by FLOP share)")
+    if timed and computed:
         head.append("longer, unless overlapped")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
@@ -244,85 +298,12 @@ def format_plan(rows: list[dict], *, bandwidth: float | dict[str, float] | None 
         cells = [r["mesh"], str(r["devices"]), f"{r['tokens_per_device']:,}",
                  f"{mb(r['held']['total'])} ({mb(r['held']['params'])} + {mb(r['held']['optimizer'])})", mb(r["sent"]),
                  kinds, f"{r['flops']:.3g}"]
-        if bandwidth:
-            cells.append(f"{r['communication_s'] * 1e3:,.2f} ms")
-        if flops:
+        if timed:
+            cells.append(f"{r['communication_s'] * 1e3:,.2f} ms" + (
+                f" ({r['latency_s'] * 1e3:,.2f} ms of it latency)" if "latency_s" in r else ""))
+        if computed:
             cells.append(f"{r['arithmetic_s'] * 1e3:,.2f} ms")
-        if bandwidth and flops:
+        if timed and computed:
             cells.append("communication" if r["communication_s"] > r["arithmetic_s"] else "arithmetic")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-# ---- what crosses a wire ------------------------------------------------------------------------------
-# A frame as an interface's byte counters see it: Ethernet 14 + IPv4 20 + TCP 20 + TCP's timestamps
-# option 12 around at most one MSS of payload (a 1500-byte MTU less the IPv4 and TCP headers).
-FRAME_HEADERS = 66
-MSS = 1448
-# Pure ACK frames per segment received. In a collective both ends send as much as they receive, so
-# Linux's ACKs ride on the data going the other way: the interfaces count about one frame per
-# segment sent (docs/findings/2026-12-04-wire-bytes.md).
-ACKS_PER_SEGMENT = 0.0
-
-
-# gloo's TCP transport (gloo/transport/tcp/pair.h): every message carries a 48-byte preamble; a
-# piece sent is announced (send-ready, 48) then sent (48 + payload), and its receiver answers
-# recv-ready (48): a piece costs its sender 96 bytes and its receiver 48, three messages in all.
-GLOO_PREAMBLE = 48
-GLOO_SEGMENT = 1 << 20  # gloo's ring all-reduce cuts the tensor into pieces of at most 1 MiB (allreduce.cc)
-
-
-def _ring_pieces(payload: float, n: int) -> int:
-    """Pieces gloo's ring all-reduce cuts ``payload`` bytes into over ``n`` processes:
-    ``roundUp(max(ceil(S / 1 MiB), 2N), N)`` (gloo/allreduce.cc)."""
-    k = max(math.ceil(payload / GLOO_SEGMENT), 2 * n)
-    return math.ceil(k / n) * n
-
-
-def engine_sent(engine: str, kind: str, payload: float, n: int) -> tuple[float, float] | None:
-    """``(bytes, messages)`` one process sends for one collective of ``payload`` bytes (the whole
-    tensor reduced or gathered) over ``n`` processes as ``engine`` runs it, gloo's preambles
-    included (docs/hosts.md names the sources); None for an engine or kind not modelled.
-
-    - all-reduce (torch's ProcessGroupGloo and XLA's GlooCommunicator alike): gloo's ring, K pieces
-      (``_ring_pieces``), 2K(N-1)/N of them sent and as many received: 2S(N-1)/N bytes;
-    - reduce-scatter: torch's gloo runs an all-reduce of the whole tensor and keeps its shard (as
-      an all-reduce); XLA's runs gloo's halving-doubling reduce-scatter: S(N-1)/N;
-    - all-gather: gloo's ring, each process's part sent in two pieces per step: S(N-1)/N."""
-    if engine not in ("gloo", "xla-gloo"):
-        return None
-    ring = (n - 1) / n
-    if kind == "all-reduce" or (kind == "reduce-scatter" and engine == "gloo"):
-        pieces = 2 * _ring_pieces(payload, n) * ring
-        data = 2 * ring * payload
-    elif kind in ("reduce-scatter", "all-gather", "all-to-all"):
-        pieces = 2 * (n - 1) if kind == "all-gather" else (n - 1)
-        data = ring * payload
-    else:
-        return None
-    # Each piece: send-ready and the piece from its sender, recv-ready from its receiver (each
-    # process both sends and receives as many).
-    return data + pieces * 3 * GLOO_PREAMBLE, pieces * 3
-
-
-def wire_prediction(collectives: list[dict], engine: str, processes_per_host: int | None) -> dict | None:
-    """What one host's interface carries for a step's ``collectives`` (``tally``'s rows) when every
-    host runs one process, so every collective crosses the wire: what ``engine`` sends
-    (``engine_sent``, per call), cut into segments of at most ``MSS`` with ``FRAME_HEADERS`` each
-    (every message ends a segment of its own), plus ``ACKS_PER_SEGMENT``
-    pure ACKs per segment it receives (as many as it sends: the algorithms are symmetric). None where a
-    host runs several processes (some of their collectives stay on the host) or the engine or a
-    collective is not modelled."""
-    if processes_per_host != 1:
-        return None
-    sent = messages = 0.0
-    for c in collectives:
-        tensors = c.get("operands") or c["calls"]  # the engine's calls: one per tensor
-        one = engine_sent(engine, c["kind"], c["payload"] / tensors, c["devices"])
-        if one is None:
-            return None
-        sent += one[0] * tensors
-        messages += one[1] * tensors
-    segments = sent / MSS + messages
-    wire = sent + segments * (1 + ACKS_PER_SEGMENT) * FRAME_HEADERS
-    return {"engine": engine, "sent_bytes": sent, "tx_bytes": wire, "rx_bytes": wire, "segments": segments}

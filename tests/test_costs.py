@@ -85,6 +85,11 @@ def test_plan_prints_a_row_per_mesh(capsys):
     (["--model", "tiny", "--mesh", "fsdp:3", "--global-batch-size", "8"], "fsdp:3 does not divide d_model=64"),
     (["--model", "tiny", "--mesh", "data:3", "--global-batch-size", "8"], "8 rows cannot be split evenly over 3 devices"),
     (["--model", "tiny", "--mesh", "fsdp:2", "--global-batch-size", "0"], "--global-batch-size must be at least 1, got 0"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--latency", "-3"], "--latency must not be negative, got -3"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--latency", "data=30"], "--latency: no value for fsdp, tensor"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--compute-ms", "0"], "--compute-ms must be positive, got 0"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--compute-ms", "5", "--flops", "1"], "--flops and a measured compute"),
+    (["--model", "tiny", "--mesh", "fsdp:2", "--compute-from", "/nonexistent"], "--compute-from /nonexistent: no metrics"),
 ])
 def test_plan_refuses_in_one_line(capsys, args, message):
     assert main(["plan", *args]) == 2
@@ -103,3 +108,39 @@ def test_plan_times_each_axis_at_its_own_links():
         by_axis[c["axis"]] += c["sent"]
     assert one["communication_s"] == pytest.approx(two["sent"] / 450e9)
     assert two["communication_s"] == pytest.approx(by_axis["fsdp"] / 450e9 + by_axis["data"] / 50e9)
+
+
+def test_plan_charges_a_latency_per_message_and_takes_a_measured_compute_time(tmp_path, capsys):
+    """A ring all-reduce waits for 2(N-1) messages a call, the others N-1: the latency term is
+    calls x messages x latency on each collective's axis, on top of bytes over bandwidth; a
+    measured one-device step time is carried to each mesh by its share of the FLOPs."""
+    from mtcore.costs import message_steps, step_flops_per_device
+
+    cfg = ModelConfig.preset("tiny")
+    mesh = MeshShape(fsdp=2)
+    (bare,) = plan(cfg, [mesh], 32, 16, 16, bandwidth=1e8)
+    (row,) = plan(cfg, [mesh], 32, 16, 16, bandwidth=1e8, latency=50e-6, compute_s=0.02)
+    waits = sum(c["calls"] * message_steps(c["kind"], 2) for c in row["collectives"])
+    assert message_steps("all-reduce", 4) == 6 and message_steps("all-gather", 4) == 3 and message_steps("x", 1) == 0
+    assert row["latency_s"] == pytest.approx(waits * 50e-6) and waits == 3  # two gathers, one reduce-scatter
+    assert row["communication_s"] == pytest.approx(bare["communication_s"] + row["latency_s"])
+    one = step_flops_per_device(cfg, MeshShape(), 32, 16, 16)
+    assert row["arithmetic_s"] == pytest.approx(0.02 * row["flops"] / one)
+    (hsdp,) = plan(cfg, [MeshShape(data=2, fsdp=2)], 32, 16, 16, latency={"": 5e-6, "data": 30e-6})
+    by_axis = {"fsdp": 0, "data": 0}
+    for c in hsdp["collectives"]:
+        by_axis[c["axis"]] += c["calls"] * message_steps(c["kind"], 2)
+    assert by_axis == {"fsdp": 3, "data": 2}
+    assert hsdp["latency_s"] == pytest.approx(3 * 5e-6 + 2 * 30e-6)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"run": {"devices": 1}, "epochs": [
+        {"training_time": 3.0, "steps": 100}, {"training_time": 2.0, "steps": 100}]}))
+    assert main(["plan", "--model", "tiny", "--mesh", "fsdp:2", "--global-batch-size", "32", "--src-len", "16",
+                 "--tgt-len", "16", "--bandwidth", "0.0125", "--latency", "50", "--compute-from", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "communication at 0.0125 GB/s + 50 µs a message" in out and "arithmetic (20 ms a step on one device" in out
+    assert "ms of it latency)" in out
+    (run / "metrics.json").write_text(json.dumps({"run": {"devices": 2}, "epochs": [{"training_time": 1, "steps": 1}]}))
+    assert main(["plan", "--model", "tiny", "--mesh", "fsdp:2", "--compute-from", str(run)]) == 2
+    assert "needs a finished epoch of a one-device run" in capsys.readouterr().err
