@@ -1,0 +1,121 @@
+"""The latency ``mtcore plan --latency`` charges per message, measured on emulated hosts' links
+from small-message collectives in both frameworks: two hosts (``mtcore.hosts.EmulatedHosts``), one
+process each on its framework's multi-node line, each timing CALLS all-reduces of one float
+(torch: gloo under torchrun; JAX: a ``psum`` under jax.distributed over gloo). A ring all-reduce
+over two processes waits for 2(N-1) = 2 messages (``costs.message_steps``): the latency per
+message is the median call over that.
+
+    sudo python scripts/link_latency.py [--rate 10mbit] [--calls 300] [--json FILE]
+
+Prints a markdown table (per framework: median call, IQR, latency per message); with --json, the
+same as JSON. Needs root (network namespaces); one line and exit 2 without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(framework: str, calls: int, out: str, coordinator: str | None, process_id: int) -> None:
+    """One process: join the other, warm up, time ``calls`` all-reduces of one float, write them."""
+    from mtcore.backend import framework as fw
+    from mtcore.perf.setup import set_up
+
+    set_up((framework,), threads=1, synchronous_cpu=False)
+    if framework == "jax":
+        fw("jax").initialize_distributed(coordinator, 2, process_id, cpu_devices=1)
+    import mtcore
+
+    be = mtcore.backend(framework, "cpu", devices=2)
+    probe = be.all_reduce_probe(4)
+    for _ in range(20):
+        probe()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        probe()
+        times.append(time.perf_counter() - start)
+    rank = be.world.process
+    Path(out, f"{framework}-{rank}.json").write_text(json.dumps({"times": times, "link": str(fw(framework).interconnect())}))
+    # Leave without tearing the process group down: its teardown at exit races the other process's
+    # and aborts (what was measured is written).
+    os._exit(0)
+
+
+def measure(framework: str, rate: str | None, calls: int) -> dict:
+    from mtcore.backend import framework as fw
+    from mtcore.costs import message_steps
+    from mtcore.hosts import EmulatedHosts
+
+    out = tempfile.mkdtemp(prefix="mtcore-latency-")
+    try:
+        with EmulatedHosts(2, rate) as hosts:
+            procs = []
+            for h in hosts.hosts:
+                command = fw(framework).node_command(h.index, 2, 1, hosts.hosts[0].hostname,
+                                                     [__file__, "--worker", framework, "--calls", str(calls), "--dir", out],
+                                                     log_dir=os.path.join(out, h.hostname), run_id="latency")
+                log = open(os.path.join(out, f"{h.hostname}.log"), "w")  # noqa: SIM115  (read back below)
+                procs.append((log, hosts.start(h, command, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)))
+            for log, p in procs:
+                p.wait(timeout=300)
+                log.close()
+                if p.returncode:
+                    output = Path(log.name).read_text(errors="replace")
+                    errors = [line for line in output.splitlines() if "Error" in line and "ChildFailed" not in line]
+                    sys.exit(f"link_latency: {framework} failed: {(errors or output.strip().splitlines() or ['?'])[-1]}")
+        times = sorted(json.loads(Path(out, f"{framework}-0.json").read_text())["times"])
+    finally:
+        subprocess.run(["rm", "-rf", out])
+    median, q1, q3 = times[len(times) // 2], times[len(times) // 4], times[3 * len(times) // 4]
+    return {"framework": framework, "rate": rate or "unshaped", "calls": calls, "median_s": median, "iqr_s": q3 - q1,
+            "latency_per_message_s": median / message_steps("all-reduce", 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", help="the links' rate (tc's spelling); default unshaped")
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--json", help="write the rows here too")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
+    parser.add_argument("--coordinator", help=argparse.SUPPRESS)
+    parser.add_argument("--num-processes", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.calls, args.dir, args.coordinator, args.process_id)
+        return
+    from mtcore.errors import MTCoreError
+    from mtcore.hosts import missing_privilege, parse_rate
+
+    try:
+        parse_rate(args.rate)
+        why = missing_privilege()
+        if why:
+            raise MTCoreError(why)
+        rows = [measure(fw, args.rate, args.calls) for fw in ("torch", "jax")]
+    except MTCoreError as e:
+        print(f"link_latency: {e}", file=sys.stderr)
+        sys.exit(2)
+    print("| framework | link | all-reduce of one float, median (IQR) | latency per message (median / 2) |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['framework']} | {r['rate']} | {r['median_s'] * 1e6:,.0f} µs ({r['iqr_s'] * 1e6:,.0f}) | "
+              f"{r['latency_per_message_s'] * 1e6:,.0f} µs |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
