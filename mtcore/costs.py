@@ -307,3 +307,77 @@ def format_plan(rows: list[dict], *, bandwidth: float | dict[str, float] | None 
             cells.append("communication" if r["communication_s"] > r["arithmetic_s"] else "arithmetic")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ---- what crosses a wire ------------------------------------------------------------------------------
+# A frame as an interface's byte counters see it: Ethernet 14 + IPv4 20 + TCP 20 + TCP's timestamps
+# option 12 around at most one MSS of payload (a 1500-byte MTU less the IPv4 and TCP headers).
+FRAME_HEADERS = 66
+MSS = 1448
+# Pure ACK frames per segment received. In a collective both ends send as much as they receive, so
+# Linux's ACKs ride on the data going the other way: the interfaces count about one frame per
+# segment sent (docs/findings/2026-12-04-wire-bytes.md).
+ACKS_PER_SEGMENT = 0.0
+
+
+# gloo's TCP transport (gloo/transport/tcp/pair.h): every message carries a 48-byte preamble; a
+# piece sent is announced (send-ready, 48) then sent (48 + payload), and its receiver answers
+# recv-ready (48): a piece costs its sender 96 bytes and its receiver 48, three messages in all.
+GLOO_PREAMBLE = 48
+GLOO_SEGMENT = 1 << 20  # gloo's ring all-reduce cuts the tensor into pieces of at most 1 MiB (allreduce.cc)
+
+
+def _ring_pieces(payload: float, n: int) -> int:
+    """Pieces gloo's ring all-reduce cuts ``payload`` bytes into over ``n`` processes:
+    ``roundUp(max(ceil(S / 1 MiB), 2N), N)`` (gloo/allreduce.cc)."""
+    k = max(math.ceil(payload / GLOO_SEGMENT), 2 * n)
+    return math.ceil(k / n) * n
+
+
+def engine_sent(engine: str, kind: str, payload: float, n: int) -> tuple[float, float] | None:
+    """``(bytes, messages)`` one process sends for one collective of ``payload`` bytes (the whole
+    tensor reduced or gathered) over ``n`` processes as ``engine`` runs it, gloo's preambles
+    included (docs/hosts.md names the sources); None for an engine or kind not modelled.
+
+    - all-reduce (torch's ProcessGroupGloo and XLA's GlooCommunicator alike): gloo's ring, K pieces
+      (``_ring_pieces``), 2K(N-1)/N of them sent and as many received: 2S(N-1)/N bytes;
+    - reduce-scatter: torch's gloo runs an all-reduce of the whole tensor and keeps its shard (as
+      an all-reduce); XLA's runs gloo's halving-doubling reduce-scatter: S(N-1)/N;
+    - all-gather: gloo's ring, each process's part sent in two pieces per step: S(N-1)/N."""
+    if engine not in ("gloo", "xla-gloo"):
+        return None
+    ring = (n - 1) / n
+    if kind == "all-reduce" or (kind == "reduce-scatter" and engine == "gloo"):
+        pieces = 2 * _ring_pieces(payload, n) * ring
+        data = 2 * ring * payload
+    elif kind in ("reduce-scatter", "all-gather", "all-to-all"):
+        pieces = 2 * (n - 1) if kind == "all-gather" else (n - 1)
+        data = ring * payload
+    else:
+        return None
+    # Each piece: send-ready and the piece from its sender, recv-ready from its receiver (each
+    # process both sends and receives as many).
+    return data + pieces * 3 * GLOO_PREAMBLE, pieces * 3
+
+
+def wire_prediction(collectives: list[dict], engine: str, processes_per_host: int | None) -> dict | None:
+    """What one host's interface carries for a step's ``collectives`` (``tally``'s rows) when every
+    host runs one process, so every collective crosses the wire: what ``engine`` sends
+    (``engine_sent``, per call), cut into segments of at most ``MSS`` with ``FRAME_HEADERS`` each
+    (every message ends a segment of its own), plus ``ACKS_PER_SEGMENT``
+    pure ACKs per segment it receives (as many as it sends: the algorithms are symmetric). None where a
+    host runs several processes (some of their collectives stay on the host) or the engine or a
+    collective is not modelled."""
+    if processes_per_host != 1:
+        return None
+    sent = messages = 0.0
+    for c in collectives:
+        tensors = c.get("operands") or c["calls"]  # the engine's calls: one per tensor
+        one = engine_sent(engine, c["kind"], c["payload"] / tensors, c["devices"])
+        if one is None:
+            return None
+        sent += one[0] * tensors
+        messages += one[1] * tensors
+    segments = sent / MSS + messages
+    wire = sent + segments * (1 + ACKS_PER_SEGMENT) * FRAME_HEADERS
+    return {"engine": engine, "sent_bytes": sent, "tx_bytes": wire, "rx_bytes": wire, "segments": segments}
