@@ -230,10 +230,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         self.be.sync(self.state)
         seconds = time.perf_counter() - start
-        wire = self._wire_record(len(batches), [b.batch.shape for b in batches]) if self.wire else None
+        sent, sent_predicted = epoch_sent_bytes(self.cfg, self.rc.mesh_shape(), self.costs, [b.batch.shape for b in batches])
+        wire = self._wire_record(len(batches), sent) if self.wire else None
         bar.close()
         self.epoch = epoch
-        sent, sent_predicted = epoch_sent_bytes(self.cfg, self.rc.mesh_shape(), self.costs, [b.batch.shape for b in batches])
         record = {
             "epoch": epoch,
             "mesh": str(self.rc.mesh_shape()),  # a resumed run may go on on another mesh
@@ -285,10 +285,10 @@ class Trainer:
             time.sleep(IDLE_WINDOW_S)
         self.wire_idle_pending = False
 
-    def _wire_record(self, steps: int, shapes: list) -> dict:
+    def _wire_record(self, steps: int, sent: float) -> dict:
         """This host's wire over the epoch (``WireMeter.stop``) beside what mtcore predicts the
         engine sends for the recorded step's collectives, framing included (``costs.wire_prediction``),
-        carried to the epoch's batch shapes as ``sent_bytes`` is."""
+        carried to the epoch's batch shapes as ``sent`` (the epoch's ``epoch_sent_bytes``) is."""
         from mtcore.costs import wire_prediction
 
         record = self.wire.stop(steps)
@@ -298,7 +298,6 @@ class Trainer:
             engine = framework(self.rc.framework).collective_engine(self.rc.device)
             per_step = wire_prediction(self.costs["collectives"], engine, processes_per_host=self.link.per_host)
             if per_step:
-                sent, _ = epoch_sent_bytes(self.cfg, self.rc.mesh_shape(), self.costs, shapes)
                 scale = sent / steps / self.costs["sent_bytes_per_step"] if self.costs["sent_bytes_per_step"] else 1.0
                 per_step = {**per_step, **{k: per_step[k] * scale for k in ("tx_bytes", "rx_bytes", "sent_bytes")}}
             record["predicted_per_step"] = per_step
