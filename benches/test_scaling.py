@@ -135,7 +135,7 @@ class Workers:
         if self.hosts is None:
             return None
         from mtcore.costs import wire_prediction
-        from mtcore.hosts import IDLE_WINDOW_S, per_step
+        from mtcore.hosts import IDLE_WINDOW_S, per_second, per_step
 
         def counters():
             return time.perf_counter(), [h.counters() for h in self.hosts.hosts]
@@ -152,7 +152,7 @@ class Workers:
                                     processes_per_host=self.processes // self.case.hosts)
         per_host = []
         for h, a, b, c in zip(self.hosts.hosts, idle0, idle1, end, strict=True):
-            idle = {f"{k}_per_s": (b[k] - a[k]) / (t1 - t0) for k in a}
+            idle = per_second(a, b, t1 - t0)
             per_host.append({"host": h.hostname, **per_step(b, c, t2 - t1, steps, idle),
                              "tx_packets_per_step": (c["tx_packets"] - b["tx_packets"]) / steps,
                              "idle_tx_bytes_per_s": idle["tx_bytes_per_s"]})
@@ -207,13 +207,10 @@ def check_wire(workers: Workers) -> dict | None:
 
 def transport(case, workers: Workers) -> str:
     """How the case's devices talked (as ``report.md`` says it)."""
-    if case.devices == 1:
-        return "one device"
-    if case.hosts:
-        from mtcore.hosts import describe, parse_rate
+    from mtcore.hosts import parse_rate
+    from mtcore.hosts import transport as said
 
-        return describe(case.hosts, parse_rate(session.rate))
-    return "loopback" if workers.processes > 1 else "in one process"
+    return said(case.devices, workers.processes, case.hosts, parse_rate(session.rate))
 
 
 def sent_per_step(workers: Workers) -> int:

@@ -30,6 +30,7 @@ NETNS_ETC = Path("/etc/netns")  # `ip netns exec NAME` binds /etc/netns/NAME/* o
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)bit$")
 _PREFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}  # tc's rate prefixes (it prints them as K, M, G)
 _CAP_NET_ADMIN = 12
+COUNTERS = ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")  # an interface's, in /sys/class/net/IFACE/statistics
 
 
 def parse_rate(text: str | None) -> int | None:
@@ -82,10 +83,9 @@ class Host:
 
     def counters(self) -> dict[str, int]:
         """The kernel's byte counters of this host's interface: what crossed its link."""
-        names = ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")
         out = _run(["ip", "netns", "exec", self.netns, "cat",
-                    *(f"/sys/class/net/{self.iface}/statistics/{n}" for n in names)]).split()
-        return dict(zip(names, map(int, out), strict=True))
+                    *(f"/sys/class/net/{self.iface}/statistics/{n}" for n in COUNTERS)]).split()
+        return dict(zip(COUNTERS, map(int, out), strict=True))
 
 
 class EmulatedHosts:
@@ -295,7 +295,7 @@ def iface_counters(iface: str) -> dict[str, int]:
     if not stats.is_dir():
         known = sorted(p.name for p in Path("/sys/class/net").iterdir()) if Path("/sys/class/net").is_dir() else []
         raise MTCoreError(f"--net-iface {iface}: no such interface here; this host has {', '.join(known) or 'none'}")
-    return {k: int((stats / k).read_text()) for k in ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")}
+    return {k: int((stats / k).read_text()) for k in COUNTERS}
 
 
 def link_rate(iface: str) -> tuple[int | None, str]:
@@ -347,7 +347,7 @@ class WireMeter:
         t0, c0 = self._read()
         time.sleep(seconds)
         t1, c1 = self._read()
-        self.idle = {"window_s": t1 - t0, **{f"{k}_per_s": (c1[k] - c0[k]) / (t1 - t0) for k in c0}}
+        self.idle = {"window_s": t1 - t0, **per_second(c0, c1, t1 - t0)}
 
     def start(self) -> None:
         self._start = self._read() if self.network else None
@@ -369,6 +369,11 @@ class WireMeter:
         return out
 
 
+def per_second(before: dict[str, int], after: dict[str, int], seconds: float) -> dict[str, float]:
+    """Each counter's rate between two readings ``seconds`` apart (``tx_bytes_per_s``, ...)."""
+    return {f"{k}_per_s": (after[k] - before[k]) / seconds for k in before}
+
+
 def per_step(before: dict[str, int], after: dict[str, int], seconds: float, steps: int,
              idle: dict[str, float] | None) -> dict[str, float]:
     """Bytes per step each way between two readings of an interface's counters ``seconds`` apart
@@ -378,9 +383,17 @@ def per_step(before: dict[str, int], after: dict[str, int], seconds: float, step
             for d in ("tx", "rx")}
 
 
-def describe(hosts: int, rate_bits: float | None) -> str:
-    """How a run's devices talked over emulated or real hosts, as the report and the benches say it."""
-    return f"{hosts} hosts" + (f", {rate_bits / 1e6:g} Mbit/s" if rate_bits else ", unshaped")
+def transport(devices: int, processes: int, hosts: int | None = None, rate_bits: float | None = None) -> str:
+    """How a run's devices talked, in a few words, as the report and the benches say it: one device,
+    in one process (a memory copy), several hosts (at the link's rate, where one is known), or
+    processes on one host over loopback."""
+    if devices == 1:
+        return "one device"
+    if processes == 1:
+        return "in one process"
+    if hosts:
+        return f"{hosts} hosts" + (f", {rate_bits / 1e6:g} Mbit/s" if rate_bits else ", unshaped")
+    return "loopback"
 
 
 def _hostname() -> str:

@@ -172,16 +172,12 @@ def transport(record: dict[str, Any], wire: list[dict[str, Any]]) -> str:
     """How a run's devices talked, in a few words, from a rank file and its hosts' wire records:
     one device, one process's host devices (a memory copy), processes over loopback, or hosts
     over a network (with the link's rate where one is known)."""
-    if record["world_size"] == 1:
-        return "one device"
-    if record["processes"] == 1:
-        return "in one process"
-    if not wire:
-        return "loopback" if "wire" in record else "processes"
-    from mtcore.hosts import describe
+    from mtcore.hosts import transport as said
 
+    if not wire and "wire" not in record and record["processes"] > 1 and record["world_size"] > 1:
+        return "processes"  # a rank file from before the wire was recorded
     rates = {w.get("link_rate_bits_per_s") for w in wire}
-    return describe(len(wire), rates.pop() if len(rates) == 1 else None)
+    return said(record["world_size"], record["processes"], len(wire), rates.pop() if len(rates) == 1 else None)
 
 
 def _most(epochs: dict[int, list[dict[str, Any]]], chosen: list[int], key: str) -> np.ndarray:
