@@ -46,8 +46,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg = ModelConfig.of(args.model)
     meshes = MeshShape.parse_all(args.meshes)
-    bandwidth = None if args.bandwidth is None else _rates(args.bandwidth)
-    latency = None if args.latency is None else {a: v / 1e15 for a, v in _rates(args.latency, "--latency").items()}
+    bandwidth = None if args.bandwidth is None else _per_axis(args.bandwidth, "--bandwidth", "GB/s", 1e9)
+    latency = None if args.latency is None else _per_axis(args.latency, "--latency", "µs", 1e-6)
     flops = None if args.flops is None else args.flops * 1e12
     if args.compute_ms is not None and args.compute_from is not None:
         raise MTCoreError("--compute-ms and --compute-from both give the step's arithmetic: give one")
@@ -68,10 +68,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rates(given: list[str], what: str = "--bandwidth") -> dict[str, float]:
-    """``--bandwidth 450 data=50`` -> bytes/s per axis, ``""`` for the axes not named (``--latency
-    5 data=30``: the same spelling, microseconds, returned x 1e9 as the rates are)."""
-    unit = "GB/s" if what == "--bandwidth" else "µs"
+def _per_axis(given: list[str], what: str, unit: str, scale: float) -> dict[str, float]:
+    """``--bandwidth 450 data=50`` -> bytes/s per axis (GB/s x 1e9), ``""`` for the axes not named;
+    ``--latency 5 data=30`` the same way, in seconds (µs x 1e-6)."""
     rates = {}
     for item in given:
         axis, _, value = item.rpartition("=")
@@ -81,7 +80,7 @@ def _rates(given: list[str], what: str = "--bandwidth") -> dict[str, float]:
             noun = "rate" if what == "--bandwidth" else "value"
             raise MTCoreError(f"{what}: {f'a {noun} for ' + axis if axis else f'one {noun} for every axis'} is given twice")
         try:
-            rates[axis] = float(value) * 1e9
+            rates[axis] = float(value) * scale
         except ValueError:
             raise MTCoreError(f"{what}: expected {unit} or AXIS={unit} (450, data=50), got {item!r}") from None
     return rates
