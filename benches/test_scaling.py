@@ -75,14 +75,10 @@ class Workers:
         coordinator on host 0), pinned to its own share of the cores, as ``mtcore train --hosts``."""
         from mtcore.hosts import EmulatedHosts
 
-        n = self.case.hosts
-        self.hosts = EmulatedHosts(n, session.rate).__enter__()
-        per_host = self.case.devices // n if fw.PROCESS_PER_DEVICE else 1
-        for h in self.hosts.hosts:
-            command = fw.node_command(h.index, n, per_host, self.hosts.hosts[0].hostname, script,
-                                      log_dir=os.path.join(self.logs, h.hostname), run_id=f"bench-{os.getpid()}")
-            self.procs.append(self.hosts.start(h, command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                               text=True))
+        self.hosts = EmulatedHosts(self.case.hosts, session.rate).__enter__()
+        self.procs += [proc for _, proc in self.hosts.start_nodes(
+            fw, self.case.devices, script, log_dir=self.logs, run_id=f"bench-{os.getpid()}", env=env,
+            output=lambda h: subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
 
     def _accept(self) -> socket.socket:
         """The next worker's connection; a worker that died before connecting fails the case at

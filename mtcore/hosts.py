@@ -167,6 +167,21 @@ class EmulatedHosts:
         return subprocess.Popen(host.command(["taskset", "-c", ",".join(map(str, cores)), *command]), stdout=stdout,
                                 env=env, start_new_session=True, **popen)
 
+    def start_nodes(self, fw, devices: int, argv: list[str], *, log_dir: str | os.PathLike, run_id: str,
+                    env: dict[str, str], output, **popen) -> list[tuple[Host, subprocess.Popen]]:
+        """``python ARGV`` as one run of ``devices`` devices over these hosts: each runs ``fw``'s
+        multi-node line (``Framework.node_command``, host 0 the rendezvous by hostname) for its
+        processes (devices / hosts ranks where ``fw`` runs a process per device, else one), started
+        by ``start``; ``output(host)`` is where its output goes. ``mtcore train --hosts``, the
+        benches' workers and scripts/link_latency.py start their hosts so."""
+        per_host = devices // len(self.hosts) if fw.PROCESS_PER_DEVICE else 1
+        started = []
+        for h in self.hosts:
+            command = fw.node_command(h.index, len(self.hosts), per_host, self.hosts[0].hostname, argv,
+                                      log_dir=Path(log_dir) / h.hostname, run_id=run_id)
+            started.append((h, self.start(h, command, env=env, stdout=output(h), **popen)))
+        return started
+
     def _netns(self, name: str) -> None:
         self._made.append(name)
         _run(["ip", "netns", "add", name])

@@ -59,13 +59,12 @@ def measure(framework: str, rate: str | None, calls: int) -> dict:
     out = tempfile.mkdtemp(prefix="mtcore-latency-")
     try:
         with EmulatedHosts(2, rate) as hosts:
-            procs = []
-            for h in hosts.hosts:
-                command = fw(framework).node_command(h.index, 2, 1, hosts.hosts[0].hostname,
-                                                     [__file__, "--worker", framework, "--calls", str(calls), "--dir", out],
-                                                     log_dir=os.path.join(out, h.hostname), run_id="latency")
-                log = open(os.path.join(out, f"{h.hostname}.log"), "w")  # noqa: SIM115  (read back below)
-                procs.append((log, hosts.start(h, command, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)))
+            logs = [open(os.path.join(out, f"{h.hostname}.log"), "w") for h in hosts.hosts]  # noqa: SIM115
+            started = hosts.start_nodes(fw(framework), 2, [__file__, "--worker", framework, "--calls", str(calls),
+                                                           "--dir", out], log_dir=out, run_id="latency",
+                                        env=dict(os.environ), output=lambda h: logs[h.index],
+                                        stderr=subprocess.STDOUT)
+            procs = [(logs[h.index], p) for h, p in started]
             for log, p in procs:
                 p.wait(timeout=300)
                 log.close()

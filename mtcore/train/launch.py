@@ -181,33 +181,29 @@ def launch_on_hosts(rc: RunConfig, argv: list[str], *, log_dir: Path) -> None:
 
     fw = framework(rc.framework)
     per_host = rc.devices // rc.hosts if fw.PROCESS_PER_DEVICE else 1
-    run_id = uuid.uuid4().hex[:8]
     log_dir.mkdir(parents=True, exist_ok=True)
     failed = None
     with EmulatedHosts(rc.hosts, rc.rate) as hosts:
-        head = hosts.hosts[0].hostname
         share = max(1, len(threads.cores_for(0, rc.hosts)) // per_host)
         env = {**os.environ, "MTCORE_LAUNCHED": "1", "PYTHONUNBUFFERED": "1", "MTCORE_RANK_THREADS": str(share)}
+        logs = []
         running = []
         try:
             for h in hosts.hosts:
-                command = fw.node_command(h.index, rc.hosts, per_host, head, ["-m", "mtcore", *argv],
-                                          log_dir=log_dir / h.hostname, run_id=run_id)
-                log = open(log_dir / f"{h.hostname}.log", "w")  # noqa: SIM115  (closed below, whatever happens)
-                try:
-                    running.append((h, log, hosts.start(h, command, env=env, stdout=log, stderr=subprocess.STDOUT)))
-                except BaseException:
-                    log.close()
-                    raise
-            while failed is None and any(proc.poll() is None for _, _, proc in running):
-                failed = next(((h, proc.returncode) for h, _, proc in running if proc.poll()), None)
+                logs.append(open(log_dir / f"{h.hostname}.log", "w"))  # noqa: SIM115  (closed below, whatever happens)
+            running = hosts.start_nodes(fw, rc.devices, ["-m", "mtcore", *argv], log_dir=log_dir,
+                                        run_id=uuid.uuid4().hex[:8], env=env, output=lambda h: logs[h.index],
+                                        stderr=subprocess.STDOUT)
+            while failed is None and any(proc.poll() is None for _, proc in running):
+                failed = next(((h, proc.returncode) for h, proc in running if proc.poll()), None)
                 time.sleep(0.2)
-            failed = failed or next(((h, proc.returncode) for h, _, proc in running if proc.poll()), None)
+            failed = failed or next(((h, proc.returncode) for h, proc in running if proc.poll()), None)
         finally:
-            for _, log, proc in running:
+            for _, proc in running:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+            for log in logs:
                 log.close()
     if failed:
         h, returncode = failed
