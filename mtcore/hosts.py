@@ -141,11 +141,6 @@ class EmulatedHosts:
             _run(["ip", "-n", h.netns, "link", "set", "dev", h.iface, "gso_max_segs", "1"])
             for link in ("lo", h.iface):
                 _run(["ip", "-n", h.netns, "link", "set", link, "up"])
-            if self.rate:
-                # tbf: a token bucket at the rate, its burst a millisecond's worth or 16 KiB (a few packets).
-                burst = max(self.rate // 8 // 1000, 16 * 1024)
-                _run(["tc", "-n", h.netns, "qdisc", "add", "dev", h.iface, "root", "tbf", "rate", f"{self.rate}bit",
-                      "burst", str(burst), "latency", "50ms"])
             if not NETNS_ETC.exists():
                 self._made_etc = True
             etc = NETNS_ETC / h.netns
@@ -153,6 +148,21 @@ class EmulatedHosts:
             (etc / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
                 f"{'127.0.1.1' if self.names_on_loopback and o is h else o.address} {o.hostname}\n"
                 for o in self.hosts))
+        self.shape(self.rate)
+
+    def shape(self, rate: int | None) -> None:
+        """Every host's link shaped to ``rate`` bits per second (None: unshaped), now: the one place
+        the links get their rate, when built and between a sweep's points. tbf: a token bucket at
+        the rate, its burst a millisecond's worth or 16 KiB (a few packets), on each host's side
+        (every direction shaped once, by its sender)."""
+        for h in self.hosts:
+            if rate:
+                burst = max(rate // 8 // 1000, 16 * 1024)
+                _run(["tc", "-n", h.netns, "qdisc", "replace", "dev", h.iface, "root", "tbf", "rate", f"{rate}bit",
+                      "burst", str(burst), "latency", "50ms"])
+            elif "tbf" in _run(["tc", "-n", h.netns, "qdisc", "show", "dev", h.iface]):
+                _run(["tc", "-n", h.netns, "qdisc", "del", "dev", h.iface, "root"])
+        self.rate = rate
 
     def start(self, host: Host, command: list[str], *, env: dict[str, str], stdout, **popen) -> subprocess.Popen:
         """``command`` started on ``host``, pinned (``taskset``) to its share of the job's cores
@@ -217,6 +227,61 @@ class EmulatedHosts:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+# One end of ``link_ceiling``'s streams: listen on this host's address, connect to the other's, send
+# zeros to it and read what it sends, until killed.
+_STREAM = """
+import socket, sys, threading, time
+me, other, port = sys.argv[1], sys.argv[2], 5201
+server = socket.create_server((me, port))
+while True:
+    try:
+        out = socket.create_connection((other, port))
+        break
+    except OSError:
+        time.sleep(0.05)
+chunk = bytes(1 << 20)
+threading.Thread(target=lambda: [out.sendall(chunk) for _ in iter(int, 1)], daemon=True).start()
+conn, buffer = server.accept()[0], bytearray(1 << 20)
+while conn.recv_into(buffer):
+    pass
+"""
+# A core kept busy as training keeps it: one thread of float32 matmuls.
+_BUSY = "import numpy as np\na = np.ones((256, 256), np.float32)\nwhile True:\n    a @ a\n"
+
+
+def link_ceiling(hosts: EmulatedHosts, seconds: float = 3.0, *, busy: bool = True) -> dict[str, float]:
+    """The rate two hosts' link sustains, in bits per second each way: a TCP stream each way between
+    host 0 and host 1 (each end pinned to its host's cores, as a run's process is), with ``busy``
+    each host's cores also computing as training does, measured by host 0's counters over
+    ``seconds`` after a second to settle. The top of a sweep over link rates: a rate above it is
+    not one the machine can emulate."""
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    a, b = hosts.hosts[:2]
+    procs = []
+    try:
+        for me, other in ((a, b), (b, a)):
+            procs.append(hosts.start(me, [sys.executable, "-c", _STREAM, me.address, other.address], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            if busy:
+                procs.append(hosts.start(me, [sys.executable, "-c", _BUSY], env=env, stdout=subprocess.DEVNULL))
+        time.sleep(1.0)
+        t0, c0 = time.perf_counter(), a.counters()
+        time.sleep(seconds)
+        t1, c1 = time.perf_counter(), a.counters()
+        if any(p.poll() is not None for p in procs):
+            raise MTCoreError("hosts: a stream measuring the link's ceiling stopped")
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+    return {f"{d}_bits_per_s": (c1[f"{d}_bytes"] - c0[f"{d}_bytes"]) * 8 / (t1 - t0) for d in ("tx", "rx")}
 
 
 # ---- the interface a run's traffic crosses, on any host ------------------------------------------
