@@ -206,14 +206,17 @@ def message_steps(kind: str, n: int) -> int:
 def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: int, tgt_len: int, *,
          value_bytes: int = FP32, bandwidth: float | dict[str, float] | None = None,
          flops: float | None = None, latency: float | dict[str, float] | None = None,
-         compute_s: float | None = None) -> list[dict]:
+         compute_s: float | None = None, engine: str | None = None) -> list[dict]:
     """One row per mesh of what it would cost per device and step: held bytes, collectives, bytes
     sent, FLOPs; with ``bandwidth`` (bytes/s a device sends: one rate, or per axis as
     ``link_rates`` takes it) the seconds the collectives take, plus, with ``latency`` (seconds a
     message waits on the link: one figure, or per axis), that latency for every message a ring
     waits for (``message_steps``) in every call; with ``flops`` (FLOP/s a device computes) the
     seconds of arithmetic, or ``compute_s``, one device's measured seconds of a step's arithmetic on
-    one device, carried to each mesh by its share of the FLOPs. No overlap assumed. Refuses what
+    one device, carried to each mesh by its share of the FLOPs. With ``engine`` (``gloo``,
+    ``xla-gloo``: ``engine_sent``) the bytes over the links are what that engine puts on a wire
+    between hosts, one process each (its algorithms, its preambles, TCP/IP framing: ``wire``),
+    not the textbook ring's. No overlap assumed. Refuses what
     cannot run: a mesh that does not divide the model or the batch, a non-positive rate, a
     negative latency."""
     from mtcore.errors import MTCoreError
@@ -237,8 +240,13 @@ def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: 
                "collectives": [c.as_dict() for c in collectives], "sent": sent_bytes(collectives),
                "flops": step_flops_per_device(cfg, mesh, global_batch, src_len, tgt_len),
                "tokens_per_device": global_batch * (src_len + tgt_len) // mesh.batch_shards}
+        if engine is not None:
+            row["wire"] = sum(framed_bytes(engine, c.kind, c.payload / c.calls, mesh.sizes[c.axis]) * c.calls
+                              for c in collectives)
         if rates:
-            row["communication_s"] = sum(c.sent / rates[c.axis] for c in collectives)
+            row["communication_s"] = sum(
+                (framed_bytes(engine, c.kind, c.payload / c.calls, mesh.sizes[c.axis]) * c.calls if engine else c.sent)
+                / rates[c.axis] for c in collectives)
         if waits is not None:
             row["latency_s"] = sum(c.calls * message_steps(c.kind, mesh.sizes[c.axis]) * waits[c.axis]
                                    for c in collectives)
@@ -379,5 +387,26 @@ def wire_prediction(collectives: list[dict], engine: str, processes_per_host: in
         sent += one[0] * tensors
         messages += one[1] * tensors
     segments = sent / MSS + messages
-    wire = sent + segments * (1 + ACKS_PER_SEGMENT) * FRAME_HEADERS
+    wire = _framed(sent, messages)
     return {"engine": engine, "sent_bytes": sent, "tx_bytes": wire, "rx_bytes": wire, "segments": segments}
+
+
+def _framed(sent: float, messages: float) -> float:
+    """The bytes a wire carries for ``sent`` bytes in ``messages`` messages: cut into segments of at
+    most ``MSS``, every message ending one, each with ``FRAME_HEADERS`` (and ``ACKS_PER_SEGMENT``)."""
+    return sent + (sent / MSS + messages) * (1 + ACKS_PER_SEGMENT) * FRAME_HEADERS
+
+
+def framed_bytes(engine: str, kind: str, payload: float, n: int) -> float:
+    """The bytes one process's link carries each way for one collective of ``payload`` bytes over
+    ``n`` processes on as many hosts, as ``engine`` runs it (``engine_sent``), framing included;
+    the textbook ring's bytes (``ring_sent``), framed as one message a step, where the engine or
+    kind is not modelled (NCCL's algorithms, say)."""
+    from mtcore.errors import MTCoreError
+
+    one = engine_sent(engine, kind, payload, n)
+    if one is None:
+        if engine not in ("gloo", "xla-gloo"):
+            raise MTCoreError(f"--engine {engine!r}: the wire is modelled for gloo and xla-gloo")
+        return _framed(ring_sent(kind, payload, n), message_steps(kind, n))
+    return _framed(*one)
