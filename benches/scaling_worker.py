@@ -5,7 +5,9 @@ Started as its own process (torch ranks by torchrun), so neither the bench proce
 budget nor its framework state leaks into it. It connects to the bench's Unix socket SOCKET, compiles
 and takes the first step, reports ``{"first_loss", "compile_s"}``, then for every ``step`` line runs
 one synced step and answers ``ok`` (every rank answers; the bench waits for all); for every ``comm``
-line, one all-reduce of the bytes the step all-reduces, alone, and ``ok``.
+line, one all-reduce of the bytes the step all-reduces, alone, and ``ok``; for every ``latency``
+line, ``LATENCY_CALLS`` all-reduces of one float after a few to warm up, and ``ok SECONDS``, the
+median call (the link sweep's latency per message, as scripts/link_latency.py measures it).
 
     python benches/scaling_worker.py FRAMEWORK DEVICE DEVICES SIZE PRECISION THREADS SOCKET [MESH]
         [--coordinator HOST:PORT --num-processes N --process-id I]
@@ -23,6 +25,8 @@ import socket
 import sys
 
 import numpy as np
+
+LATENCY_CALLS = 200
 
 
 def main(framework: str, device: str, devices: int, size: str, precision: str, threads_per_device: int,
@@ -76,16 +80,34 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
         # The step's all-reduces alone: one call of all their bytes (``comm`` lines).
         probe = be.all_reduce_probe(sum(c["payload"] for c in (costs or {}).get("collectives", [])
                                         if c["kind"] == "all-reduce"))
+        ping = be.all_reduce_probe(4)
         for line in stream:
+            answer = ""
             if line.strip() == "step":
                 state, metrics = step(state, data)
                 be.sync(metrics["loss"])
             elif line.strip() == "comm" and probe is not None:
                 probe()
+            elif line.strip() == "latency" and ping is not None:
+                answer = f" {median_call(ping, LATENCY_CALLS)!r}"
             else:
                 break
-            stream.write("ok\n")
+            stream.write(f"ok{answer}\n")
             stream.flush()
+
+
+def median_call(fn, calls: int, warmup: int = 20) -> float:
+    """Median seconds of one call of ``fn`` over ``calls``, after ``warmup`` untimed."""
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 if __name__ == "__main__":

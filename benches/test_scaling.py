@@ -43,8 +43,9 @@ class Workers:
     talking to the bench over a Unix socket (a path, which a process in another network namespace
     reaches too); killed with their process groups, and the hosts removed, whatever happens."""
 
-    def __init__(self, case, per_device_threads: int, timeout: float = 600):
+    def __init__(self, case, per_device_threads: int, timeout: float = 600, rate: str | None = None):
         self.case, self.timeout = case, timeout
+        self.rate = session.rate if rate is None else rate  # the hosts' links (--rate)
         # torchrun's logs and the socket, removed on exit (without --log-dir it leaves a torchelastic_* folder behind).
         self.logs = tempfile.mkdtemp(prefix="mtcore-scaling-")
         address = os.path.join(self.logs, "bench.sock")
@@ -75,7 +76,7 @@ class Workers:
         coordinator on host 0), pinned to its own share of the cores, as ``mtcore train --hosts``."""
         from mtcore.hosts import EmulatedHosts
 
-        self.hosts = EmulatedHosts(self.case.hosts, session.rate).__enter__()
+        self.hosts = EmulatedHosts(self.case.hosts, self.rate).__enter__()
         self.procs += [proc for _, proc in self.hosts.start_nodes(
             fw, self.case.devices, script, log_dir=self.logs, run_id=f"bench-{os.getpid()}", env=env,
             output=lambda h: subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
@@ -105,13 +106,19 @@ class Workers:
             pytest.fail(f"{self.case.id}: the worker processes did not start ({e}):\n{self.output()[-3000:]}")
         return self
 
-    def step(self, what: str = "step") -> None:
-        """One synced train step on every process (``comm``: the step's all-reduce alone)."""
+    def step(self, what: str = "step") -> list[str]:
+        """One synced train step on every process (``comm``: the step's all-reduce alone;
+        ``latency``: all-reduces of one float, each process answering its median call); every
+        process's answer after ``ok``."""
         for stream in self.streams:
             stream.write(f"{what}\n")
             stream.flush()
+        answers = []
         for stream in self.streams:
-            assert stream.readline().strip() == "ok", f"{self.case.id}: a worker stopped"
+            ok, _, answer = stream.readline().strip().partition(" ")
+            assert ok == "ok", f"{self.case.id}: a worker stopped"
+            answers.append(answer)
+        return answers
 
     def all_reduce_seconds(self, calls: int) -> float:
         """Median seconds of the step's all-reduce alone (one call of all its bytes), after one
@@ -152,7 +159,7 @@ class Workers:
             per_host.append({"host": h.hostname, **per_step(b, c, t2 - t1, steps, idle),
                              "tx_packets_per_step": (c["tx_packets"] - b["tx_packets"]) / steps,
                              "idle_tx_bytes_per_s": idle["tx_bytes_per_s"]})
-        return {"hosts": per_host, "rate": session.rate or "unshaped", "predicted_per_step": predicted}
+        return {"hosts": per_host, "rate": self.rate or "unshaped", "predicted_per_step": predicted}
 
     def output(self) -> str:
         out = []
@@ -206,7 +213,7 @@ def transport(case, workers: Workers) -> str:
     from mtcore.hosts import parse_rate
     from mtcore.hosts import transport as said
 
-    return said(case.devices, workers.processes, case.hosts, parse_rate(session.rate))
+    return said(case.devices, workers.processes, case.hosts, parse_rate(workers.rate))
 
 
 def sent_per_step(workers: Workers) -> int:
