@@ -166,6 +166,8 @@ def cases(kind: str, frameworks, devices, sizes) -> list:
                     cases += [Case(fw, device, size, devices=n) for n in scaling_counts(fw, device)]
                 elif kind == "mesh":
                     cases += [Case(fw, device, size, devices=MeshShape.parse(m).devices, mesh=m) for m in MESHES]
+                elif kind == "sweep" and device == "cpu":  # emulated hosts are processes of this machine
+                    cases += [Case(fw, device, size, devices=2, mesh=m, hosts=2) for m in SWEEP_MESHES]
             if kind == "train" and "hf" in frameworks:
                 cases.append(Case("hf", device, size))
             if kind == "train" and device != "cpu" and size in BIG_BATCH_SIZES:
@@ -178,6 +180,30 @@ def cases(kind: str, frameworks, devices, sizes) -> list:
 
 # The mesh bench's meshes: each way of splitting over two devices, and the 2-D one over four.
 MESHES = ("data:2", "fsdp:2", "tensor:2", "fsdp:2,tensor:2")
+
+
+# The link sweep (benches/test_sweep.py): each way of splitting over two hosts, at each rate of a grid.
+SWEEP_MESHES = ("data:2", "fsdp:2", "tensor:2")
+QUICK_RATES = ("200mbit", "50mbit", "10mbit")  # the quick grid; scripts/link_sweep.py runs the full one
+SMOKE_POINT = ("torch-cpu-tiny-fp32-data2-2hosts", "10mbit")  # the one point a smoke run takes
+POINT_SECONDS = 10.0  # timed work per point, at least MIN_STEPS steps
+MIN_STEPS = 5
+
+
+def sweep_marks(case, rate: str, smoke: bool, selected: bool) -> list:
+    """A sweep point's marks: its own marker, one worker process at a time; skipped unless the
+    sweep was asked for (-m sweep), and in a smoke run all but ``SMOKE_POINT``."""
+    marks = [pytest.mark.sweep, pytest.mark.xdist_group("scaling"), pytest.mark.multidevice]
+    if smoke and (case.id, rate) != SMOKE_POINT:
+        marks.append(pytest.mark.skip(reason="a smoke run takes one point of the link sweep"))
+    elif not smoke and not selected:
+        marks.append(pytest.mark.skip(reason="the link sweep runs when asked for: pytest benches -m sweep "
+                                             "(make sweep-quick), or its full grid: make sweep"))
+    elif session.hosts_missing:
+        marks.append(pytest.mark.skip(reason=f"{case.id}: {session.hosts_missing}"))
+    elif visible(case.framework, case.device) < case.devices:
+        marks.append(pytest.mark.skip(reason=f"{case.id}: needs {case.devices} cores for one thread each"))
+    return marks + _missing(case)
 
 
 def scaling_counts(framework: str, device: str) -> list[int]:

@@ -10,7 +10,7 @@ import os
 import machine
 import pytest
 import summary
-from cases import DEFAULT_SIZES, FRAMEWORKS, cases, marks, over_hosts, selection
+from cases import DEFAULT_SIZES, FRAMEWORKS, MIN_STEPS, POINT_SECONDS, QUICK_RATES, cases, marks, over_hosts, selection, sweep_marks
 from inputs import MAX_TIME_S, MIN_ROUNDS, session
 
 from mtcore.config import PRESETS
@@ -42,6 +42,11 @@ def pytest_addoption(parser):
                          "hostname and link (network namespaces: needs root; docs/hosts.md), where their devices split "
                          "evenly; the bytes on each host's wire recorded and held to the prediction")
     group.addoption("--rate", help="with --hosts: each host's link shaped to this rate (100mbit, 1gbit; default unshaped)")
+    group.addoption("--rates", help="the link sweep (-m sweep): comma list of link rates, fastest first (default: "
+                                    f"{','.join(QUICK_RATES)}; scripts/link_sweep.py runs the full grid)")
+    group.addoption("--point-seconds", type=float, default=POINT_SECONDS,
+                    help=f"the link sweep: timed steps per point to fill this many seconds, at least {MIN_STEPS} "
+                         f"(default: %(default)s)")
     group.addoption("--rounds", type=int,
                     help=f"fixed timed rounds per benchmark (default: calibrated, {MAX_TIME_S:g} s of timed work per "
                          f"case, at least {MIN_ROUNDS} rounds; see --benchmark-max-time / --benchmark-min-rounds)")
@@ -59,7 +64,24 @@ def _hosts(config) -> None:
     if session.rate is not None and session.hosts is None:
         raise MTCoreError("--rate shapes the links of emulated hosts: give --hosts N too")
     parse_rate(session.rate)
-    session.hosts_missing = missing_privilege() if session.hosts else None
+    session.rates = tuple(csv_rates(config.getoption("--rates")))
+    session.hosts_missing = missing_privilege() if session.hosts or _sweeping(config) else None
+
+
+def csv_rates(value: str | None) -> list[str]:
+    """--rates, each checked (``parse_rate``): the quick grid when not given."""
+    from mtcore.hosts import parse_rate
+
+    rates = [r.strip() for r in value.split(",") if r.strip()] if value else list(QUICK_RATES)
+    for r in rates:
+        if parse_rate(r) is None:
+            raise MTCoreError(f"--rates {value!r}: every point needs a rate (the unshaped baseline is loopback's)")
+    return rates
+
+
+def _sweeping(config) -> bool:
+    """Whether the link sweep can run: its marker asked for, or a smoke run (its one point)."""
+    return "sweep" in (config.getoption("markexpr") or "") or bool(config.getoption("benchmark_disable"))
 
 
 def pytest_generate_tests(metafunc):
@@ -69,6 +91,12 @@ def pytest_generate_tests(metafunc):
     chosen = cases(marker.args[0], *selection(metafunc.config))
     if marker.args[0] in ("scaling", "mesh"):
         chosen = over_hosts(chosen, metafunc.config.getoption("--hosts"))
+    if marker.args[0] == "sweep":  # a point per case and rate, the rates of a case one after another
+        smoke = bool(metafunc.config.getoption("benchmark_disable"))
+        params = [pytest.param((c, r), id=f"{c.id}-{r}", marks=sweep_marks(c, r, smoke, _sweeping(metafunc.config)))
+                  for c in chosen for r in session.rates]
+        metafunc.parametrize("case", params or [pytest.param(None, marks=pytest.mark.skip(reason="no case selected"))])
+        return
     params = [pytest.param(c, id=c.id, marks=marks(c, marker.args[0])) for c in chosen]
     metafunc.parametrize("case", params or [pytest.param(None, marks=pytest.mark.skip(reason="no case selected"))])
 
@@ -81,6 +109,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "xdist_group(name): keep these cases on one process under --dist loadgroup")
     config.addinivalue_line("markers", "quick: the quick subset: the gate's, and the paired headline (pytest benches -m quick)")
     config.addinivalue_line("markers", "gate: what the pull-request regression gate runs on base and head (scripts/bench_gate.py)")
+    config.addinivalue_line("markers", "sweep: the link sweep over emulated hosts (pytest benches -m sweep; make sweep-quick)")
     try:
         frameworks, devices, _ = selection(config)
         budget = threads.parse(config.getoption("--threads"))

@@ -42,6 +42,7 @@ class Session:
     hosts: int | None = None  # --hosts: the worker benches spread over emulated hosts
     rate: str | None = None  # --rate: their links' rate
     hosts_missing: str | None = None  # why this machine cannot build them (no root, no iproute2)
+    rates: tuple[str, ...] = ()  # --rates: the link sweep's grid
 
 
 session = Session()

@@ -1,0 +1,96 @@
+"""The link sweep's full grid (issue 44): first the highest rate the emulated link sustains on this
+machine while both cores compute (``mtcore.hosts.link_ceiling``), then the link sweep bench
+(benches/test_sweep.py) over a grid of rates from that ceiling down to 10 Mbit/s, ``tiny`` on every
+rate and ``small`` on a few (a slow point of ``small`` moves tens of megabytes a step), then
+``mtcore sweep``'s table and plots of what it measured.
+
+    sudo make sweep                      # or: python scripts/link_sweep.py --out sweep
+    python scripts/link_sweep.py --out sweep --sizes tiny --rates 100mbit,10mbit   # a part of it
+
+Writes to OUT: ``ceiling.json``, ``sweep-SIZE.json`` (pytest-benchmark's JSON, each point's
+extra_info), and what ``mtcore sweep`` writes (``sweep.md``, ``sweep.json``, a plot per size). Time:
+the full grid takes about an hour on the project's 2-core VM (docs/findings/2026-12-05-link-sweep.md).
+Needs root (network namespaces); one line and exit 2 without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Below the ceiling, every point of the grid (Mbit/s): about x1.6 apart, down to 10. ``small`` takes
+# every other one: its slow points dominate the budget.
+GRID_MBIT = (160, 100, 63, 40, 25, 16, 10)
+SMALL_GRID_MBIT = (100, 40, 10)
+
+
+def ceiling(seconds: float = 3.0, repeats: int = 2) -> dict:
+    """The link's ceiling each way, idle and with both cores computing, ``repeats`` times each."""
+    from mtcore.hosts import EmulatedHosts, link_ceiling
+
+    out: dict = {"idle": [], "busy": []}
+    with EmulatedHosts(2) as hosts:
+        for _ in range(repeats):
+            for busy in (False, True):
+                out["busy" if busy else "idle"].append(link_ceiling(hosts, seconds, busy=busy))
+    # The top of the grid: what the link sustained each way, busy, the slower direction of the slower try.
+    out["sustained_bits_per_s"] = min(min(r.values()) for r in out["busy"])
+    return out
+
+
+def grid(top_bits: float, size: str) -> list[str]:
+    """The rates of ``size``'s points, fastest first: the ceiling rounded down to 10 Mbit/s, then
+    the grid below it."""
+    mbit = int(top_bits / 1e6)
+    top = mbit - mbit % 10 if mbit >= 20 else mbit
+    below = SMALL_GRID_MBIT if size == "small" else GRID_MBIT
+    return [f"{top}mbit"] + [f"{r}mbit" for r in below if r < top]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="sweep", help="where to write (default: %(default)s)")
+    parser.add_argument("--sizes", default="tiny,small", help="comma list (default: %(default)s)")
+    parser.add_argument("--frameworks", default="torch,jax", help="comma list (default: %(default)s)")
+    parser.add_argument("--rates", help="instead of the grid from the ceiling: these rates for every size")
+    parser.add_argument("--point-seconds", default="6", help="timed work per point (default: %(default)s s)")
+    args = parser.parse_args()
+    from mtcore.errors import MTCoreError
+    from mtcore.hosts import missing_privilege
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        why = missing_privilege()
+        if why:
+            raise MTCoreError(why)
+        top = ceiling()
+    except MTCoreError as e:
+        print(f"link_sweep: {e}", file=sys.stderr)
+        sys.exit(2)
+    (out / "ceiling.json").write_text(json.dumps(top, indent=2))
+    print(f"link_sweep: the link sustains {top['sustained_bits_per_s'] / 1e6:.0f} Mbit/s each way with both cores "
+          "busy", flush=True)
+    files = []
+    for size in args.sizes.split(","):
+        rates = args.rates or ",".join(grid(top["sustained_bits_per_s"], size))
+        files.append(out / f"sweep-{size}.json")
+        print(f"link_sweep: {size} at {rates}", flush=True)
+        env = {**os.environ, "TMPDIR": os.environ.get("TMPDIR", str(ROOT / ".tmp"))}
+        Path(env["TMPDIR"]).mkdir(exist_ok=True)
+        rc = subprocess.call([sys.executable, "-m", "pytest", "benches/test_sweep.py", "-m", "sweep", "-q", "-p",
+                              "no:cacheprovider", "--size", size, "--framework", args.frameworks, "--rates", rates,
+                              "--point-seconds", args.point_seconds, f"--benchmark-json={files[-1]}"], cwd=ROOT, env=env)
+        if rc:
+            sys.exit(f"link_sweep: the {size} sweep failed (pytest exit {rc}); what it measured is in {files[-1]}")
+    sys.exit(subprocess.call([sys.executable, "-m", "mtcore.cli", "sweep", *map(str, files), "--ceiling",
+                              str(out / "ceiling.json"), "--out", str(out)], cwd=ROOT))
+
+
+if __name__ == "__main__":
+    main()
