@@ -97,7 +97,7 @@ def ring_sent(kind: str, payload: float, n: int) -> int:
 
 
 def predicted_traffic(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_len: int, tgt_len: int,
-                      value_bytes: int = FP32) -> list[Collective]:
+                      value_bytes: int = FP32, *, framework: str | None = None, device: str = "cpu") -> list[Collective]:
     """The collectives of one train step on one device, from the textbook:
 
     - ``data`` (no fsdp): one all-reduce of the gradients, P bytes (of the parameters a device
@@ -113,7 +113,23 @@ def predicted_traffic(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_
       cross-attention's q and fc1 on target rows; cross-attention's k and v on the encoder's
       output), where a fused q/k/v would reduce one gradient for the three.
 
+    With ``framework`` (``torch``, ``jax``), what that framework runs where it departs from the
+    textbook, each departure measured and explained in docs/parallelism.md ("What a step really
+    moves"), for E bytes of the tied embedding:
+
+    - both: FSDP gathers the tied embedding once, not for the forward and again for the backward
+      (2P - E gathered);
+    - ``jax``: data parallel all-reduces the embedding's gradient once per use (source, target,
+      output projection) before adding them: P + 2E;
+    - ``jax`` on a CPU (``device``): FSDP's gradients all-reduced, each device keeping its half,
+      where other backends reduce-scatter them (P bytes: the lower bound; on some batches XLA
+      reduces the tied embedding's gradient once per use here too, up to P + 2E).
+
     Not counted: the scalar all-reduces of the loss and token counts (bytes, not megabytes)."""
+    from mtcore.errors import MTCoreError
+
+    if framework not in (None, "torch", "jax"):
+        raise MTCoreError(f"--framework {framework!r}: the layouts known are torch's and jax's")
     out: list[Collective] = []
 
     def add(kind: str, axis: str, calls: int, payload: float, n: int) -> None:
@@ -121,12 +137,17 @@ def predicted_traffic(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_
             out.append(Collective(kind, axis, calls, round(payload), ring_sent(kind, payload, n)))
 
     held_along_tensor = predicted_bytes(cfg, MeshShape(tensor=mesh.tensor), value_bytes).params
+    embedding = cfg.vocab_size * cfg.d_model * value_bytes  # kept whole along tensor
     if mesh.fsdp > 1:
-        add("all-gather", "fsdp", 2, 2 * held_along_tensor, mesh.fsdp)
-        add("reduce-scatter", "fsdp", 1, held_along_tensor, mesh.fsdp)
+        gathered = 2 * held_along_tensor - (embedding if framework else 0)
+        add("all-gather", "fsdp", 2, gathered, mesh.fsdp)
+        if framework == "jax" and device == "cpu":
+            add("all-reduce", "fsdp", 1, held_along_tensor, mesh.fsdp)
+        else:
+            add("reduce-scatter", "fsdp", 1, held_along_tensor, mesh.fsdp)
         add("all-reduce", "data", 1, held_along_tensor / mesh.fsdp, mesh.data)
     else:
-        add("all-reduce", "data", 1, held_along_tensor, mesh.data)
+        add("all-reduce", "data", 1, held_along_tensor + (2 * embedding if framework == "jax" else 0), mesh.data)
     rows = global_batch // mesh.batch_shards
     src, tgt = rows * src_len * cfg.d_model * value_bytes, rows * tgt_len * cfg.d_model * value_bytes
     forward = cfg.encoder_layers * 2 * src + cfg.decoder_layers * 3 * tgt
@@ -206,7 +227,8 @@ def message_steps(kind: str, n: int) -> int:
 def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: int, tgt_len: int, *,
          value_bytes: int = FP32, bandwidth: float | dict[str, float] | None = None,
          flops: float | None = None, latency: float | dict[str, float] | None = None,
-         compute_s: float | None = None, engine: str | None = None) -> list[dict]:
+         compute_s: float | None = None, engine: str | None = None, framework: str | None = None,
+         device: str = "cpu") -> list[dict]:
     """One row per mesh of what it would cost per device and step: held bytes, collectives, bytes
     sent, FLOPs; with ``bandwidth`` (bytes/s a device sends: one rate, or per axis as
     ``link_rates`` takes it) the seconds the collectives take, plus, with ``latency`` (seconds a
@@ -216,7 +238,8 @@ def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: 
     one device, carried to each mesh by its share of the FLOPs. With ``engine`` (``gloo``,
     ``xla-gloo``: ``engine_sent``) the bytes over the links are what that engine puts on a wire
     between hosts, one process each (its algorithms, its preambles, TCP/IP framing: ``wire``),
-    not the textbook ring's. No overlap assumed. Refuses what
+    not the textbook ring's; with ``framework`` the collectives that framework runs on ``device``
+    (``predicted_traffic``). No overlap assumed. Refuses what
     cannot run: a mesh that does not divide the model or the batch, a non-positive rate, a
     negative latency."""
     from mtcore.errors import MTCoreError
@@ -235,7 +258,8 @@ def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: 
     for mesh in meshes:
         mesh.check_model(cfg)
         mesh.check_batch(global_batch)
-        collectives = predicted_traffic(cfg, mesh, global_batch, src_len, tgt_len, value_bytes)
+        collectives = predicted_traffic(cfg, mesh, global_batch, src_len, tgt_len, value_bytes, framework=framework,
+                                        device=device)
         row = {"mesh": str(mesh), "devices": mesh.devices, "held": predicted_bytes(cfg, mesh, value_bytes).as_dict(),
                "collectives": [c.as_dict() for c in collectives], "sent": sent_bytes(collectives),
                "flops": step_flops_per_device(cfg, mesh, global_batch, src_len, tgt_len),
@@ -298,6 +322,9 @@ def format_plan(rows: list[dict], *, bandwidth: float | dict[str, float] | None 
     if computed:
         head.append(f"arithmetic at {flops / 1e12:g} TFLOP/s" if compute_s is None else
                     f"arithmetic ({compute_s * 1e3:g} ms a step on one device, by FLOP share)")
+    wired = any("wire" in r for r in rows)
+    if wired:
+        head.append("on a wire between hosts, per step per device")
     if timed and computed:
         head.append("longer, unless overlapped")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -311,6 +338,8 @@ def format_plan(rows: list[dict], *, bandwidth: float | dict[str, float] | None 
                 f" ({r['latency_s'] * 1e3:,.2f} ms of it latency)" if "latency_s" in r else ""))
         if computed:
             cells.append(f"{r['arithmetic_s'] * 1e3:,.2f} ms")
+        if wired:
+            cells.append(mb(r["wire"]))
         if timed and computed:
             cells.append("communication" if r["communication_s"] > r["arithmetic_s"] else "arithmetic")
         lines.append("| " + " | ".join(cells) + " |")

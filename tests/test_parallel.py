@@ -216,6 +216,7 @@ def test_jax_step_collectives_are_read_from_its_hlo():
     use (source and target embedding, output projection), before adding them; plus the loss's
     scalars. The textbook's 2P(N-1)/N counts the embedding once (docs/parallelism.md)."""
     from mtcore.batch import random_batch
+    from mtcore.costs import predicted_traffic
     from mtcore.jax.parallel import step_collectives
     from mtcore.weights import init_tree
 
@@ -227,6 +228,9 @@ def test_jax_step_collectives_are_read_from_its_hlo():
     embedding = PARALLEL_CFG.vocab_size * PARALLEL_CFG.d_model * 4
     assert (reduce["kind"], reduce["devices"]) == ("all-reduce", 2)
     assert 0 <= reduce["payload"] - (grads + 2 * embedding) < 64, reduce  # a few f32 scalars
+    # mtcore plan --framework jax knows it.
+    (jax_layout,) = predicted_traffic(PARALLEL_CFG, MeshShape(data=2), 8, 7, 5, framework="jax")
+    assert jax_layout.payload == grads + 2 * embedding
     # One per scan trip of each stack (2 encoder, 2 decoder layers) and two outside the loops.
     assert reduce["calls"] == PARALLEL_CFG.encoder_layers + PARALLEL_CFG.decoder_layers + 2, reduce
     # The scaling bench's all_reduce_share: the probe all-reduces those bytes (to the float) in one call.
@@ -256,6 +260,12 @@ def test_jax_fsdp_gathers_weights_whatever_the_batch():
     assert 2 * grads - embedding <= moved["all-gather"]["payload"] <= 2 * grads, moved
     # The tied embedding's gradient may be reduced once per use, as under data parallelism.
     assert grads <= moved["all-reduce"]["payload"] <= grads + 2 * embedding + 1024, moved
+    # mtcore plan --framework jax: the gathers as measured, the all-reduce's lower bound.
+    from mtcore.costs import predicted_traffic
+
+    jax_layout = {c.kind: c for c in predicted_traffic(PARALLEL_CFG, MeshShape(fsdp=2), 64, 32, 32, framework="jax")}
+    assert set(jax_layout) == {"all-gather", "all-reduce"} and jax_layout["all-reduce"].payload == grads
+    assert jax_layout["all-gather"].payload == moved["all-gather"]["payload"], (jax_layout, moved)
     assert sum(c["sent"] for c in moved.values()) < 1.1 * (moved["all-gather"]["sent"] + moved["all-reduce"]["sent"])
 
 
@@ -445,6 +455,11 @@ def test_torch_collectives_are_what_the_mesh_predicts(two_torch_ranks):
     root = np.prod(param_shapes(PARALLEL_CFG)["shared.weight"]) * 4
     assert measured["reduce-scatter"]["payload"] == predicted["reduce-scatter"].payload
     assert measured["all-gather"]["payload"] == predicted["all-gather"].payload - root
+    # mtcore plan --framework torch knows it.
+    rows, src, tgt = json.loads(job_file(two_torch_ranks, "fsdp:2", "-rank0.json").read_text())["batch"]
+    torch_layout = {c.kind: c for c in predicted_traffic(PARALLEL_CFG, MeshShape(fsdp=2), rows, src, tgt, framework="torch")}
+    assert {k: torch_layout[k].payload for k in ("all-gather", "reduce-scatter")} == {
+        k: measured[k]["payload"] for k in ("all-gather", "reduce-scatter")}
     assert measured["all-reduce"]["calls"] == 2 and measured["all-reduce"]["payload"] == 16  # the loss's sums, the norm
     measured, predicted = measured_and_predicted("tensor:2")
     scalars = measured["all-reduce"]["payload"] - predicted["all-reduce"].payload
