@@ -56,15 +56,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if compute_s is not None and flops is not None:
         raise MTCoreError("--flops and a measured compute time both give the step's arithmetic: give one")
     rows = plan(cfg, meshes, args.global_batch_size, args.src_len, args.tgt_len, value_bytes=2 if args.precision == "bf16" else 4,
-                bandwidth=bandwidth, flops=flops, latency=latency, compute_s=compute_s)
+                bandwidth=bandwidth, flops=flops, latency=latency, compute_s=compute_s, engine=args.engine,
+                framework=args.framework, device=args.device)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{args.model}: {cfg.num_params():,} parameters; a global batch of {args.global_batch_size} rows x "
           f"{args.src_len} source / {args.tgt_len} target tokens; {args.precision} values throughout. Predicted "
-          "from the shapes and the mesh, no step run (docs/parallelism.md says what is counted).")
+          "from the shapes and the mesh, no step run (docs/parallelism.md says what is counted)"
+          + (f"; the collectives {args.framework} runs on a {args.device.upper()}" if args.framework else "")
+          + (f"; the links carry what {args.engine} puts on a wire between hosts" if args.engine else "") + ".")
     print()
     print(format_plan(rows, bandwidth=bandwidth, flops=flops, latency=latency, compute_s=compute_s))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mtcore.sweep import write
+
+    print(f"mtcore sweep: wrote {write(args.runs, args.out, args.ceiling)}")
     return 0
 
 
@@ -276,8 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "of --flops), carried to each mesh by its share of the FLOPs")
     p.add_argument("--compute-from", metavar="RUN", help="the same from a one-device run's directory (its last epoch's "
                    "time per step)")
+    p.add_argument("--framework", choices=("torch", "jax"), help="the collectives that framework's layout runs where it "
+                   "departs from the textbook (docs/parallelism.md: what a step really moves); default: the textbook's")
+    p.add_argument("--device", choices=("cpu", "gpu", "tpu"), default="cpu",
+                   help="with --framework: the device it runs on (JAX's CPU backend all-reduces FSDP's gradients; "
+                        "default: %(default)s)")
+    p.add_argument("--engine", choices=("gloo", "xla-gloo"), help="charge the links what this engine puts on a wire "
+                   "between hosts, one process each (its algorithms, preambles and TCP/IP framing: docs/hosts.md), "
+                   "not the textbook ring's bytes")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("sweep", help="the link sweep's points (pytest benches -m sweep, scripts/link_sweep.py) judged: "
+                                     "was the network the bottleneck, the planner against each point; sweep.md + plots")
+    p.add_argument("runs", nargs="+", metavar="JSON", help="pytest-benchmark JSON files of the link sweep bench")
+    p.add_argument("--out", required=True, help="directory for sweep.md, sweep.json and a plot per size")
+    p.add_argument("--ceiling", metavar="JSON", help="scripts/link_sweep.py's ceiling.json: marks the link's ceiling")
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("train", help="train one framework epoch by epoch; metrics.json and checkpoints in --out")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true",
