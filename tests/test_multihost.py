@@ -73,6 +73,11 @@ def test_compare_over_two_hosts_trains_as_one_device_and_the_wire_is_as_predicte
     report = (out / "report.md").read_text()
     assert re.search(r"\| torch \| data:2 \| 2 hosts, 200 Mbit/s \|", report), report
     assert re.search(r"\| jax \| data:1 \| one device \|", report)
+    # One sentence per strategy: was the network the bottleneck at the rate it ran?
+    for fw in ("torch", "jax"):
+        assert re.search(rf"- {fw} data:2 \(2 hosts, 200 Mbit/s\): the network (was|was not) the bottleneck: of its "
+                         r"[\d,]+ ms step, arithmetic took about [\d,]+ ms", report), report
+        assert f"- {fw} data:1: no network was crossed (one device)." in report
     assert leftovers() == [] and not our_processes(str(out))
 
 

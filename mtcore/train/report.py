@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_text
 from mtcore.train.plots import _parallelism_plots, _plots, _scaling_plots
 from mtcore.train.runs import _torch_mode, load_rank_files, load_runs, loss_agreement, scaling_rows, speed_claim, steady, time_to_loss
@@ -245,6 +246,9 @@ def parallelism_section(directory: Path, runs: dict[str, dict[str, Any]], settin
             f"{_mb(r['wire_per_step'])} ({_mb(r['wire_per_step_predicted'])}) | "
             f"{_percent(r['utilisation'])} | {_f(r['validation_loss'], 3)} | "
             f"{_f(r['bleu'], 1)} |")
+    if any(r["wire_per_step"] is not None for r in rows):
+        lines += ["", "Was the network the bottleneck?", "",
+                  *[f"- {_bottleneck(r, rows, runs)}" for r in rows]]
     counts = {r["step_memory_counts"] for r in rows if r["step_memory_counts"]}
     lines += ["", "Step memory: " + ("; ".join(sorted(f"{fw}: {c}" for fw, c in {
         (r["framework"], r["step_memory_counts"]) for r in rows if r["step_memory_counts"]})) if counts else "not recorded") + ".",
@@ -255,6 +259,30 @@ def parallelism_section(directory: Path, runs: dict[str, dict[str, Any]], settin
         lines += ["", f"Time to validation loss {target:.3f}: " + "; ".join(
             f"{name} {'not reached' if t is None else f'{t:.1f} s'}" for name, t in reached.items()) + "."]
     return lines + ["", *[f"![{k}]({v})" for k, v in files.items()]]
+
+
+def _bottleneck(row: dict[str, Any], rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> str:
+    """``sweep.bottleneck``'s sentence for a row, its arithmetic the framework's one-device step
+    (its data:1 run) carried to the mesh by the share of the FLOPs a device computes."""
+    from mtcore.config import ModelConfig
+    from mtcore.costs import step_flops_per_device
+    from mtcore.parallel import MeshShape
+    from mtcore.sweep import bottleneck
+
+    one = next((r for r in rows if r["framework"] == row["framework"] and r["world_size"] == 1), None)
+    arithmetic = None
+    model = (runs.get(row["run"]) or {}).get("run", {}).get("model")
+    if one is not None and one["step_s"] and model:
+        try:
+            cfg = ModelConfig.of(model)
+        except MTCoreError:
+            cfg = None
+        if cfg is not None:  # the share at a nominal 32 + 32 tokens a row: it hardly depends on them
+            flops = [step_flops_per_device(cfg, MeshShape.parse(m), row["global_batch"], 32, 32)
+                     for m in (row["mesh"], "data:1")]
+            arithmetic = one["step_s"] * flops[0] / flops[1]
+    return bottleneck(f"{row['framework']} {row['mesh']}", row["transport"], row["step_s"], arithmetic,
+                      row["wire_per_step"], row["link_rate"])
 
 
 def _parallelism_caption(rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> str:

@@ -133,7 +133,10 @@ def scaling_rows(directory: str | os.PathLike, scaling: str = "weak") -> list[di
         last = epochs[max(epochs)][0]
         wire = [[r["wire"] for r in epochs[e] if (r.get("wire") or {}).get("crossed_network")] for e in complete]
         wired = [w for w in wire if w]
+        rates = {h.get("link_rate_bits_per_s") for w in wired for h in w}
         rows.append({"transport": transport(first, wire[0] if wire else []),
+                     "step_s": _finite(np.mean(times / steps)),
+                     "link_rate": rates.pop() if len(rates) == 1 else None,
                      "wire_per_step": _finite(np.mean([max(h["tx_bytes_per_step"] for h in w) for w in wired]))
                      if wired else None,
                      "wire_per_step_predicted": (wired[-1][0].get("predicted_per_step") or {}).get("tx_bytes")
