@@ -43,6 +43,7 @@ class Session:
     rate: str | None = None  # --rate: their links' rate
     hosts_missing: str | None = None  # why this machine cannot build them (no root, no iproute2)
     rates: tuple[str, ...] = ()  # --rates: the link sweep's grid
+    delay: float | None = None  # --delay: milliseconds netem holds each frame (the link sweep)
 
 
 session = Session()

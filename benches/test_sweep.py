@@ -48,6 +48,7 @@ class SweepCase:
     one: Workers
     idle: dict  # each host's background bytes per second, from check_wire's idle window
     latency_unshaped_s: float
+    netem_missing: str | None  # why the links cannot be delayed (--delay), None: they can
 
 
 class Sweep:
@@ -83,7 +84,8 @@ class Sweep:
             raise
         self.current = SweepCase(case, started[0], started[1], self.one[1],
                                  idle={h["host"]: h["idle_tx_bytes_per_s"] for h in wire["hosts"]},
-                                 latency_unshaped_s=latency(started[0]))
+                                 latency_unshaped_s=latency(started[0]),
+                                 netem_missing=started[0].hosts.netem_missing())
         return self.current
 
     def close(self, keep_one: bool = False) -> None:
@@ -119,7 +121,10 @@ def test_link_sweep(benchmark, case, sweep, rounds):
     case, rate = case
     benchmark.group = f"link sweep {case.device}-{case.size}-{case.precision} {case.mesh} over 2 hosts"
     s = sweep.get(case)
-    s.hosts.hosts.shape(parse_rate(rate))
+    delay_s = session.delay / 1e3 if session.delay else None
+    if delay_s and s.netem_missing:
+        pytest.skip(f"--delay: {s.netem_missing}")
+    s.hosts.hosts.shape(parse_rate(rate), delay_s)
     start = time.perf_counter()
     s.hosts.step()  # the first step at this rate, untimed: its time sizes the point
     first = time.perf_counter() - start
@@ -155,7 +160,7 @@ def test_link_sweep(benchmark, case, sweep, rounds):
     b = batch(case.size)
     benchmark.extra_info.update(
         case=case.id, framework=case.framework, size=case.size, mesh=case.mesh, hosts=case.hosts, rate=rate,
-        rate_bits_per_s=parse_rate(rate), step_iqr_s=benchmark.stats.stats.iqr, loopback=loopback, one_device=one,
+        rate_bits_per_s=parse_rate(rate), delay_s=delay_s, step_iqr_s=benchmark.stats.stats.iqr, loopback=loopback, one_device=one,
         communication_s=communication, arithmetic_s=loopback["median_s"], network_bound=communication > loopback["median_s"],
         wire=wire, predicted_wire_per_step=s.hosts.ready[0]["costs"] and _predicted(s.hosts),
         latency_per_message_s=latency(s.hosts), latency_unshaped_s=s.latency_unshaped_s,

@@ -105,6 +105,7 @@ class EmulatedHosts:
         self.prefix = prefix or f"mt{os.getpid()}"
         self.hosts = [Host(i, f"{self.prefix}-h{i}", f"{SUBNET}.{i + 1}", f"host{i}") for i in range(n)]
         self.switch = f"{self.prefix}-sw"
+        self.delay_s: float | None = None  # netem's delay on every link (``shape``)
         self._made: list[str] = []  # namespaces made, in order
         self._made_etc = False  # /etc/netns, where there was none
         self._previous = None
@@ -150,19 +151,34 @@ class EmulatedHosts:
                 for o in self.hosts))
         self.shape(self.rate)
 
-    def shape(self, rate: int | None) -> None:
+    def shape(self, rate: int | None, delay_s: float | None = None) -> None:
         """Every host's link shaped to ``rate`` bits per second (None: unshaped), now: the one place
         the links get their rate, when built and between a sweep's points. tbf: a token bucket at
         the rate, its burst a millisecond's worth or 16 KiB (a few packets), on each host's side
-        (every direction shaped once, by its sender)."""
+        (every direction shaped once, by its sender). With ``delay_s``, netem instead: every frame
+        held that long on its sender's side, at the rate (``netem_missing`` says whether the kernel
+        has it)."""
         for h in self.hosts:
-            if rate:
+            if delay_s:
+                _run(["tc", "-n", h.netns, "qdisc", "replace", "dev", h.iface, "root", "netem", "delay",
+                      f"{round(delay_s * 1e6)}us", *(["rate", f"{rate}bit"] if rate else []), "limit", "100000"])
+            elif rate:
                 burst = max(rate // 8 // 1000, 16 * 1024)
                 _run(["tc", "-n", h.netns, "qdisc", "replace", "dev", h.iface, "root", "tbf", "rate", f"{rate}bit",
                       "burst", str(burst), "latency", "50ms"])
-            elif "tbf" in _run(["tc", "-n", h.netns, "qdisc", "show", "dev", h.iface]):
+            elif re.search(r"\b(tbf|netem)\b", _run(["tc", "-n", h.netns, "qdisc", "show", "dev", h.iface])):
                 _run(["tc", "-n", h.netns, "qdisc", "del", "dev", h.iface, "root"])
-        self.rate = rate
+        self.rate, self.delay_s = rate, delay_s
+
+    def netem_missing(self) -> str | None:
+        """Why these links cannot be given a delay (None: they can): the kernel needs netem
+        (sch_netem), which some kernels are built without."""
+        probe = ["tc", "-n", self.hosts[0].netns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]
+        result = subprocess.run(probe, capture_output=True, text=True)
+        if result.returncode:
+            return f"this kernel cannot delay packets: no netem (sch_netem): {(result.stderr or '').strip()}"
+        _run(["tc", "-n", self.hosts[0].netns, "qdisc", "del", "dev", "lo", "root"])
+        return None
 
     def start(self, host: Host, command: list[str], *, env: dict[str, str], stdout, **popen) -> subprocess.Popen:
         """``command`` started on ``host``, pinned (``taskset``) to its share of the job's cores
@@ -388,9 +404,9 @@ def link_rate(iface: str) -> tuple[int | None, str]:
         qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", iface], capture_output=True, text=True).stdout
     except FileNotFoundError:  # no tc: nothing shapes it that we could read
         qdiscs = ""
-    m = re.search(r"\btbf\b.*?\brate (\d+(?:\.\d+)?)([KMG]?)bit", qdiscs)
+    m = re.search(r"\b(tbf|netem)\b.*?\brate (\d+(?:\.\d+)?)([KMG]?)bit", qdiscs)
     if m:
-        return int(float(m.group(1)) * _PREFIX[m.group(2).lower()]), "shaped by tc (tbf)"
+        return int(float(m.group(2)) * _PREFIX[m.group(3).lower()]), f"shaped by tc ({m.group(1)})"
     try:
         speed = int((Path("/sys/class/net") / iface / "speed").read_text())
     except (OSError, ValueError):  # virtual links have no speed to read

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # every other one: its slow points dominate the budget.
 GRID_MBIT = (160, 100, 63, 40, 25, 16, 10)
 SMALL_GRID_MBIT = (100, 40, 10)
+DELAY_RATE, DELAYS_MS = "100mbit", (0.5, 2.0)  # where netem is there: tiny at one rate, a frame held this long
 
 
 def ceiling(seconds: float = 3.0, repeats: int = 2) -> dict:
@@ -35,6 +36,7 @@ def ceiling(seconds: float = 3.0, repeats: int = 2) -> dict:
 
     out: dict = {"idle": [], "busy": []}
     with EmulatedHosts(2) as hosts:
+        out["netem_missing"] = hosts.netem_missing()
         for _ in range(repeats):
             for busy in (False, True):
                 out["busy" if busy else "idle"].append(link_ceiling(hosts, seconds, busy=busy))
@@ -73,19 +75,29 @@ def main() -> None:
     except MTCoreError as e:
         print(f"link_sweep: {e}", file=sys.stderr)
         sys.exit(2)
-    (out / "ceiling.json").write_text(json.dumps(top, indent=2))
     print(f"link_sweep: the link sustains {top['sustained_bits_per_s'] / 1e6:.0f} Mbit/s each way with both cores "
           "busy", flush=True)
+    # Where the kernel can delay packets, tiny also at one rate with DELAYS_MS of delay on every link:
+    # the planner's latency term against a delay it knows.
+    runs = [(size, args.rates or ",".join(grid(top["sustained_bits_per_s"], size)), None)
+            for size in args.sizes.split(",")]
+    if top["netem_missing"]:
+        top["delay"] = f"skipped: {top['netem_missing']}"
+        print(f"link_sweep: delays {top['delay']}", flush=True)
+    elif "tiny" in args.sizes.split(","):
+        top["delay"] = f"tiny at {DELAY_RATE} with {', '.join(f'{d:g}' for d in DELAYS_MS)} ms on every link"
+        runs += [("tiny", DELAY_RATE, d) for d in DELAYS_MS]
+    (out / "ceiling.json").write_text(json.dumps(top, indent=2))
     files = []
-    for size in args.sizes.split(","):
-        rates = args.rates or ",".join(grid(top["sustained_bits_per_s"], size))
-        files.append(out / f"sweep-{size}.json")
-        print(f"link_sweep: {size} at {rates}", flush=True)
+    for size, rates, delay in runs:
+        files.append(out / f"sweep-{size}{f'-delay{delay:g}ms' if delay else ''}.json")
+        print(f"link_sweep: {size} at {rates}" + (f", {delay:g} ms of delay" if delay else ""), flush=True)
         env = {**os.environ, "TMPDIR": os.environ.get("TMPDIR", str(ROOT / ".tmp"))}
         Path(env["TMPDIR"]).mkdir(exist_ok=True)
         rc = subprocess.call([sys.executable, "-m", "pytest", "benches/test_sweep.py", "-m", "sweep", "-q", "-p",
                               "no:cacheprovider", "--size", size, "--framework", args.frameworks, "--rates", rates,
-                              "--point-seconds", args.point_seconds, f"--benchmark-json={files[-1]}"], cwd=ROOT, env=env)
+                              *(["--delay", str(delay)] if delay else []), "--point-seconds", args.point_seconds,
+                              f"--benchmark-json={files[-1]}"], cwd=ROOT, env=env)
         if rc:
             sys.exit(f"link_sweep: the {size} sweep failed (pytest exit {rc}); what it measured is in {files[-1]}")
     sys.exit(subprocess.call([sys.executable, "-m", "mtcore.cli", "sweep", *map(str, files), "--ceiling",

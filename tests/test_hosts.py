@@ -13,7 +13,7 @@ import time
 import pytest
 
 from mtcore.errors import MTCoreError
-from mtcore.hosts import EmulatedHosts, iface_counters, leftovers, link_rate, missing_privilege, parse_rate, route_iface
+from mtcore.hosts import EmulatedHosts, iface_counters, leftovers, link_ceiling, link_rate, missing_privilege, parse_rate, route_iface
 
 needs_privilege = pytest.mark.skipif(missing_privilege() is not None, reason=str(missing_privilege()))
 
@@ -106,3 +106,39 @@ def test_a_host_finds_the_interface_to_its_peer_with_the_rate_it_is_shaped_to():
     # host0's own name routes over lo, but the interface holding its address carries the run
     assert json.loads(out.stdout) == ["eth0", "eth0", [25_000_000, "shaped by tc (tbf)"],
                                       ["rx_bytes", "rx_packets", "tx_bytes", "tx_packets"]]
+
+
+@needs_privilege
+def test_links_are_reshaped_between_points_and_a_delay_needs_netem():
+    """``shape``: the one place the links get their rate, again between a sweep's points (unshaped
+    removes the qdisc); a delay asks for netem, which a kernel may lack: then one line why."""
+    probe = "from mtcore.hosts import link_rate; print(*link_rate('eth0'))"
+
+    def rate(hs):
+        out = subprocess.run(hs.hosts[1].command([sys.executable, "-c", probe]), capture_output=True, text=True,
+                             timeout=30)
+        return out.stdout.strip()
+
+    with EmulatedHosts(2, rate="25mbit") as hs:
+        hs.shape(parse_rate("40mbit"))
+        assert rate(hs) == "40000000 shaped by tc (tbf)" and hs.rate == 40_000_000
+        hs.shape(None)
+        assert "shaped" not in rate(hs) and hs.rate is None  # the veth's own figure, if any
+        why = hs.netem_missing()
+        if why is None:
+            hs.shape(parse_rate("40mbit"), 0.002)
+            assert rate(hs) == "40000000 shaped by tc (netem)" and hs.delay_s == 0.002
+        else:
+            assert why.startswith("this kernel cannot delay packets: no netem")
+            with pytest.raises(MTCoreError, match="netem"):
+                hs.shape(parse_rate("40mbit"), 0.002)
+    assert leftovers(hs.prefix) == []
+
+
+@needs_privilege
+def test_the_link_ceiling_is_measured_each_way_and_its_streams_stop():
+    with EmulatedHosts(2) as hs:
+        got = link_ceiling(hs, 0.5, busy=True)
+        assert set(got) == {"tx_bits_per_s", "rx_bits_per_s"} and min(got.values()) > 1e6, got
+        assert subprocess.run(["ip", "netns", "pids", hs.hosts[0].netns], capture_output=True, text=True).stdout == ""
+    assert leftovers(hs.prefix) == []
