@@ -19,7 +19,7 @@ endef
 # The base of the pull-request gate (make bench-gate BASE=origin/main).
 BASE ?= origin/main
 
-.PHONY: install bench bench-quick bench-check bench-gate gpu-check test smoke lint clean
+.PHONY: install bench bench-quick bench-check bench-gate sweep sweep-quick gpu-check test smoke lint clean
 
 $(VENV)/.installed: pyproject.toml scripts/install.py
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench-check: install  ## the quick subset, saved, judged against this machine's 
 
 bench-gate: install  ## the pull-request gate here: BASE and this tree taking turns, 3 pairs, then mtcore bench-compare (time: docs/regression-gate.md)
 	$(PY) scripts/bench_gate.py --base $(BASE) --out gate
+
+sweep-quick: install  ## the link sweep's quick grid (tiny and small over two emulated hosts at 3 rates, both frameworks; root), saved
+	$(call pytest,benches -m sweep --benchmark-autosave)
+
+sweep: install  ## the link sweep's full grid to sweep/ (root; about an hour): the link's ceiling, every point, then mtcore sweep's table and plots
+	mkdir -p .tmp; TMPDIR=$(CURDIR)/.tmp $(PY) scripts/link_sweep.py --out sweep $(ARGS)
 
 gpu-check:  ## on a lent GPU machine, with its own packages (no .venv, no network): the GPU table in 5 minutes, to $OUT (scripts/gpu_check.py)
 	$(PYTHON) scripts/gpu_check.py $(ARGS)
