@@ -25,8 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker(framework: str, calls: int, out: str, coordinator: str | None, process_id: int) -> None:
-    """One process: join the other, warm up, time ``calls`` all-reduces of one float, write them."""
+def worker(framework: str, calls: int, out: str, coordinator: str | None, process_id: int, nbytes: int = 4) -> None:
+    """One process: join the other, warm up, time ``calls`` all-reduces of ``nbytes`` (one float by
+    default), write them."""
     from mtcore.backend import framework as fw
     from mtcore.perf.setup import set_up
 
@@ -36,7 +37,7 @@ def worker(framework: str, calls: int, out: str, coordinator: str | None, proces
     import mtcore
 
     be = mtcore.backend(framework, "cpu", devices=2)
-    probe = be.all_reduce_probe(4)
+    probe = be.all_reduce_probe(nbytes)
     for _ in range(20):
         probe()
     times = []
@@ -51,7 +52,7 @@ def worker(framework: str, calls: int, out: str, coordinator: str | None, proces
     os._exit(0)
 
 
-def measure(framework: str, rate: str | None, calls: int) -> dict:
+def measure(framework: str, rate: str | None, calls: int, nbytes: int = 4) -> dict:
     from mtcore.backend import framework as fw
     from mtcore.costs import message_steps
     from mtcore.hosts import EmulatedHosts
@@ -61,7 +62,8 @@ def measure(framework: str, rate: str | None, calls: int) -> dict:
         with EmulatedHosts(2, rate) as hosts:
             logs = [open(os.path.join(out, f"{h.hostname}.log"), "w") for h in hosts.hosts]  # noqa: SIM115
             started = hosts.start_nodes(fw(framework), 2, [__file__, "--worker", framework, "--calls", str(calls),
-                                                           "--dir", out], log_dir=out, run_id="latency",
+                                                           "--bytes", str(nbytes), "--dir", out], log_dir=out,
+                                        run_id="latency",
                                         env=dict(os.environ), output=lambda h: logs[h.index],
                                         stderr=subprocess.STDOUT)
             procs = [(logs[h.index], p) for h, p in started]
@@ -76,7 +78,8 @@ def measure(framework: str, rate: str | None, calls: int) -> dict:
     finally:
         subprocess.run(["rm", "-rf", out])
     median, q1, q3 = times[len(times) // 2], times[len(times) // 4], times[3 * len(times) // 4]
-    return {"framework": framework, "rate": rate or "unshaped", "calls": calls, "median_s": median, "iqr_s": q3 - q1,
+    return {"framework": framework, "rate": rate or "unshaped", "calls": calls, "bytes": nbytes, "median_s": median,
+            "iqr_s": q3 - q1,
             "latency_per_message_s": median / message_steps("all-reduce", 2)}
 
 
@@ -84,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", help="the links' rate (tc's spelling); default unshaped")
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--bytes", type=int, default=4, help="bytes each all-reduce carries (default: one float)")
     parser.add_argument("--json", help="write the rows here too")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
@@ -92,7 +96,7 @@ def main() -> None:
     parser.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.calls, args.dir, args.coordinator, args.process_id)
+        worker(args.worker, args.calls, args.dir, args.coordinator, args.process_id, args.bytes)
         return
     from mtcore.errors import MTCoreError
     from mtcore.hosts import missing_privilege, parse_rate
@@ -102,14 +106,14 @@ def main() -> None:
         why = missing_privilege()
         if why:
             raise MTCoreError(why)
-        rows = [measure(fw, args.rate, args.calls) for fw in ("torch", "jax")]
+        rows = [measure(fw, args.rate, args.calls, args.bytes) for fw in ("torch", "jax")]
     except MTCoreError as e:
         print(f"link_latency: {e}", file=sys.stderr)
         sys.exit(2)
-    print("| framework | link | all-reduce of one float, median (IQR) | latency per message (median / 2) |")
-    print("| --- | --- | --- | --- |")
+    print("| framework | link | bytes | all-reduce, median (IQR) | latency per message (median / 2) |")
+    print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['framework']} | {r['rate']} | {r['median_s'] * 1e6:,.0f} µs ({r['iqr_s'] * 1e6:,.0f}) | "
+        print(f"| {r['framework']} | {r['rate']} | {r['bytes']:,} | {r['median_s'] * 1e6:,.0f} µs ({r['iqr_s'] * 1e6:,.0f}) | "
               f"{r['latency_per_message_s'] * 1e6:,.0f} µs |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
