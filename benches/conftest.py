@@ -46,6 +46,9 @@ def pytest_addoption(parser):
                                     f"{','.join(QUICK_RATES)}; scripts/link_sweep.py runs the full grid)")
     group.addoption("--delay", type=float, help="the link sweep: every link also holds each frame this many "
                                                 "milliseconds (netem; its points skip, saying why, on a kernel without it)")
+    group.addoption("--offload", action="store_true",
+                    help="the link sweep: leave the hosts' segmentation offload on, for rates above the one-segment-"
+                         "per-frame ceiling (the counters then miss most headers: docs/hosts.md)")
     group.addoption("--point-seconds", type=float, default=POINT_SECONDS,
                     help=f"the link sweep: timed steps per point to fill this many seconds, at least {MIN_STEPS} "
                          f"(default: %(default)s)")
@@ -68,6 +71,7 @@ def _hosts(config) -> None:
     parse_rate(session.rate)
     session.rates = tuple(csv_rates(config.getoption("--rates")))
     session.delay = config.getoption("--delay")
+    session.offload = config.getoption("--offload")
     if session.delay is not None and not session.delay > 0:
         raise MTCoreError(f"--delay {session.delay:g}: milliseconds a frame is held, more than 0")
     session.hosts_missing = missing_privilege() if session.hosts or _sweeping(config) else None
@@ -98,7 +102,7 @@ def pytest_generate_tests(metafunc):
         chosen = over_hosts(chosen, metafunc.config.getoption("--hosts"))
     if marker.args[0] == "sweep":  # a point per case and rate, the rates of a case one after another
         smoke = bool(metafunc.config.getoption("benchmark_disable"))
-        delay = f"-delay{session.delay:g}ms" if session.delay else ""
+        delay = (f"-delay{session.delay:g}ms" if session.delay else "") + ("-offload" if session.offload else "")
         params = [pytest.param((c, r), id=f"{c.id}-{r}{delay}", marks=sweep_marks(c, r, smoke, _sweeping(metafunc.config)))
                   for c in chosen for r in session.rates]
         metafunc.parametrize("case", params or [pytest.param(None, marks=pytest.mark.skip(reason="no case selected"))])

@@ -44,6 +44,7 @@ class Session:
     hosts_missing: str | None = None  # why this machine cannot build them (no root, no iproute2)
     rates: tuple[str, ...] = ()  # --rates: the link sweep's grid
     delay: float | None = None  # --delay: milliseconds netem holds each frame (the link sweep)
+    offload: bool = False  # --offload: the link sweep's hosts keep segmentation offload
 
 
 session = Session()

@@ -43,8 +43,9 @@ class Workers:
     talking to the bench over a Unix socket (a path, which a process in another network namespace
     reaches too); killed with their process groups, and the hosts removed, whatever happens."""
 
-    def __init__(self, case, per_device_threads: int, timeout: float = 600, rate: str | None = None):
-        self.case, self.timeout = case, timeout
+    def __init__(self, case, per_device_threads: int, timeout: float = 600, rate: str | None = None,
+                 offload: bool = False):
+        self.case, self.timeout, self.offload = case, timeout, offload
         self.rate = session.rate if rate is None else rate  # the hosts' links (--rate)
         # torchrun's logs and the socket, removed on exit (without --log-dir it leaves a torchelastic_* folder behind).
         self.logs = tempfile.mkdtemp(prefix="mtcore-scaling-")
@@ -76,7 +77,7 @@ class Workers:
         coordinator on host 0), pinned to its own share of the cores, as ``mtcore train --hosts``."""
         from mtcore.hosts import EmulatedHosts
 
-        self.hosts = EmulatedHosts(self.case.hosts, self.rate).__enter__()
+        self.hosts = EmulatedHosts(self.case.hosts, self.rate, offload=self.offload).__enter__()
         self.procs += [proc for _, proc in self.hosts.start_nodes(
             fw, self.case.devices, script, log_dir=self.logs, run_id=f"bench-{os.getpid()}", env=env,
             output=lambda h: subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]

@@ -46,6 +46,7 @@ class Point:
     latency_s: float  # per message, on the unshaped link of this case
     machine: str = ""
     delay_s: float = 0.0  # netem's delay on every link (--delay), one way
+    offload: bool = False  # segmentation offload on (above the one-segment-per-frame ceiling)
 
     @property
     def communication_s(self) -> float:
@@ -83,7 +84,7 @@ def load(paths: list[str | os.PathLike]) -> list[Point]:
                 one_device_rows=e["one_device_rows"], batch_shape=tuple(e["global_batch_shape"]), wire_bytes=busiest,
                 predicted_wire_bytes=e.get("predicted_wire_per_step"),
                 utilisation=max(w["utilisation"] for w in e["wire"]), latency_s=e["latency_unshaped_s"],
-                machine=machine, delay_s=e.get("delay_s") or 0.0))
+                machine=machine, delay_s=e.get("delay_s") or 0.0, offload=bool(e.get("offload"))))
     if not points:
         raise MTCoreError(f"sweep: no link sweep points in {', '.join(map(str, paths))} (pytest benches -m sweep "
                           "--benchmark-json=FILE writes them)")
@@ -160,7 +161,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             return "" if within is None else (" ✓" if within else " ✗")
 
         lines.append("| " + " | ".join([
-            r["size"], r["framework"], r["mesh"], f"{r['rate'] / 1e6:g}",
+            r["size"], r["framework"], r["mesh"], f"{r['rate'] / 1e6:g}" + (" (offload)" if r["offload"] else ""),
             f"{r['step_s'] * 1e3:,.0f} ({(r['q3_s'] - r['q1_s']) * 1e3:,.0f}), {r['rounds']}",
             f"{r['loopback_s'] * 1e3:,.0f}", f"{r['communication_s'] * 1e3:,.0f}",
             "**yes**" if r["network_bound"] else "no",
@@ -221,11 +222,15 @@ def plot(points: list[Point], out: Path, ceiling: float | None = None) -> list[P
                 err = np.array([[(p.step_s - p.q1_s) * 1e3 for p in pts], [(p.q3_s - p.step_s) * 1e3 for p in pts]])
                 ax.errorbar(x, y, yerr=err, fmt="none", ecolor=c, capsize=3, lw=1)
                 for p, xi, yi in zip(pts, x, y, strict=True):
-                    ax.plot(xi, yi, "o", color=c, mfc=c if p.network_bound else "white", ms=6)
-                grid = np.geomspace(min(x.min(), 10) * 0.8, max(x.max(), ceiling / 1e6 if ceiling else 0) * 1.2, 60)
+                    ax.plot(xi, yi, "s" if p.offload else "o", color=c, mfc=c if p.network_bound else "white", ms=6)
+                turn = predicted_turning_rate(pts[0])
+                top = max(x.max(), ceiling / 1e6 if ceiling else 0, min(turn / 1e6 if turn else 0, 2e4))
+                grid = np.geomspace(min(x.min(), 10) * 0.8, top * 1.3, 60)
                 planned = [predict(pts[0], r * 1e6) for r in grid]
                 ax.plot(grid, [q["step_s"] * 1e3 for q in planned], "--", color=c, lw=1.2,
                         label=f"{fw}: planner (one device's arithmetic)")
+                if turn and turn / 1e6 <= grid[-1]:  # where the planner's line turns network-bound
+                    ax.plot(turn / 1e6, predict(pts[0], turn)["step_s"] * 1e3, "x", color=c, ms=9, mew=2)
                 loop = float(np.median([p.loopback_s for p in pts]))
                 ax.plot(grid, [(loop + q["communication_s"]) * 1e3 for q in planned], "-.", color=c, lw=0.8,
                         alpha=0.7, label=f"{fw}: planner on the loopback step")
@@ -236,7 +241,8 @@ def plot(points: list[Point], out: Path, ceiling: float | None = None) -> list[P
                     ax.axvline(rate / 1e6, color=c, lw=0.8, alpha=0.6)
                     ax.annotate(f"{fw} network-bound\nbelow {rate / 1e6:.0f} Mbit/s", (rate / 1e6, ax.get_ylim()[1]),
                                 xytext=(3, -4), textcoords="offset points", va="top", fontsize=7, color=c)
-                ax.plot([], [], "o", color=c, label=f"{fw}: measured (filled: network-bound)")
+                ax.plot([], [], "o", color=c, label=f"{fw}: measured (filled: network-bound; square: offload on)")
+                ax.plot([], [], "x", color=c, mew=2, label=f"{fw}: the planner turns network-bound")
             ax.set_xscale("log")
             ax.set_yscale("log")
             if ceiling:

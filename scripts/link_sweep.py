@@ -6,6 +6,7 @@ rate and ``small`` on a few (a slow point of ``small`` moves tens of megabytes a
 
     sudo make sweep                      # or: python scripts/link_sweep.py --out sweep
     python scripts/link_sweep.py --out sweep --sizes tiny --rates 100mbit,10mbit   # a part of it
+    python scripts/link_sweep.py --out sweep --above-only    # only the points above the ceiling
 
 Writes to OUT: ``ceiling.json``, ``sweep-SIZE.json`` (pytest-benchmark's JSON, each point's
 extra_info), and what ``mtcore sweep`` writes (``sweep.md``, ``sweep.json``, a plot per size). Time:
@@ -27,21 +28,27 @@ ROOT = Path(__file__).resolve().parents[1]
 # every other one: its slow points dominate the budget.
 GRID_MBIT = (160, 100, 63, 40, 25, 16, 10)
 SMALL_GRID_MBIT = (100, 40, 10)
+OFFLOAD_GRID_MBIT = (2000, 1000, 500)  # above the ceiling, segmentation offload on
 DELAY_RATE, DELAYS_MS = "100mbit", (0.5, 2.0)  # where netem is there: tiny at one rate, a frame held this long
 
 
 def ceiling(seconds: float = 3.0, repeats: int = 2) -> dict:
-    """The link's ceiling each way, idle and with both cores computing, ``repeats`` times each."""
+    """The link's ceiling each way, idle and with both cores computing, ``repeats`` times each: as
+    the hosts are built (one TCP segment per frame), and with segmentation offload left on."""
     from mtcore.hosts import EmulatedHosts, link_ceiling
 
-    out: dict = {"idle": [], "busy": []}
-    with EmulatedHosts(2) as hosts:
-        out["netem_missing"] = hosts.netem_missing()
-        for _ in range(repeats):
-            for busy in (False, True):
-                out["busy" if busy else "idle"].append(link_ceiling(hosts, seconds, busy=busy))
-    # The top of the grid: what the link sustained each way, busy, the slower direction of the slower try.
-    out["sustained_bits_per_s"] = min(min(r.values()) for r in out["busy"])
+    out: dict = {}
+    for offload in (False, True):
+        key = "offload_" if offload else ""
+        with EmulatedHosts(2, offload=offload) as hosts:
+            out["netem_missing"] = hosts.netem_missing()
+            runs = {"idle": [], "busy": []}
+            for _ in range(repeats):
+                for busy in (False, True):
+                    runs["busy" if busy else "idle"].append(link_ceiling(hosts, seconds, busy=busy))
+        out[f"{key}idle"], out[f"{key}busy"] = runs["idle"], runs["busy"]
+        # What the link sustained each way, busy: the slower direction of the slower try.
+        out[f"{key}sustained_bits_per_s"] = min(min(r.values()) for r in runs["busy"])
     return out
 
 
@@ -60,6 +67,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,small", help="comma list (default: %(default)s)")
     parser.add_argument("--frameworks", default="torch,jax", help="comma list (default: %(default)s)")
     parser.add_argument("--rates", help="instead of the grid from the ceiling: these rates for every size")
+    parser.add_argument("--above-only", action="store_true", help="only the points above the ceiling (offload on)")
     parser.add_argument("--point-seconds", default="6", help="timed work per point (default: %(default)s s)")
     args = parser.parse_args()
     from mtcore.errors import MTCoreError
@@ -76,30 +84,40 @@ def main() -> None:
         print(f"link_sweep: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"link_sweep: the link sustains {top['sustained_bits_per_s'] / 1e6:.0f} Mbit/s each way with both cores "
-          "busy", flush=True)
+          f"busy ({top['offload_sustained_bits_per_s'] / 1e6:.0f} with segmentation offload)", flush=True)
     # Where the kernel can delay packets, tiny also at one rate with DELAYS_MS of delay on every link:
     # the planner's latency term against a delay it knows.
-    runs = [(size, args.rates or ",".join(grid(top["sustained_bits_per_s"], size)), None)
+    runs = [(size, args.rates or ",".join(grid(top["sustained_bits_per_s"], size)), None, False)
             for size in args.sizes.split(",")]
+    # Above the ceiling of one segment per frame, up to where each strategy's arithmetic shows:
+    # segmentation offload on (the counters then miss most headers).
+    above = [f"{r}mbit" for r in OFFLOAD_GRID_MBIT
+             if top["sustained_bits_per_s"] < r * 1e6 <= top["offload_sustained_bits_per_s"]]
+    if above and not args.rates:
+        runs = [] if args.above_only else runs
+        runs += [(size, ",".join(above), None, True) for size in args.sizes.split(",")]
     if top["netem_missing"]:
         top["delay"] = f"skipped: {top['netem_missing']}"
         print(f"link_sweep: delays {top['delay']}", flush=True)
     elif "tiny" in args.sizes.split(","):
         top["delay"] = f"tiny at {DELAY_RATE} with {', '.join(f'{d:g}' for d in DELAYS_MS)} ms on every link"
-        runs += [("tiny", DELAY_RATE, d) for d in DELAYS_MS]
+        runs += [("tiny", DELAY_RATE, d, False) for d in DELAYS_MS]
     (out / "ceiling.json").write_text(json.dumps(top, indent=2))
     files = []
-    for size, rates, delay in runs:
-        files.append(out / f"sweep-{size}{f'-delay{delay:g}ms' if delay else ''}.json")
-        print(f"link_sweep: {size} at {rates}" + (f", {delay:g} ms of delay" if delay else ""), flush=True)
+    for size, rates, delay, offload in runs:
+        files.append(out / f"sweep-{size}{f'-delay{delay:g}ms' if delay else ''}{'-offload' if offload else ''}.json")
+        print(f"link_sweep: {size} at {rates}" + (f", {delay:g} ms of delay" if delay else "")
+              + (", segmentation offload on" if offload else ""), flush=True)
         env = {**os.environ, "TMPDIR": os.environ.get("TMPDIR", str(ROOT / ".tmp"))}
         Path(env["TMPDIR"]).mkdir(exist_ok=True)
         rc = subprocess.call([sys.executable, "-m", "pytest", "benches/test_sweep.py", "-m", "sweep", "-q", "-p",
                               "no:cacheprovider", "--size", size, "--framework", args.frameworks, "--rates", rates,
-                              *(["--delay", str(delay)] if delay else []), "--point-seconds", args.point_seconds,
+                              *(["--delay", str(delay)] if delay else []), *(["--offload"] if offload else []),
+                              "--point-seconds", args.point_seconds,
                               f"--benchmark-json={files[-1]}"], cwd=ROOT, env=env)
         if rc:
             sys.exit(f"link_sweep: the {size} sweep failed (pytest exit {rc}); what it measured is in {files[-1]}")
+    files = sorted(out.glob("sweep-*.json"))  # with --above-only, the points measured before too
     sys.exit(subprocess.call([sys.executable, "-m", "mtcore.cli", "sweep", *map(str, files), "--ceiling",
                               str(out / "ceiling.json"), "--out", str(out)], cwd=ROOT))
 
