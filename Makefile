@@ -46,7 +46,7 @@ bench-gate: install  ## the pull-request gate here: BASE and this tree taking tu
 sweep-quick: install  ## the link sweep's quick grid (tiny and small over two emulated hosts at 3 rates, both frameworks; root), saved
 	$(call pytest,benches -m sweep --benchmark-autosave)
 
-sweep: install  ## the link sweep's full grid to sweep/ (root; about an hour): the link's ceiling, every point, then mtcore sweep's table and plots
+sweep: install  ## the link sweep's full grid to sweep/ (root; time: docs/findings/2026-12-05-link-sweep.md): the link's ceiling, every point, then mtcore sweep's table and plots
 	mkdir -p .tmp; TMPDIR=$(CURDIR)/.tmp $(PY) scripts/link_sweep.py --out sweep $(ARGS)
 
 gpu-check:  ## on a lent GPU machine, with its own packages (no .venv, no network): the GPU table in 5 minutes, to $OUT (scripts/gpu_check.py)

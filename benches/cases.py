@@ -186,8 +186,8 @@ MESHES = ("data:2", "fsdp:2", "tensor:2", "fsdp:2,tensor:2")
 SWEEP_MESHES = ("data:2", "fsdp:2", "tensor:2")
 QUICK_RATES = ("200mbit", "50mbit", "10mbit")  # the quick grid; scripts/link_sweep.py runs the full one
 SMOKE_POINT = ("torch-cpu-tiny-fp32-data2-2hosts", "10mbit")  # the one point a smoke run takes
-POINT_SECONDS = 10.0  # timed work per point, at least MIN_STEPS steps
-MIN_STEPS = 5
+POINT_SECONDS = 10.0  # timed work per point, at least MIN_STEPS steps, at most MAX_STEPS
+MIN_STEPS, MAX_STEPS = 5, 30
 
 
 def sweep_marks(case, rate: str, smoke: bool, selected: bool) -> list:
@@ -203,7 +203,7 @@ def sweep_marks(case, rate: str, smoke: bool, selected: bool) -> list:
         marks.append(pytest.mark.skip(reason=f"{case.id}: {session.hosts_missing}"))
     elif visible(case.framework, case.device) < case.devices:
         marks.append(pytest.mark.skip(reason=f"{case.id}: needs {case.devices} cores for one thread each"))
-    return marks + _missing(case)
+    return marks + _hardware_and_size(case) + _missing(case)
 
 
 def scaling_counts(framework: str, device: str) -> list[int]:

@@ -10,7 +10,19 @@ import os
 import machine
 import pytest
 import summary
-from cases import DEFAULT_SIZES, FRAMEWORKS, MIN_STEPS, POINT_SECONDS, QUICK_RATES, cases, marks, over_hosts, selection, sweep_marks
+from cases import (
+    DEFAULT_SIZES,
+    FRAMEWORKS,
+    MAX_STEPS,
+    MIN_STEPS,
+    POINT_SECONDS,
+    QUICK_RATES,
+    cases,
+    marks,
+    over_hosts,
+    selection,
+    sweep_marks,
+)
 from inputs import MAX_TIME_S, MIN_ROUNDS, session
 
 from mtcore.config import PRESETS
@@ -50,8 +62,8 @@ def pytest_addoption(parser):
                     help="the link sweep: leave the hosts' segmentation offload on, for rates above the one-segment-"
                          "per-frame ceiling (the counters then miss most headers: docs/hosts.md)")
     group.addoption("--point-seconds", type=float, default=POINT_SECONDS,
-                    help=f"the link sweep: timed steps per point to fill this many seconds, at least {MIN_STEPS} "
-                         f"(default: %(default)s)")
+                    help=f"the link sweep: timed steps per point to fill this many seconds, at least {MIN_STEPS} and at "
+                         f"most {MAX_STEPS} (default: %(default)s)")
     group.addoption("--rounds", type=int,
                     help=f"fixed timed rounds per benchmark (default: calibrated, {MAX_TIME_S:g} s of timed work per "
                          f"case, at least {MIN_ROUNDS} rounds; see --benchmark-max-time / --benchmark-min-rounds)")

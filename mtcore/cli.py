@@ -255,6 +255,8 @@ def _count_or_fraction(value: str) -> int | float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mtcore.costs import MODELLED_ENGINES
+
     # No abbreviations: a resumed run compares the options written out against the saved ones.
     parser = argparse.ArgumentParser(
         prog="mtcore", allow_abbrev=False,
@@ -291,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "gpu", "tpu"), default="cpu",
                    help="with --framework: the device it runs on (JAX's CPU backend all-reduces FSDP's gradients; "
                         "default: %(default)s)")
-    p.add_argument("--engine", choices=("gloo", "xla-gloo"), help="charge the links what this engine puts on a wire "
+    p.add_argument("--engine", choices=MODELLED_ENGINES, help="charge the links what this engine puts on a wire "
                    "between hosts, one process each (its algorithms, preambles and TCP/IP framing: docs/hosts.md), "
                    "not the textbook ring's bytes")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")

@@ -362,6 +362,7 @@ ACKS_PER_SEGMENT = 0.0
 # recv-ready (48): a piece costs its sender 96 bytes and its receiver 48, three messages in all.
 GLOO_PREAMBLE = 48
 GLOO_SEGMENT = 1 << 20  # gloo's ring all-reduce cuts the tensor into pieces of at most 1 MiB (allreduce.cc)
+MODELLED_ENGINES = ("gloo", "xla-gloo")  # torch's ProcessGroupGloo; XLA's CPU GlooCommunicator
 
 
 def _ring_pieces(payload: float, n: int) -> int:
@@ -381,7 +382,7 @@ def engine_sent(engine: str, kind: str, payload: float, n: int) -> tuple[float, 
     - reduce-scatter: torch's gloo runs an all-reduce of the whole tensor and keeps its shard (as
       an all-reduce); XLA's runs gloo's halving-doubling reduce-scatter: S(N-1)/N;
     - all-gather: gloo's ring, each process's part sent in two pieces per step: S(N-1)/N."""
-    if engine not in ("gloo", "xla-gloo"):
+    if engine not in MODELLED_ENGINES:
         return None
     ring = (n - 1) / n
     if kind == "all-reduce" or (kind == "reduce-scatter" and engine == "gloo"):
@@ -429,13 +430,13 @@ def _framed(sent: float, messages: float) -> float:
 def framed_bytes(engine: str, kind: str, payload: float, n: int) -> float:
     """The bytes one process's link carries each way for one collective of ``payload`` bytes over
     ``n`` processes on as many hosts, as ``engine`` runs it (``engine_sent``), framing included;
-    the textbook ring's bytes (``ring_sent``), framed as one message a step, where the engine or
-    kind is not modelled (NCCL's algorithms, say)."""
+    for a kind the engine's model lacks, the textbook ring's bytes (``ring_sent``), framed as one
+    message a step. An engine not in ``MODELLED_ENGINES`` (NCCL, say) is refused."""
     from mtcore.errors import MTCoreError
 
+    if engine not in MODELLED_ENGINES:
+        raise MTCoreError(f"--engine {engine!r}: the wire is modelled for {' and '.join(MODELLED_ENGINES)}")
     one = engine_sent(engine, kind, payload, n)
     if one is None:
-        if engine not in ("gloo", "xla-gloo"):
-            raise MTCoreError(f"--engine {engine!r}: the wire is modelled for gloo and xla-gloo")
         return _framed(ring_sent(kind, payload, n), message_steps(kind, n))
     return _framed(*one)

@@ -1,13 +1,15 @@
 """Hosts with a network of their own, on one machine: each a network namespace with its own
 address, hostname and hosts file, joined through a veth pair to a bridge in a switch namespace, its
-link shaped by ``tc`` (tbf). Built with iproute2 and tc, the system's tools, not netlink code of our
+link shaped by ``tc`` (tbf; netem where a delay is asked for and the kernel has it). Built with
+iproute2 and tc, the system's tools, not netlink code of our
 own; everything made is removed when the hosts are closed, however the run ends (an exception,
 Ctrl-C, SIGTERM, a killed host process). Addresses come from the benchmarking range 198.18.0.0/15,
 and traffic goes only between these hosts.
 
 Each link sends frames no larger than a real Ethernet link's (one TCP segment per packet: no
-segmentation offload), so the kernel's byte counters of an emulated host count what a real wire
-would carry, headers and acknowledgements included (docs/hosts.md). ``WireMeter`` reads the same
+segmentation offload, unless ``offload`` asks for links faster than that allows), so the kernel's
+byte counters of an emulated host count what a real wire would carry, headers and acknowledgements
+included (docs/hosts.md). ``WireMeter`` reads the same
 counters on any host, emulated or real, around a run's epochs.
 """
 
@@ -179,8 +181,10 @@ class EmulatedHosts:
         (sch_netem), which some kernels are built without."""
         probe = ["tc", "-n", self.hosts[0].netns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]
         result = subprocess.run(probe, capture_output=True, text=True)
+        if result.returncode and "unknown" in (result.stderr or "").lower():  # "Specified qdisc kind is unknown."
+            return f"this kernel cannot delay packets: no netem (sch_netem): {result.stderr.strip()}"
         if result.returncode:
-            return f"this kernel cannot delay packets: no netem (sch_netem): {(result.stderr or '').strip()}"
+            raise MTCoreError(f"hosts: `{' '.join(probe)}` failed: {(result.stderr or result.stdout).strip()}")
         _run(["tc", "-n", self.hosts[0].netns, "qdisc", "del", "dev", "lo", "root"])
         return None
 

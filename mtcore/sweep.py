@@ -21,7 +21,9 @@ from typing import Any
 from mtcore.errors import MTCoreError
 
 PLANNER_TOLERANCE = 0.20
-ENGINES = {"torch": "gloo", "jax": "xla-gloo"}  # the CPU engines the sweep's processes run (collective_engine)
+# The engine each framework's processes run on a CPU: Framework.collective_engine("cpu"), spelled out
+# so that judging a sweep needs neither framework installed (a test holds the two together).
+ENGINES = {"torch": "gloo", "jax": "xla-gloo"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,24 +73,36 @@ def load(paths: list[str | os.PathLike]) -> list[Point]:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise MTCoreError(f"sweep: cannot read {path}: {e}") from None
+        if not isinstance(data, dict):
+            raise MTCoreError(f"sweep: {path}: not pytest-benchmark JSON")
         machine = fingerprint_id(fingerprint(data.get("machine_info") or {})) if data.get("machine_info") else ""
         for b in data.get("benchmarks", []):
             e, st = b.get("extra_info") or {}, b.get("stats") or {}
             if "rate_bits_per_s" not in e or "median" not in st:
                 continue
-            busiest = max(max(w["tx_bytes_per_step"], w["rx_bytes_per_step"]) for w in e["wire"])
-            points.append(Point(
+            try:
+                points.append(_point(e, st, machine))
+            except (KeyError, TypeError, ValueError) as err:
+                raise MTCoreError(f"sweep: {path}: {b.get('name', '?')} is not a link sweep point ({err!r})") from None
+    if not points:
+        raise MTCoreError(f"sweep: no link sweep points in {', '.join(map(str, paths))} (pytest benches -m sweep "
+                          "--benchmark-json=FILE writes them)")
+    return points
+
+
+def _point(e: dict, st: dict, machine: str) -> Point:
+    """A point from one bench's extra_info and stats."""
+    if e["framework"] not in ENGINES:
+        raise ValueError(f"framework {e['framework']!r}")
+    busiest = max(max(w["tx_bytes_per_step"], w["rx_bytes_per_step"]) for w in e["wire"])
+    return Point(
                 framework=e["framework"], size=e["size"], mesh=e["mesh"], rate=float(e["rate_bits_per_s"]),
                 step_s=st["median"], q1_s=st["q1"], q3_s=st["q3"], rounds=st["rounds"],
                 loopback_s=e["loopback"]["median_s"], one_device_s=e["one_device"]["median_s"],
                 one_device_rows=e["one_device_rows"], batch_shape=tuple(e["global_batch_shape"]), wire_bytes=busiest,
                 predicted_wire_bytes=e.get("predicted_wire_per_step"),
                 utilisation=max(w["utilisation"] for w in e["wire"]), latency_s=e["latency_unshaped_s"],
-                machine=machine, delay_s=e.get("delay_s") or 0.0, offload=bool(e.get("offload"))))
-    if not points:
-        raise MTCoreError(f"sweep: no link sweep points in {', '.join(map(str, paths))} (pytest benches -m sweep "
-                          "--benchmark-json=FILE writes them)")
-    return points
+                machine=machine, delay_s=e.get("delay_s") or 0.0, offload=bool(e.get("offload")))
 
 
 def predict(p: Point, rate: float | None = None) -> dict[str, float]:
@@ -183,16 +197,17 @@ def verdicts(points: list[Point]) -> list[str]:
         planned = predicted_turning_rate(pts[0])
         delayed = f" with {delay * 1e3:g} ms of delay" if delay else ""
         out.append(f"- {size} {mesh} {fw}{delayed}: {said}; the planner: "
-                   + (f"below {planned / 1e6:.0f} Mbit/s" if planned else "never (its arithmetic is all latency)"))
+                   + (f"below {planned / 1e6:.0f} Mbit/s" if math.isfinite(planned)
+                      else "at every rate (the latency alone outweighs the arithmetic)"))
     return out
 
 
-def predicted_turning_rate(p: Point) -> float | None:
+def predicted_turning_rate(p: Point) -> float:
     """The rate at which the planner's communication equals its arithmetic for ``p``'s series."""
     a, b = predict(p, 1e12), predict(p, 1e6)  # bytes' time is wire / rate: solve from two rates
     bytes_s_at_1mbit = b["communication_s"] - a["communication_s"]  # (wire x 8 / 1e6) less (about) nothing
     spare = a["arithmetic_s"] - a["communication_s"]  # arithmetic less the latency term
-    return bytes_s_at_1mbit * 1e6 / spare if spare > 0 else None
+    return bytes_s_at_1mbit * 1e6 / spare if spare > 0 else math.inf  # inf: its latency alone outweighs it
 
 
 def plot(points: list[Point], out: Path, ceiling: float | None = None) -> list[Path]:
@@ -208,7 +223,8 @@ def plot(points: list[Point], out: Path, ceiling: float | None = None) -> list[P
     colours = {"torch": "tab:red", "jax": "tab:blue"}
     written = []
     for size in sorted({p.size for p in points}):
-        meshes = sorted({p.mesh for p in points if p.size == size}, key=("data:2", "fsdp:2", "tensor:2").index)
+        order = ("data:2", "fsdp:2", "tensor:2")
+        meshes = sorted({p.mesh for p in points if p.size == size}, key=lambda m: (order.index(m) if m in order else 9, m))
         fig, axes = plt.subplots(1, len(meshes), figsize=(5.2 * len(meshes), 5.0), squeeze=False)
         for ax, mesh in zip(axes[0], meshes, strict=True):
             verdict: list[tuple[str, str]] = []
@@ -224,12 +240,12 @@ def plot(points: list[Point], out: Path, ceiling: float | None = None) -> list[P
                 for p, xi, yi in zip(pts, x, y, strict=True):
                     ax.plot(xi, yi, "s" if p.offload else "o", color=c, mfc=c if p.network_bound else "white", ms=6)
                 turn = predicted_turning_rate(pts[0])
-                top = max(x.max(), ceiling / 1e6 if ceiling else 0, min(turn / 1e6 if turn else 0, 2e4))
+                top = max(x.max(), ceiling / 1e6 if ceiling else 0, min(turn / 1e6, 2e4))
                 grid = np.geomspace(min(x.min(), 10) * 0.8, top * 1.3, 60)
                 planned = [predict(pts[0], r * 1e6) for r in grid]
                 ax.plot(grid, [q["step_s"] * 1e3 for q in planned], "--", color=c, lw=1.2,
                         label=f"{fw}: planner (one device's arithmetic)")
-                if turn and turn / 1e6 <= grid[-1]:  # where the planner's line turns network-bound
+                if turn / 1e6 <= grid[-1]:  # where the planner's line turns network-bound
                     ax.plot(turn / 1e6, predict(pts[0], turn)["step_s"] * 1e3, "x", color=c, ms=9, mew=2)
                 loop = float(np.median([p.loopback_s for p in pts]))
                 ax.plot(grid, [(loop + q["communication_s"]) * 1e3 for q in planned], "-.", color=c, lw=0.8,
@@ -277,8 +293,8 @@ def write(paths: list[str | os.PathLike], out: str | os.PathLike, ceiling: str |
     if ceiling:
         try:
             measured = json.loads(Path(ceiling).read_text())
-            top, delay = measured["sustained_bits_per_s"], measured.get("delay")
-        except (OSError, ValueError, KeyError) as e:
+            top, delay = float(measured["sustained_bits_per_s"]), measured.get("delay")
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise MTCoreError(f"sweep: --ceiling {ceiling}: {e}") from None
     rows = judged(points)
     figures = plot(points, out, top)
@@ -286,8 +302,9 @@ def write(paths: list[str | os.PathLike], out: str | os.PathLike, ceiling: str |
     within = [r for r in held if r["planner_within"]]
     lines = ["# The link sweep", ""]
     if top:
-        lines += [f"The emulated link sustained {top / 1e6:.0f} Mbit/s each way with both cores computing: the top "
-                  "of the grid.", ""]
+        lines += [f"The emulated link sustained {top / 1e6:.0f} Mbit/s each way with both cores computing, one TCP "
+                  "segment a frame: the top of the grid below it (points above it ran with segmentation offload on).",
+                  ""]
     if delay:
         lines += [f"Links with a delay: {delay}", ""]
     lines += ["## Was the network the bottleneck?", "", *verdicts(points), "",

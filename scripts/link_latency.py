@@ -103,6 +103,8 @@ def main() -> None:
 
     try:
         parse_rate(args.rate)
+        if args.bytes < 4 or args.bytes % 4:
+            raise MTCoreError(f"--bytes {args.bytes}: a whole number of floats, 4 bytes or more")
         why = missing_privilege()
         if why:
             raise MTCoreError(why)

@@ -1,7 +1,7 @@
 """The link sweep's full grid (issue 44): first the highest rate the emulated link sustains on this
 machine while both cores compute (``mtcore.hosts.link_ceiling``), then the link sweep bench
 (benches/test_sweep.py) over a grid of rates from that ceiling down to 10 Mbit/s, ``tiny`` on every
-rate and ``small`` on a few (a slow point of ``small`` moves tens of megabytes a step), then
+rate and ``small`` on a few (a slow point of ``small`` moves the most bytes a step), then
 ``mtcore sweep``'s table and plots of what it measured.
 
     sudo make sweep                      # or: python scripts/link_sweep.py --out sweep
@@ -10,7 +10,7 @@ rate and ``small`` on a few (a slow point of ``small`` moves tens of megabytes a
 
 Writes to OUT: ``ceiling.json``, ``sweep-SIZE.json`` (pytest-benchmark's JSON, each point's
 extra_info), and what ``mtcore sweep`` writes (``sweep.md``, ``sweep.json``, a plot per size). Time:
-the full grid takes about an hour on the project's 2-core VM (docs/findings/2026-12-05-link-sweep.md).
+docs/findings/2026-12-05-link-sweep.md.
 Needs root (network namespaces); one line and exit 2 without it.
 """
 
@@ -87,19 +87,24 @@ def main() -> None:
           f"busy ({top['offload_sustained_bits_per_s'] / 1e6:.0f} with segmentation offload)", flush=True)
     # Where the kernel can delay packets, tiny also at one rate with DELAYS_MS of delay on every link:
     # the planner's latency term against a delay it knows.
-    runs = [(size, args.rates or ",".join(grid(top["sustained_bits_per_s"], size)), None, False)
-            for size in args.sizes.split(",")]
+    sizes = args.sizes.split(",")
+    runs = [] if args.above_only else [
+        (size, args.rates or ",".join(grid(top["sustained_bits_per_s"], size)), None, False) for size in sizes]
     # Above the ceiling of one segment per frame, up to where each strategy's arithmetic shows:
     # segmentation offload on (the counters then miss most headers).
     above = [f"{r}mbit" for r in OFFLOAD_GRID_MBIT
              if top["sustained_bits_per_s"] < r * 1e6 <= top["offload_sustained_bits_per_s"]]
-    if above and not args.rates:
-        runs = [] if args.above_only else runs
-        runs += [(size, ",".join(above), None, True) for size in args.sizes.split(",")]
-    if top["netem_missing"]:
+    if args.above_only and not above:
+        print("link_sweep: --above-only: no rate of the grid lies between the two ceilings", file=sys.stderr)
+        sys.exit(2)
+    if not args.rates:
+        runs += [(size, ",".join(above), None, True) for size in sizes]
+    if args.above_only:
+        pass  # the delays ride on the grid below the ceiling
+    elif top["netem_missing"]:
         top["delay"] = f"skipped: {top['netem_missing']}"
         print(f"link_sweep: delays {top['delay']}", flush=True)
-    elif "tiny" in args.sizes.split(","):
+    elif "tiny" in sizes:
         top["delay"] = f"tiny at {DELAY_RATE} with {', '.join(f'{d:g}' for d in DELAYS_MS)} ms on every link"
         runs += [("tiny", DELAY_RATE, d, False) for d in DELAYS_MS]
     (out / "ceiling.json").write_text(json.dumps(top, indent=2))

@@ -120,3 +120,23 @@ def test_the_reports_sentence_weighs_communication_against_arithmetic():
         "jax data:2: no network was crossed (in one process)."
     unknown = bottleneck("torch data:2", "2 hosts, unshaped", 0.05, None, 0.85e6, None)
     assert "unknown rate" in unknown and "cannot be told" in unknown
+
+
+def test_the_engines_judged_are_those_the_frameworks_run_on_a_cpu():
+    from mtcore.backend import framework
+    from mtcore.sweep import ENGINES
+
+    assert ENGINES == {fw: framework(fw).collective_engine("cpu") for fw in ("torch", "jax")}
+
+
+def test_a_file_that_is_not_a_sweep_is_one_line(tmp_path):
+    listed = tmp_path / "list.json"
+    listed.write_text("[]")
+    with pytest.raises(MTCoreError, match="not pytest-benchmark JSON"):
+        load([listed])
+    broken = bench_json(series(0.1, [(100, 0.2)]))
+    del broken["benchmarks"][0]["extra_info"]["wire"]
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    with pytest.raises(MTCoreError, match="is not a link sweep point"):
+        load([path])

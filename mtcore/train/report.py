@@ -278,8 +278,8 @@ def _bottleneck(row: dict[str, Any], rows: list[dict[str, Any]], runs: dict[str,
         except MTCoreError:
             cfg = None
         if cfg is not None:  # the share at a nominal 32 + 32 tokens a row: it hardly depends on them
-            flops = [step_flops_per_device(cfg, MeshShape.parse(m), row["global_batch"], 32, 32)
-                     for m in (row["mesh"], "data:1")]
+            flops = [step_flops_per_device(cfg, MeshShape.parse(r["mesh"]), r["global_batch"], 32, 32)
+                     for r in (row, one)]
             arithmetic = one["step_s"] * flops[0] / flops[1]
     return bottleneck(f"{row['framework']} {row['mesh']}", row["transport"], row["step_s"], arithmetic,
                       row["wire_per_step"], row["link_rate"])
