@@ -195,18 +195,23 @@ def verdicts(points: list[Point]) -> list[str]:
     for (size, mesh, fw, delay), pts in sorted(series.items()):
         rate, said = turning_rate(pts)
         planned = predicted_turning_rate(pts[0])
+        on_loopback = predicted_turning_rate(pts[0], sorted(q.loopback_s for q in pts)[len(pts) // 2])
         delayed = f" with {delay * 1e3:g} ms of delay" if delay else ""
-        out.append(f"- {size} {mesh} {fw}{delayed}: {said}; the planner: "
-                   + (f"below {planned / 1e6:.0f} Mbit/s" if math.isfinite(planned)
-                      else "at every rate (the latency alone outweighs the arithmetic)"))
+
+        def below(rate: float) -> str:
+            return f"below {rate / 1e6:.0f} Mbit/s" if math.isfinite(rate) else "at every rate (its latency term alone)"
+
+        out.append(f"- {size} {mesh} {fw}{delayed}: {said}; the planner: {below(planned)} on one device's arithmetic, "
+                   f"{below(on_loopback)} on the mesh's loopback step")
     return out
 
 
-def predicted_turning_rate(p: Point) -> float:
-    """The rate at which the planner's communication equals its arithmetic for ``p``'s series."""
+def predicted_turning_rate(p: Point, arithmetic_s: float | None = None) -> float:
+    """The rate at which the planner's communication equals its arithmetic for ``p``'s series (or
+    ``arithmetic_s``: the mesh's own measured step over loopback, as the sweep's verdict weighs it)."""
     a, b = predict(p, 1e12), predict(p, 1e6)  # bytes' time is wire / rate: solve from two rates
     bytes_s_at_1mbit = b["communication_s"] - a["communication_s"]  # (wire x 8 / 1e6) less (about) nothing
-    spare = a["arithmetic_s"] - a["communication_s"]  # arithmetic less the latency term
+    spare = (a["arithmetic_s"] if arithmetic_s is None else arithmetic_s) - a["communication_s"]  # less the latency
     return bytes_s_at_1mbit * 1e6 / spare if spare > 0 else math.inf  # inf: its latency alone outweighs it
 
 
@@ -253,10 +258,8 @@ def plot(points: list[Point], out: Path, ceiling: float | None = None) -> list[P
                 ax.plot(x, [p.loopback_s * 1e3 for p in pts], ":", color=c, lw=1, label=f"{fw}: over loopback")
                 rate, said = turning_rate(pts)
                 verdict.append((c, f"{fw}: {said}"))
-                if rate:
+                if rate:  # the verdict's words name it, in the panel's corner
                     ax.axvline(rate / 1e6, color=c, lw=0.8, alpha=0.6)
-                    ax.annotate(f"{fw} network-bound\nbelow {rate / 1e6:.0f} Mbit/s", (rate / 1e6, ax.get_ylim()[1]),
-                                xytext=(3, -4), textcoords="offset points", va="top", fontsize=7, color=c)
                 ax.plot([], [], "o", color=c, label=f"{fw}: measured (filled: network-bound; square: offload on)")
                 ax.plot([], [], "x", color=c, mew=2, label=f"{fw}: the planner turns network-bound")
             ax.set_xscale("log")
