@@ -71,6 +71,9 @@ class Framework(Protocol):
     # What carries the collectives on ``device`` ("gloo", "nccl", "xla-gloo"): costs.wire_prediction
     # predicts the bytes each sends.
     def collective_engine(self, device: str) -> str: ...
+    # Where the framework's step departs from the textbook's collectives (costs.Layout): what
+    # mtcore plan --framework predicts.
+    LAYOUT: Any
     # Why the framework cannot run on ``device`` at all in mtcore, after its name ("on TPU (...) is
     # not supported"); None: it can, where it sees one.
     def unsupported(self, device: str) -> str | None: ...

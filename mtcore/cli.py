@@ -40,6 +40,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from mtcore.backend import framework
     from mtcore.config import ModelConfig
     from mtcore.costs import compute_seconds, format_plan, plan
     from mtcore.parallel import MeshShape
@@ -57,7 +58,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise MTCoreError("--flops and a measured compute time both give the step's arithmetic: give one")
     rows = plan(cfg, meshes, args.global_batch_size, args.src_len, args.tgt_len, value_bytes=2 if args.precision == "bf16" else 4,
                 bandwidth=bandwidth, flops=flops, latency=latency, compute_s=compute_s, engine=args.engine,
-                framework=args.framework, device=args.device)
+                layout=framework(args.framework).LAYOUT if args.framework else None, device=args.device)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -256,6 +257,7 @@ def _count_or_fraction(value: str) -> int | float:
 
 def build_parser() -> argparse.ArgumentParser:
     from mtcore.costs import MODELLED_ENGINES
+    from mtcore.devices import FRAMEWORKS
 
     # No abbreviations: a resumed run compares the options written out against the saved ones.
     parser = argparse.ArgumentParser(
@@ -288,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "of --flops), carried to each mesh by its share of the FLOPs")
     p.add_argument("--compute-from", metavar="RUN", help="the same from a one-device run's directory (its last epoch's "
                    "time per step)")
-    p.add_argument("--framework", choices=("torch", "jax"), help="the collectives that framework's layout runs where it "
+    p.add_argument("--framework", choices=FRAMEWORKS, help="the collectives that framework's layout runs where it "
                    "departs from the textbook (docs/parallelism.md: what a step really moves); default: the textbook's")
     p.add_argument("--device", choices=("cpu", "gpu", "tpu"), default="cpu",
                    help="with --framework: the device it runs on (JAX's CPU backend all-reduces FSDP's gradients; "

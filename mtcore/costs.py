@@ -90,6 +90,18 @@ class Collective:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a framework's train step departs from the textbook's collectives, each departure
+    measured and explained in docs/parallelism.md ("What a step really moves"); every framework
+    declares its own (``Framework.LAYOUT``), ``predicted_traffic`` applies it. E: the tied
+    embedding's bytes; P: the trained parameters' bytes."""
+
+    embedding_gathered_once: bool = False  # FSDP gathers the tied embedding once, not twice: 2P - E
+    embedding_reduced_per_use: bool = False  # data parallel reduces its gradient once per use: P + 2E
+    fsdp_gradients_all_reduced_on: tuple[str, ...] = ()  # devices on which FSDP all-reduces, not reduce-scatters
+
+
 def ring_sent(kind: str, payload: float, n: int) -> int:
     """Bytes a device sends for a collective of ``payload`` bytes over ``n`` devices with ring
     algorithms: 2S(N-1)/N for an all-reduce, S(N-1)/N for the others."""
@@ -97,7 +109,7 @@ def ring_sent(kind: str, payload: float, n: int) -> int:
 
 
 def predicted_traffic(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_len: int, tgt_len: int,
-                      value_bytes: int = FP32, *, framework: str | None = None, device: str = "cpu") -> list[Collective]:
+                      value_bytes: int = FP32, *, layout: Layout | None = None, device: str = "cpu") -> list[Collective]:
     """The collectives of one train step on one device, from the textbook:
 
     - ``data`` (no fsdp): one all-reduce of the gradients, P bytes (of the parameters a device
@@ -113,23 +125,14 @@ def predicted_traffic(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_
       cross-attention's q and fc1 on target rows; cross-attention's k and v on the encoder's
       output), where a fused q/k/v would reduce one gradient for the three.
 
-    With ``framework`` (``torch``, ``jax``), what that framework runs where it departs from the
-    textbook, each departure measured and explained in docs/parallelism.md ("What a step really
-    moves"), for E bytes of the tied embedding:
-
-    - both: FSDP gathers the tied embedding once, not for the forward and again for the backward
-      (2P - E gathered);
-    - ``jax``: data parallel all-reduces the embedding's gradient once per use (source, target,
-      output projection) before adding them: P + 2E;
-    - ``jax`` on a CPU (``device``): FSDP's gradients all-reduced, each device keeping its half,
-      where other backends reduce-scatter them (P bytes: the lower bound; on some batches XLA
-      reduces the tied embedding's gradient once per use here too, up to P + 2E).
+    With a framework's ``layout`` (``Layout``), what it runs on ``device`` where it departs from
+    the textbook: the tied embedding gathered once under FSDP (2P - E: XLA gathers it again for the
+    backward on some batches, up to 2P), its gradient reduced once per use under data parallelism
+    (P + 2E), FSDP's gradients all-reduced (P, each device keeping its half; on some batches XLA
+    reduces the embedding's per use here too, up to P + 2E). The figures are the lower bounds.
 
     Not counted: the scalar all-reduces of the loss and token counts (bytes, not megabytes)."""
-    from mtcore.errors import MTCoreError
-
-    if framework not in (None, "torch", "jax"):
-        raise MTCoreError(f"--framework {framework!r}: the layouts known are torch's and jax's")
+    layout = layout or Layout()
     out: list[Collective] = []
 
     def add(kind: str, axis: str, calls: int, payload: float, n: int) -> None:
@@ -139,15 +142,16 @@ def predicted_traffic(cfg: ModelConfig, mesh: MeshShape, global_batch: int, src_
     held_along_tensor = predicted_bytes(cfg, MeshShape(tensor=mesh.tensor), value_bytes).params
     embedding = cfg.vocab_size * cfg.d_model * value_bytes  # kept whole along tensor
     if mesh.fsdp > 1:
-        gathered = 2 * held_along_tensor - (embedding if framework else 0)
+        gathered = 2 * held_along_tensor - (embedding if layout.embedding_gathered_once else 0)
         add("all-gather", "fsdp", 2, gathered, mesh.fsdp)
-        if framework == "jax" and device == "cpu":
+        if device in layout.fsdp_gradients_all_reduced_on:
             add("all-reduce", "fsdp", 1, held_along_tensor, mesh.fsdp)
         else:
             add("reduce-scatter", "fsdp", 1, held_along_tensor, mesh.fsdp)
         add("all-reduce", "data", 1, held_along_tensor / mesh.fsdp, mesh.data)
     else:
-        add("all-reduce", "data", 1, held_along_tensor + (2 * embedding if framework == "jax" else 0), mesh.data)
+        add("all-reduce", "data", 1, held_along_tensor + (2 * embedding if layout.embedding_reduced_per_use else 0),
+            mesh.data)
     rows = global_batch // mesh.batch_shards
     src, tgt = rows * src_len * cfg.d_model * value_bytes, rows * tgt_len * cfg.d_model * value_bytes
     forward = cfg.encoder_layers * 2 * src + cfg.decoder_layers * 3 * tgt
@@ -227,7 +231,7 @@ def message_steps(kind: str, n: int) -> int:
 def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: int, tgt_len: int, *,
          value_bytes: int = FP32, bandwidth: float | dict[str, float] | None = None,
          flops: float | None = None, latency: float | dict[str, float] | None = None,
-         compute_s: float | None = None, engine: str | None = None, framework: str | None = None,
+         compute_s: float | None = None, engine: str | None = None, layout: Layout | None = None,
          device: str = "cpu") -> list[dict]:
     """One row per mesh of what it would cost per device and step: held bytes, collectives, bytes
     sent, FLOPs; with ``bandwidth`` (bytes/s a device sends: one rate, or per axis as
@@ -238,7 +242,7 @@ def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: 
     one device, carried to each mesh by its share of the FLOPs. With ``engine`` (``gloo``,
     ``xla-gloo``: ``engine_sent``) the bytes over the links are what that engine puts on a wire
     between hosts, one process each (its algorithms, its preambles, TCP/IP framing: ``wire``),
-    not the textbook ring's; with ``framework`` the collectives that framework runs on ``device``
+    not the textbook ring's; with a framework's ``layout`` the collectives it runs on ``device``
     (``predicted_traffic``). No overlap assumed. Refuses what
     cannot run: a mesh that does not divide the model or the batch, a non-positive rate, a
     negative latency."""
@@ -258,7 +262,7 @@ def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: 
     for mesh in meshes:
         mesh.check_model(cfg)
         mesh.check_batch(global_batch)
-        collectives = predicted_traffic(cfg, mesh, global_batch, src_len, tgt_len, value_bytes, framework=framework,
+        collectives = predicted_traffic(cfg, mesh, global_batch, src_len, tgt_len, value_bytes, layout=layout,
                                         device=device)
         row = {"mesh": str(mesh), "devices": mesh.devices, "held": predicted_bytes(cfg, mesh, value_bytes).as_dict(),
                "collectives": [c.as_dict() for c in collectives], "sent": sent_bytes(collectives),

@@ -21,9 +21,6 @@ from typing import Any
 from mtcore.errors import MTCoreError
 
 PLANNER_TOLERANCE = 0.20
-# The engine each framework's processes run on a CPU: Framework.collective_engine("cpu"), spelled out
-# so that judging a sweep needs neither framework installed (a test holds the two together).
-ENGINES = {"torch": "gloo", "jax": "xla-gloo"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +89,9 @@ def load(paths: list[str | os.PathLike]) -> list[Point]:
 
 def _point(e: dict, st: dict, machine: str) -> Point:
     """A point from one bench's extra_info and stats."""
-    if e["framework"] not in ENGINES:
+    from mtcore.devices import FRAMEWORKS
+
+    if e["framework"] not in FRAMEWORKS:
         raise ValueError(f"framework {e['framework']!r}")
     busiest = max(max(w["tx_bytes_per_step"], w["rx_bytes_per_step"]) for w in e["wire"])
     return Point(
@@ -109,10 +108,12 @@ def predict(p: Point, rate: float | None = None) -> dict[str, float]:
     """``mtcore plan``'s step for ``p``'s framework, size and mesh at ``rate`` (default: the
     point's): the engine's framed bytes over the rate, a latency per message as measured, and one
     device's measured step carried by FLOP share."""
+    from mtcore.backend import framework
     from mtcore.config import ModelConfig
     from mtcore.costs import plan, step_flops_per_device
     from mtcore.parallel import MeshShape
 
+    fw = framework(p.framework)  # its layout and its engine on a CPU, as the sweep's processes ran
     cfg = ModelConfig.preset(p.size)
     rows, src, tgt = p.batch_shape
     # plan's compute_s: the whole global batch on one device, from the bench's batch by FLOPs.
@@ -122,7 +123,7 @@ def predict(p: Point, rate: float | None = None) -> dict[str, float]:
     # A message waits the software's round trip measured on these links, and netem's delay where one was set.
     row = plan(cfg, [MeshShape.parse(p.mesh)], rows, src, tgt, bandwidth=(rate or p.rate) / 8,
                latency=p.latency_s + p.delay_s,
-               compute_s=compute_s, engine=ENGINES[p.framework], framework=p.framework)[0]
+               compute_s=compute_s, engine=fw.collective_engine("cpu"), layout=fw.LAYOUT)[0]
     # The same communication on the mesh's own measured arithmetic (its step over loopback): what
     # the planner's model of the links alone gets right or wrong.
     return {"step_s": row["arithmetic_s"] + row["communication_s"], "communication_s": row["communication_s"],
@@ -225,7 +226,9 @@ def plot(points: list[Point], out: Path, ceiling: float | None = None) -> list[P
     import matplotlib.pyplot as plt
     import numpy as np
 
-    colours = {"torch": "tab:red", "jax": "tab:blue"}
+    from mtcore.devices import FRAMEWORKS
+    from mtcore.train.plots import PALETTE
+
     written = []
     for size in sorted({p.size for p in points}):
         order = ("data:2", "fsdp:2", "tensor:2")
@@ -233,11 +236,11 @@ def plot(points: list[Point], out: Path, ceiling: float | None = None) -> list[P
         fig, axes = plt.subplots(1, len(meshes), figsize=(5.2 * len(meshes), 5.0), squeeze=False)
         for ax, mesh in zip(axes[0], meshes, strict=True):
             verdict: list[tuple[str, str]] = []
-            for fw in ("torch", "jax"):
+            for fw in FRAMEWORKS:
                 pts = sorted((p for p in points if p.series == (size, mesh, fw, 0.0)), key=lambda q: q.rate)
                 if not pts:
                     continue
-                c = colours[fw]
+                c = PALETTE[fw]
                 x = np.array([p.rate / 1e6 for p in pts])
                 y = np.array([p.step_s * 1e3 for p in pts])
                 err = np.array([[(p.step_s - p.q1_s) * 1e3 for p in pts], [(p.q3_s - p.step_s) * 1e3 for p in pts]])

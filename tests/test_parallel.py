@@ -19,7 +19,8 @@ from dist_worker import job_file
 from helpers import PARALLEL_CFG, train_steps, uneven_batches
 
 from mtcore import MTCoreError, TrainConfig, backend
-from mtcore.costs import predicted_bytes
+from mtcore.backend import framework
+from mtcore.costs import predicted_bytes, predicted_traffic
 from mtcore.parallel import MeshShape, World, global_batch_size
 
 HERE = Path(__file__).parent
@@ -216,7 +217,6 @@ def test_jax_step_collectives_are_read_from_its_hlo():
     use (source and target embedding, output projection), before adding them; plus the loss's
     scalars. The textbook's 2P(N-1)/N counts the embedding once (docs/parallelism.md)."""
     from mtcore.batch import random_batch
-    from mtcore.costs import predicted_traffic
     from mtcore.jax.parallel import step_collectives
     from mtcore.weights import init_tree
 
@@ -229,7 +229,7 @@ def test_jax_step_collectives_are_read_from_its_hlo():
     assert (reduce["kind"], reduce["devices"]) == ("all-reduce", 2)
     assert 0 <= reduce["payload"] - (grads + 2 * embedding) < 64, reduce  # a few f32 scalars
     # mtcore plan --framework jax knows it.
-    (jax_layout,) = predicted_traffic(PARALLEL_CFG, MeshShape(data=2), 8, 7, 5, framework="jax")
+    (jax_layout,) = predicted_traffic(PARALLEL_CFG, MeshShape(data=2), 8, 7, 5, layout=framework("jax").LAYOUT)
     assert jax_layout.payload == grads + 2 * embedding
     # One per scan trip of each stack (2 encoder, 2 decoder layers) and two outside the loops.
     assert reduce["calls"] == PARALLEL_CFG.encoder_layers + PARALLEL_CFG.decoder_layers + 2, reduce
@@ -260,12 +260,11 @@ def test_jax_fsdp_gathers_weights_whatever_the_batch():
     assert 2 * grads - embedding <= moved["all-gather"]["payload"] <= 2 * grads, moved
     # The tied embedding's gradient may be reduced once per use, as under data parallelism.
     assert grads <= moved["all-reduce"]["payload"] <= grads + 2 * embedding + 1024, moved
-    # mtcore plan --framework jax: the gathers as measured, the all-reduce's lower bound.
-    from mtcore.costs import predicted_traffic
-
-    jax_layout = {c.kind: c for c in predicted_traffic(PARALLEL_CFG, MeshShape(fsdp=2), 64, 32, 32, framework="jax")}
+    # mtcore plan --framework jax: the lower bounds of both.
+    jax_layout = {c.kind: c for c in predicted_traffic(PARALLEL_CFG, MeshShape(fsdp=2), 64, 32, 32,
+                                                       layout=framework("jax").LAYOUT)}
     assert set(jax_layout) == {"all-gather", "all-reduce"} and jax_layout["all-reduce"].payload == grads
-    assert jax_layout["all-gather"].payload == moved["all-gather"]["payload"], (jax_layout, moved)
+    assert jax_layout["all-gather"].payload == 2 * grads - embedding <= moved["all-gather"]["payload"], moved
     assert sum(c["sent"] for c in moved.values()) < 1.1 * (moved["all-gather"]["sent"] + moved["all-reduce"]["sent"])
 
 
@@ -433,7 +432,6 @@ def test_torch_collectives_are_what_the_mesh_predicts(two_torch_ranks):
     predicts. Besides, one all-reduce of the loss's three scalars and one of the gradient norm's
     sum of squares per layout split over ranks (one here: never one per parameter).
     (docs/parallelism.md)"""
-    from mtcore.costs import predicted_traffic
     from mtcore.weights import param_shapes
 
     def measured_and_predicted(job):
@@ -457,7 +455,8 @@ def test_torch_collectives_are_what_the_mesh_predicts(two_torch_ranks):
     assert measured["all-gather"]["payload"] == predicted["all-gather"].payload - root
     # mtcore plan --framework torch knows it.
     rows, src, tgt = json.loads(job_file(two_torch_ranks, "fsdp:2", "-rank0.json").read_text())["batch"]
-    torch_layout = {c.kind: c for c in predicted_traffic(PARALLEL_CFG, MeshShape(fsdp=2), rows, src, tgt, framework="torch")}
+    torch_layout = {c.kind: c for c in predicted_traffic(PARALLEL_CFG, MeshShape(fsdp=2), rows, src, tgt,
+                                                         layout=framework("torch").LAYOUT)}
     assert {k: torch_layout[k].payload for k in ("all-gather", "reduce-scatter")} == {
         k: measured[k]["payload"] for k in ("all-gather", "reduce-scatter")}
     assert measured["all-reduce"]["calls"] == 2 and measured["all-reduce"]["payload"] == 16  # the loss's sums, the norm

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from mtcore.backend import framework
 from mtcore.cli import main
 from mtcore.config import ModelConfig
 from mtcore.costs import plan, step_flops_per_device
@@ -64,7 +65,7 @@ def test_the_planner_predicts_a_point_from_one_devices_step_the_engines_wire_byt
     ratio = step_flops_per_device(cfg, MeshShape(), 32, 32, 32) / step_flops_per_device(cfg, MeshShape(), 16, 32, 32)
     assert ratio == pytest.approx(2.0)
     (row,) = plan(cfg, [MeshShape(data=2)], 32, 32, 32, bandwidth=100e6 / 8, latency=50e-6, compute_s=0.03,
-                  engine="gloo", framework="torch")
+                  engine="gloo", layout=framework("torch").LAYOUT)
     got = predict(p)
     assert got["arithmetic_s"] == pytest.approx(0.015)  # half the global batch's FLOPs
     assert got["communication_s"] == pytest.approx(row["communication_s"])
@@ -122,13 +123,6 @@ def test_the_reports_sentence_weighs_communication_against_arithmetic():
     assert "unknown rate" in unknown and "cannot be told" in unknown
 
 
-def test_the_engines_judged_are_those_the_frameworks_run_on_a_cpu():
-    from mtcore.backend import framework
-    from mtcore.sweep import ENGINES
-
-    assert ENGINES == {fw: framework(fw).collective_engine("cpu") for fw in ("torch", "jax")}
-
-
 def test_a_file_that_is_not_a_sweep_is_one_line(tmp_path):
     listed = tmp_path / "list.json"
     listed.write_text("[]")
@@ -140,3 +134,21 @@ def test_a_file_that_is_not_a_sweep_is_one_line(tmp_path):
     path.write_text(json.dumps(broken))
     with pytest.raises(MTCoreError, match="is not a link sweep point"):
         load([path])
+
+
+def test_plan_with_a_frameworks_layout_and_an_engines_wire(capsys):
+    """--framework: the collectives its layout runs (torch's FSDP gathers the embedding once);
+    --engine: what gloo puts on the wire (its reduce-scatter a whole all-reduce), in a column."""
+    args = ["plan", "--model", "tiny", "--mesh", "fsdp:2", "--global-batch-size", "8", "--src-len", "8", "--tgt-len", "8",
+            "--bandwidth", "1", "--json"]
+    assert main(args) == 0
+    (textbook,) = json.loads(capsys.readouterr().out)
+    assert main([*args, "--framework", "torch", "--engine", "gloo"]) == 0
+    (torch_gloo,) = json.loads(capsys.readouterr().out)
+    embedding = ModelConfig.preset("tiny").vocab_size * ModelConfig.preset("tiny").d_model * 4
+    gathers = [sum(c["payload"] for c in r["collectives"] if c["kind"] == "all-gather") for r in (textbook, torch_gloo)]
+    assert gathers[0] - gathers[1] == embedding
+    assert "wire" not in textbook and torch_gloo["wire"] > 1.3 * torch_gloo["sent"]  # gloo's reduce-scatter
+    assert torch_gloo["communication_s"] == pytest.approx(torch_gloo["wire"] / 1e9)
+    assert main([*args[:-1], "--framework", "torch", "--engine", "gloo"]) == 0
+    assert "on a wire between hosts" in capsys.readouterr().out

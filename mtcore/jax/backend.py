@@ -14,7 +14,7 @@ import optax
 from mtcore.backend import read_hf_checkpoint
 from mtcore.batch import Batch, check_source
 from mtcore.config import ModelConfig, TrainConfig
-from mtcore.costs import HeldBytes
+from mtcore.costs import HeldBytes, Layout
 from mtcore.errors import MTCoreError
 from mtcore.jax import decode, parallel, train
 from mtcore.jax.model import Transformer
@@ -55,6 +55,11 @@ def node_command(node: int, nodes: int, nproc: int, head: str, argv: list[str], 
 
 def collective_engine(device: str) -> str:
     return {"cpu": "xla-gloo", "gpu": "xla-nccl"}.get(device, "xla-ici")
+
+
+# Where JAX's compiled step departs from the textbook's collectives (XLA reduces the tied embedding's
+# gradient per use; its CPU backend all-reduces where FSDP reduce-scatters): mtcore plan --framework jax.
+LAYOUT = Layout(embedding_gathered_once=True, embedding_reduced_per_use=True, fsdp_gradients_all_reduced_on=("cpu",))
 
 
 def unsupported(device: str) -> str | None:

@@ -15,7 +15,7 @@ import torch
 from mtcore.backend import read_hf_checkpoint
 from mtcore.batch import Batch, check_source
 from mtcore.config import COMPILE_MODES, ModelConfig, TrainConfig
-from mtcore.costs import HeldBytes, tally
+from mtcore.costs import HeldBytes, Layout, tally
 from mtcore.errors import MTCoreError
 from mtcore.parallel import MeshShape
 from mtcore.perf import threads
@@ -58,6 +58,11 @@ def initialize_distributed(coordinator, num_processes, process_id, cpu_devices=N
 
 def collective_engine(device: str) -> str:
     return "nccl" if device == "gpu" else "gloo"
+
+
+# Where torch's step departs from the textbook's collectives (FSDP2 keeps the root group, the tied
+# embedding, gathered from the forward to the backward): what mtcore plan --framework torch predicts.
+LAYOUT = Layout(embedding_gathered_once=True)
 
 
 def unsupported(device: str) -> str | None:

@@ -17,6 +17,8 @@ from mtcore.train.runs import _torch_mode, speed_claim, steady
 PLOTS = {"time": "epoch_time.png", "throughput": "tokens_per_sec.png", "loss": "loss.png", "quality": "bleu.png"}
 
 
+PALETTE = {"torch": "tab:orange", "jax": "tab:blue", "hf": "tab:green"}  # each framework's colour, every plot
+
 def _setting(run: dict[str, Any]) -> str:
     return (f"model {run['model']}, {run.get('device', 'cpu')} x{run.get('devices', 1)}, batch {run['batch_size']}, "
             f"{run['precision']}, {_torch_mode(run)}")
@@ -104,7 +106,7 @@ def _scaling_plots(rows: list[dict[str, Any]], directory: Path) -> dict[str, str
 
     files = {"time": "training_time_comparison.png", "throughput": "tokens_per_second_comparison.png"}
     labels = [f"{r['framework']}\n{r['world_size']} dev" for r in rows]
-    palette = {"torch": "tab:orange", "jax": "tab:blue", "hf": "tab:green"}
+    palette = PALETTE
     for key, mean, sd, ylabel, title in (
         ("time", "time_mean", "time_sd", "seconds per epoch", "Training time per epoch (mean over ranks; ± sd over epochs)"),
         ("throughput", "tps_mean", "tps_sd", "tokens / s", "System throughput (sum over ranks; ± sd over epochs)"),
@@ -150,7 +152,7 @@ def _parallelism_plots(rows: list[dict[str, Any]], directory: Path, caption: str
         said = set(ways.values())
         tick_labels.append(m if not said else f"{m}\n{said.pop()}" if len(said) == 1 else
                      m + "".join(f"\n{fw}: {t}" for fw, t in ways.items()))
-    palette = {"torch": "tab:orange", "jax": "tab:blue", "hf": "tab:green"}
+    palette = PALETTE
     width = 0.8 / len(frameworks)
     x = np.arange(len(meshes))
     row = {(r["mesh"], r["framework"]): r for r in rows}
