@@ -77,7 +77,10 @@ def test_nothing_stays_after_an_error_or_a_process_left_running():
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_nothing_stays_after_sigterm_or_ctrl_c(sig):
     prefix = f"mtt{os.getpid()}{sig}"
-    child = subprocess.Popen([sys.executable, "-c", f"import time\nfrom mtcore.hosts import EmulatedHosts\n"
+    # Ctrl-C as a terminal's Python takes it, even where the test runs in a background job (whose
+    # shell ignores SIGINT, and so would the child it inherits that from).
+    child = subprocess.Popen([sys.executable, "-c", f"import signal, time\nfrom mtcore.hosts import EmulatedHosts\n"
+                              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
                               f"with EmulatedHosts(2, prefix={prefix!r}):\n    print('up', flush=True)\n"
                               "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "up"
