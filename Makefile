@@ -43,7 +43,7 @@ bench-check: install  ## the quick subset, saved, judged against this machine's 
 bench-gate: install  ## the pull-request gate here: BASE and this tree taking turns, 3 pairs, then mtcore bench-compare (time: docs/regression-gate.md)
 	$(PY) scripts/bench_gate.py --base $(BASE) --out gate
 
-sweep-quick: install  ## the link sweep's quick grid (tiny and small over two emulated hosts at 3 rates, both frameworks; root), saved
+sweep-quick: install  ## the link sweep's quick grid (tiny over two emulated hosts at 3 rates, every mesh, both frameworks; root), saved
 	$(call pytest,benches -m sweep --benchmark-autosave)
 
 sweep: install  ## the link sweep's full grid to sweep/ (root; time: docs/findings/2026-12-05-link-sweep.md): the link's ceiling, every point, then mtcore sweep's table and plots

@@ -114,6 +114,8 @@ def pytest_generate_tests(metafunc):
         chosen = over_hosts(chosen, metafunc.config.getoption("--hosts"))
     if marker.args[0] == "sweep":  # a point per case and rate, the rates of a case one after another
         smoke = bool(metafunc.config.getoption("benchmark_disable"))
+        if metafunc.config.getoption("--size") is None:  # the quick grid: tiny; --size small adds its slow points
+            chosen = [c for c in chosen if c.size == "tiny"]
         delay = (f"-delay{session.delay:g}ms" if session.delay else "") + ("-offload" if session.offload else "")
         params = [pytest.param((c, r), id=f"{c.id}-{r}{delay}", marks=sweep_marks(c, r, smoke, _sweeping(metafunc.config)))
                   for c in chosen for r in session.rates]
