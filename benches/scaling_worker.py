@@ -35,6 +35,7 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
     from mtcore.backend import framework as fw
     from mtcore.costs import costs_record
     from mtcore.perf.setup import set_up
+    from mtcore.perf.timing import call_seconds
 
     local = int(os.environ.get("LOCAL_RANK", 0))
     # The one process set-up, as the bench process and mtcore train have it; a torch rank per
@@ -89,25 +90,12 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
             elif line.strip() == "comm" and probe is not None:
                 probe()
             elif line.strip() == "latency" and ping is not None:
-                answer = f" {median_call(ping, LATENCY_CALLS)!r}"
+                answer = f" {float(np.median(call_seconds(ping, LATENCY_CALLS, warmup=20)))!r}"
             else:
                 break
             stream.write(f"ok{answer}\n")
             stream.flush()
 
-
-def median_call(fn, calls: int, warmup: int = 20) -> float:
-    """Median seconds of one call of ``fn`` over ``calls``, after ``warmup`` untimed."""
-    import time
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 if __name__ == "__main__":

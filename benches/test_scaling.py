@@ -124,13 +124,10 @@ class Workers:
     def all_reduce_seconds(self, calls: int) -> float:
         """Median seconds of the step's all-reduce alone (one call of all its bytes), after one
         call that warms it up."""
-        self.step("comm")
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            self.step("comm")
-            times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 2]
+        from mtcore.perf.timing import call_seconds
+
+        times = sorted(call_seconds(lambda: self.step("comm"), calls, warmup=1))
+        return times[len(times) // 2]
 
     def wire(self, steps: int = 3) -> dict | None:
         """On emulated hosts: what each host's interface carried per step over ``steps`` synced

@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +29,7 @@ def worker(framework: str, calls: int, out: str, coordinator: str | None, proces
     default), write them."""
     from mtcore.backend import framework as fw
     from mtcore.perf.setup import set_up
+    from mtcore.perf.timing import call_seconds
 
     set_up((framework,), threads=1, synchronous_cpu=False)
     if framework == "jax":
@@ -37,14 +37,7 @@ def worker(framework: str, calls: int, out: str, coordinator: str | None, proces
     import mtcore
 
     be = mtcore.backend(framework, "cpu", devices=2)
-    probe = be.all_reduce_probe(nbytes)
-    for _ in range(20):
-        probe()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        probe()
-        times.append(time.perf_counter() - start)
+    times = call_seconds(be.all_reduce_probe(nbytes), calls, warmup=20)
     rank = be.world.process
     Path(out, f"{framework}-{rank}.json").write_text(json.dumps({"times": times, "link": str(fw(framework).interconnect())}))
     # Leave without tearing the process group down: its teardown at exit races the other process's

@@ -20,6 +20,19 @@ def timed(fn: Callable[[], Any], sync: Callable[[Any], Any]) -> tuple[float, Any
     return time.perf_counter() - start, out
 
 
+def call_seconds(fn: Callable[[], Any], calls: int, warmup: int = 0) -> list[float]:
+    """Seconds of each of ``calls`` calls of ``fn`` (which waits for its own work), after ``warmup``
+    untimed ones: the collective probes' and the bench workers' repeated calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def ratio_stats(numerators, denominators, confidence: float = 0.95) -> dict[str, float]:
     """Paired ratios ``numerators[i] / denominators[i]``: their median, quartiles, extremes and a
     distribution-free confidence interval of the median (order statistics, so no normality is
