@@ -32,6 +32,7 @@ from test_scaling import Workers, check_wire
 
 from mtcore.costs import message_steps
 from mtcore.hosts import parse_rate, per_step
+from mtcore.sweep import network_bound
 
 ONE_DEVICE_ROUNDS = 3  # one device's step, for the planner's arithmetic: a few per point
 
@@ -48,6 +49,7 @@ class SweepCase:
     idle: dict  # each host's background bytes per second, from check_wire's idle window
     latency_unshaped_s: float
     netem_missing: str | None  # why the links cannot be delayed (--delay), None: they can
+    predicted_wire: float  # bytes a step the prediction puts on each host's wire, as check_wire held it
 
 
 class Sweep:
@@ -82,7 +84,8 @@ class Sweep:
             self.current = SweepCase(case, started[0], started[1], self.one[1],
                                      idle={h["host"]: h["idle_tx_bytes_per_s"] for h in wire["hosts"]},
                                      latency_unshaped_s=latency(started[0]),
-                                     netem_missing=started[0].hosts.netem_missing())
+                                     netem_missing=started[0].hosts.netem_missing(),
+                                     predicted_wire=wire["predicted_per_step"]["tx_bytes"])
         except BaseException:
             for w in started:
                 w.__exit__()
@@ -167,24 +170,14 @@ def point(benchmark, sweep: Sweep, case, rate: str, rounds: int | None) -> None:
         moved = per_step(a, b, t1 - t0, n, idle)
         busiest = max(moved.values())
         wire.append({"host": h.hostname, **moved, "utilisation": busiest * 8 / step / parse_rate(rate)})
-    communication = step - loopback["median_s"]
     b = batch(case.size)
     benchmark.extra_info.update(
         case=case.id, framework=case.framework, size=case.size, mesh=case.mesh, hosts=case.hosts, rate=rate,
         rate_bits_per_s=parse_rate(rate), delay_s=delay_s, offload=session.offload,
         step_iqr_s=benchmark.stats.stats.iqr, loopback=loopback, one_device=one,
-        communication_s=communication, arithmetic_s=loopback["median_s"], network_bound=communication > loopback["median_s"],
-        wire=wire, predicted_wire_per_step=s.hosts.ready[0]["costs"] and _predicted(s.hosts),
+        communication_s=step - loopback["median_s"], arithmetic_s=loopback["median_s"],
+        network_bound=network_bound(step, loopback["median_s"]), wire=wire, predicted_wire_per_step=s.predicted_wire,
         latency_per_message_s=latency(s.hosts), latency_unshaped_s=s.latency_unshaped_s,
         one_device_rows=b.shape[0], global_batch_shape=s.hosts.ready[0]["costs"]["batch_shape"],
         collectives=s.hosts.ready[0]["costs"]["collectives"])
 
-
-def _predicted(workers: Workers) -> float:
-    """Bytes per step the prediction puts on each host's wire (``costs.wire_prediction``)."""
-    from mtcore.backend import framework
-    from mtcore.costs import wire_prediction
-
-    fw = framework(workers.case.framework)
-    return wire_prediction(workers.ready[0]["costs"]["collectives"], fw.collective_engine(workers.case.device),
-                           processes_per_host=1)["tx_bytes"]

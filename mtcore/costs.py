@@ -195,6 +195,15 @@ def step_flops_per_device(cfg: ModelConfig, mesh: MeshShape, global_batch: int, 
     return 3 * (layers / mesh.devices + output / mesh.batch_shards)
 
 
+def flop_share_seconds(cfg: ModelConfig, seconds: float, measured: tuple[MeshShape, int], to: tuple[MeshShape, int],
+                       src_len: int, tgt_len: int) -> float:
+    """``seconds`` measured for a step of ``measured`` = (mesh, global rows), carried to ``to`` by
+    the FLOPs one device computes in each (``step_flops_per_device``): how a measured step's
+    arithmetic becomes another mesh's or batch's (``plan``'s ``compute_s``, the sweep, the report)."""
+    return seconds * step_flops_per_device(cfg, *to, src_len, tgt_len) / step_flops_per_device(
+        cfg, *measured, src_len, tgt_len)
+
+
 def link_rates(bandwidth: float | dict[str, float] | None, what: str = "--bandwidth", *,
                positive: bool = True) -> dict[str, float] | None:
     """``{axis: value}`` for every mesh axis from one value for all, or a dict with ``""`` for the
@@ -257,7 +266,6 @@ def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: 
     for name, value in (("--global-batch-size", global_batch), ("--src-len", src_len), ("--tgt-len", tgt_len)):
         if value < 1:
             raise MTCoreError(f"{name} must be at least 1, got {value}")
-    one_device = step_flops_per_device(cfg, MeshShape(), global_batch, src_len, tgt_len)
     rows = []
     for mesh in meshes:
         mesh.check_model(cfg)
@@ -280,7 +288,8 @@ def plan(cfg: ModelConfig, meshes: list[MeshShape], global_batch: int, src_len: 
                                    for c in collectives)
             row["communication_s"] = row.get("communication_s", 0.0) + row["latency_s"]
         if compute_s is not None:
-            row["arithmetic_s"] = compute_s * row["flops"] / one_device
+            row["arithmetic_s"] = flop_share_seconds(cfg, compute_s, (MeshShape(), global_batch), (mesh, global_batch),
+                                                     src_len, tgt_len)
         elif flops:
             row["arithmetic_s"] = row["flops"] / flops
         rows.append(row)

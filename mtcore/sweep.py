@@ -53,11 +53,17 @@ class Point:
 
     @property
     def network_bound(self) -> bool:
-        return self.communication_s > self.loopback_s
+        return network_bound(self.step_s, self.loopback_s)
 
     @property
     def series(self) -> tuple[str, str, str, float]:
         return self.size, self.mesh, self.framework, self.delay_s
+
+
+def network_bound(step_s: float, arithmetic_s: float) -> bool:
+    """The verdict, wherever it is given: a step is network-bound when its communication (the step
+    less its arithmetic) takes longer than its arithmetic."""
+    return step_s - arithmetic_s > arithmetic_s
 
 
 def load(paths: list[str | os.PathLike]) -> list[Point]:
@@ -110,16 +116,14 @@ def predict(p: Point, rate: float | None = None) -> dict[str, float]:
     device's measured step carried by FLOP share."""
     from mtcore.backend import framework
     from mtcore.config import ModelConfig
-    from mtcore.costs import plan, step_flops_per_device
+    from mtcore.costs import flop_share_seconds, plan
     from mtcore.parallel import MeshShape
 
     fw = framework(p.framework)  # its layout and its engine on a CPU, as the sweep's processes ran
     cfg = ModelConfig.preset(p.size)
     rows, src, tgt = p.batch_shape
     # plan's compute_s: the whole global batch on one device, from the bench's batch by FLOPs.
-    one = MeshShape()
-    compute_s = p.one_device_s * step_flops_per_device(cfg, one, rows, src, tgt) / step_flops_per_device(
-        cfg, one, p.one_device_rows, src, tgt)
+    compute_s = flop_share_seconds(cfg, p.one_device_s, (MeshShape(), p.one_device_rows), (MeshShape(), rows), src, tgt)
     # A message waits the software's round trip measured on these links, and netem's delay where one was set.
     row = plan(cfg, [MeshShape.parse(p.mesh)], rows, src, tgt, bandwidth=(rate or p.rate) / 8,
                latency=p.latency_s + p.delay_s,
@@ -346,7 +350,7 @@ def bottleneck(name: str, transport: str, step_s: float | None, arithmetic_s: fl
                    "the network's share cannot be told without a one-device run to weigh the arithmetic")
         return f"{name} ({transport}): {verdict}; {link}."
     communication = step_s - arithmetic_s
-    bound = communication > arithmetic_s
+    bound = network_bound(step_s, arithmetic_s)
     words = "was" if bound else "was not"
     waiting = (" (the rest waited on messages, not bytes)" if bound and busy is not None and busy < communication / 2
                else "")

@@ -265,7 +265,7 @@ def _bottleneck(row: dict[str, Any], rows: list[dict[str, Any]], runs: dict[str,
     """``sweep.bottleneck``'s sentence for a row, its arithmetic the framework's one-device step
     (its data:1 run) carried to the mesh by the share of the FLOPs a device computes."""
     from mtcore.config import ModelConfig
-    from mtcore.costs import step_flops_per_device
+    from mtcore.costs import flop_share_seconds
     from mtcore.parallel import MeshShape
     from mtcore.sweep import bottleneck
 
@@ -278,9 +278,8 @@ def _bottleneck(row: dict[str, Any], rows: list[dict[str, Any]], runs: dict[str,
         except MTCoreError:
             cfg = None
         if cfg is not None:  # the share at a nominal 32 + 32 tokens a row: it hardly depends on them
-            flops = [step_flops_per_device(cfg, MeshShape.parse(r["mesh"]), r["global_batch"], 32, 32)
-                     for r in (row, one)]
-            arithmetic = one["step_s"] * flops[0] / flops[1]
+            arithmetic = flop_share_seconds(cfg, one["step_s"], *((MeshShape.parse(r["mesh"]), r["global_batch"])
+                                                                   for r in (one, row)), 32, 32)
     return bottleneck(f"{row['framework']} {row['mesh']}", row["transport"], row["step_s"], arithmetic,
                       row["wire_per_step"], row["link_rate"])
 
