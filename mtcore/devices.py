@@ -8,6 +8,8 @@ import os
 import platform
 
 FRAMEWORKS = ("torch", "jax")
+# Each backend's colour in every plot (the reports', the link sweep's): the frameworks, then HF's baseline.
+PALETTE = dict(zip((*FRAMEWORKS, "hf"), ("tab:orange", "tab:blue", "tab:green"), strict=True))
 DEVICE_KINDS = ("cpu", "gpu", "tpu")
 # The x86 instructions that do bf16 arithmetic; without them a CPU's bf16 step is an emulation.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")

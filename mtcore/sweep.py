@@ -230,8 +230,7 @@ def plot(points: list[Point], out: Path, ceiling: float | None = None) -> list[P
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from mtcore.devices import FRAMEWORKS
-    from mtcore.train.plots import PALETTE
+    from mtcore.devices import FRAMEWORKS, PALETTE
 
     written = []
     for size in sorted({p.size for p in points}):

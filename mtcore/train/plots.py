@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from mtcore.devices import PALETTE
 from mtcore.train.runs import _torch_mode, speed_claim, steady
 
 PLOTS = {"time": "epoch_time.png", "throughput": "tokens_per_sec.png", "loss": "loss.png", "quality": "bleu.png"}
 
-
-PALETTE = {"torch": "tab:orange", "jax": "tab:blue", "hf": "tab:green"}  # each framework's colour, every plot
 
 def _setting(run: dict[str, Any]) -> str:
     return (f"model {run['model']}, {run.get('device', 'cpu')} x{run.get('devices', 1)}, batch {run['batch_size']}, "
@@ -106,14 +105,13 @@ def _scaling_plots(rows: list[dict[str, Any]], directory: Path) -> dict[str, str
 
     files = {"time": "training_time_comparison.png", "throughput": "tokens_per_second_comparison.png"}
     labels = [f"{r['framework']}\n{r['world_size']} dev" for r in rows]
-    palette = PALETTE
     for key, mean, sd, ylabel, title in (
         ("time", "time_mean", "time_sd", "seconds per epoch", "Training time per epoch (mean over ranks; ± sd over epochs)"),
         ("throughput", "tps_mean", "tps_sd", "tokens / s", "System throughput (sum over ranks; ± sd over epochs)"),
     ):
         fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
         bars = ax.bar(labels, [r[mean] for r in rows], yerr=[r[sd] for r in rows], capsize=6,
-                      color=[palette.get(r["framework"], "tab:gray") for r in rows])
+                      color=[PALETTE.get(r["framework"], "tab:gray") for r in rows])
         ax.bar_label(bars, labels=[f"{r[mean]:,.0f}" if r[mean] >= 100 else f"{r[mean]:.2f}" for r in rows],
                      label_type="center", color="white", fontweight="bold")
         ax.set_ylabel(ylabel)
@@ -152,7 +150,6 @@ def _parallelism_plots(rows: list[dict[str, Any]], directory: Path, caption: str
         said = set(ways.values())
         tick_labels.append(m if not said else f"{m}\n{said.pop()}" if len(said) == 1 else
                      m + "".join(f"\n{fw}: {t}" for fw, t in ways.items()))
-    palette = PALETTE
     width = 0.8 / len(frameworks)
     x = np.arange(len(meshes))
     row = {(r["mesh"], r["framework"]): r for r in rows}
@@ -166,7 +163,7 @@ def _parallelism_plots(rows: list[dict[str, Any]], directory: Path, caption: str
             heights = [np.nan if g is None or value(g) is None else value(g) / scale for g in got]
             errors = None if sd is None else [0 if g is None or sd(g) is None else sd(g) / scale for g in got]
             pos = x - 0.4 + width * (j + 0.5)
-            bars = ax.bar(pos, heights, width, yerr=errors, capsize=5, color=palette.get(fw, "tab:gray"), label=fw)
+            bars = ax.bar(pos, heights, width, yerr=errors, capsize=5, color=PALETTE.get(fw, "tab:gray"), label=fw)
             ax.bar_label(bars, labels=[("" if np.isnan(h) else label(h)) for h in heights], fontsize=7, padding=2)
             if predicted is not None:
                 ticks = [np.nan if g is None or predicted(g) is None else predicted(g) / scale for g in got]
