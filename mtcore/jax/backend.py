@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from functools import cache
 from typing import Any
@@ -64,6 +65,61 @@ LAYOUT = Layout(embedding_gathered_once=True, embedding_reduced_per_use=True, fs
 
 def unsupported(device: str) -> str | None:
     return None
+
+
+# ---- traces (mtcore.perf.trace) ---------------------------------------------------------------------
+@contextlib.contextmanager
+def profiled(path, device: str = "cpu"):
+    """JAX's profiler over the block, its Chrome-JSON (perfetto) trace moved to ``path``
+    (``.json.gz``): the XLA program's thunks on every thread that runs them, collectives included.
+    Python's own tracer is left off: its events are not work and it slows the host."""
+    import glob
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    where = tempfile.mkdtemp(prefix="jax-trace-", dir=path.parent)
+    options = jax.profiler.ProfileOptions()
+    options.python_tracer_level = 0
+    jax.profiler.start_trace(where, create_perfetto_trace=True, profiler_options=options)
+    try:
+        yield
+    finally:
+        jax.profiler.stop_trace()
+        written = glob.glob(f"{where}/plugins/profile/*/perfetto_trace.json.gz")
+        if written:
+            shutil.move(written[0], path)
+        shutil.rmtree(where, ignore_errors=True)
+    if not written:
+        raise MTCoreError(f"JAX's profiler wrote no perfetto trace under {where}")
+
+
+def step_annotation(step: int):
+    """The span a traced step runs in (``mtcore.perf.trace.STEP_EVENT``)."""
+    from mtcore.perf.trace import STEP_EVENT
+
+    return jax.profiler.StepTraceAnnotation(STEP_EVENT, step_num=step)
+
+
+# HLO's collectives, as the thunks that run them are named (``all-reduce.12``, ``all-gather-start.3``).
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "ragged-all-to-all", "collective-permute",
+                "collective-broadcast", "send", "recv")
+
+
+# What jit does for a program it has not compiled yet: trace, lower, and XLA's compile.
+_COMPILING = ("trace_to_jaxpr", "lower_sharding_computation", "backend_compile")
+
+
+def trace_kind(event: dict) -> str | None:
+    """What a trace event of JAX's profiler is to the breakdown: a thunk of the XLA program (it
+    names its HLO op) is "comm" when the op is a collective, else "compute"; jit tracing, lowering
+    or compiling a program is "compile"; anything else (the runtime's umbrellas, markers, the
+    dispatching thread's waits) is None."""
+    op = (event.get("args") or {}).get("hlo_op")
+    if not isinstance(op, str):
+        return "compile" if str(event.get("name", "")).startswith(_COMPILING) else None
+    return "comm" if op.rsplit(".", 1)[0].startswith(_COLLECTIVES) else "compute"
 
 
 def set_threads(n: int) -> None:

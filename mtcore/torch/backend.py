@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import shutil
@@ -67,6 +68,50 @@ LAYOUT = Layout(embedding_gathered_once=True)
 
 def unsupported(device: str) -> str | None:
     return "on TPU (torch_xla) is not supported by mtcore" if device == "tpu" else None
+
+
+# ---- traces (mtcore.perf.trace) ---------------------------------------------------------------------
+@contextlib.contextmanager
+def profiled(path, device: str = "cpu"):
+    """torch's profiler over the block, its Chrome-JSON trace written to ``path`` (``.json.gz``):
+    the ops of every thread that runs them, and the collective engine's own spans (``gloo:*`` on
+    gloo's threads; on a GPU, kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "gpu" else [])
+    with profile(activities=activities) as prof:
+        yield
+    prof.export_chrome_trace(os.fspath(path))
+
+
+def step_annotation(step: int):
+    """The span a traced step runs in (``mtcore.perf.trace.STEP_EVENT``)."""
+    from mtcore.perf.trace import STEP_EVENT
+
+    return torch.profiler.record_function(STEP_EVENT)
+
+
+# The collective engines' own spans: gloo's threads, NCCL's kernels; and the ops a rank calls them through.
+_COMM_PREFIXES = ("gloo:", "nccl:", "ucc:", "mpi:", "c10d::", "c10d_functional::", "_c10d_functional::")
+
+
+# torch.compile compiling a frame it has not seen (a new shape, a guard that failed).
+_COMPILING = ("_compile.compile_inner", "compile_fx", "TorchDynamo")
+
+
+def trace_kind(event: dict) -> str | None:
+    """What a trace event of torch's profiler is to the breakdown: "comm" (a collective: the
+    engine's spans, the c10d ops that launch and wait for them, NCCL kernels), "compute" (an op on
+    a CPU thread, a GPU kernel or copy), "compile" (torch.compile at work), or None (annotations,
+    markers: not work of their own)."""
+    name, cat = str(event.get("name", "")), event.get("cat")
+    if cat in ("dynamo", "inductor") or name.startswith(_COMPILING):
+        return "compile"
+    if name.startswith(_COMM_PREFIXES) or (cat == "kernel" and "nccl" in name.lower()):
+        return "comm" if cat in ("cpu_op", "user_annotation", "kernel") else None
+    if cat in ("cpu_op", "kernel", "gpu_memcpy", "gpu_memset"):
+        return "compute"
+    return None
 
 
 def set_threads(n: int) -> None:

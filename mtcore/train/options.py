@@ -89,6 +89,10 @@ class RunConfig:
                                          "are recorded, and gloo is bound to it")
     tokenizer: str | None = option(None, "a saved tokenizer directory to use instead of training one")
     threads: int | None = option(None, "CPU: cores per device, pinned (default: every core the process may use)")
+    profile: str = option("off", "write one Chrome-JSON trace per process (the framework's profiler) of a few steps "
+                                 "of the first epoch, after compilation and DDP's bucket rebuild, and where each "
+                                 "step's time went (docs/measurement.md#traces); --profile alone: on",
+                          choices=("off", "on"), nargs="?", const="on")
 
     def __post_init__(self):
         def need(ok: bool, what: str) -> None:
@@ -148,7 +152,7 @@ class RunConfig:
 
 # Options a resumed run may change: how long and on what it runs, not what it learns or from what.
 RESUMABLE = frozenset({"epochs", "devices", "mesh", "global_batch_size", "batch_size", "coordinator", "num_processes",
-                       "process_id", "threads", "compile_cache", "hosts", "rate", "net_iface"})
+                       "process_id", "threads", "compile_cache", "hosts", "rate", "net_iface", "profile"})
 
 
 def option_flag(name: str) -> str:

@@ -209,3 +209,48 @@ def _parallelism_plots(rows: list[dict[str, Any]], directory: Path, caption: str
     save(fig, "Communication per device: bytes a step sends, and the bandwidth they needed at the measured speed",
          "communication")
     return PARALLELISM_PLOTS
+
+
+# ---- where a step's time went (--profile) ------------------------------------------------------------
+BREAKDOWN_PLOT = "step_breakdown.png"
+# The parts that add up to a step, bottom to top, and how each is drawn.
+_PARTS = (("arithmetic", "arithmetic (the framework's colour)", None), ("exposed", "communication, exposed", "tab:red"),
+          ("compiling", "compiling", "tab:purple"), ("idle", "idle (no event)", "lightgray"),
+          ("unaccounted", "unaccounted", "black"))
+
+
+def _breakdown_plot(rows: list[dict[str, Any]], directory: Path) -> str:
+    """A stacked bar per framework x mesh x process: the median traced step split into its parts
+    (arithmetic in the framework's colour), the hidden communication as a hatched band over the
+    arithmetic, busy (arithmetic over the step) above each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['framework']} {r['mesh']}\n{r['transport']}" + (f"\nprocess {r['process']}" if r["processes"] > 1 else "")
+              for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.5 * len(rows) + 5, 5.2))
+    bottom = np.zeros(len(rows))
+    for key, label, colour in _PARTS:
+        heights = np.array([max(r[key], 0.0) * 1e3 for r in rows])
+        colours = [colour or PALETTE.get(r["framework"], "tab:gray") for r in rows]
+        ax.bar(x, heights, 0.6, bottom=bottom, color=colours, label=label, edgecolor="white", linewidth=0.5)
+        if key == "arithmetic":
+            hidden = np.array([min(r["hidden"], r["arithmetic"]) * 1e3 for r in rows])
+            ax.bar(x, hidden, 0.6, bottom=bottom + heights - hidden, fill=False, hatch="//", edgecolor="tab:red",
+                   linewidth=0, label="communication under arithmetic")
+        bottom += heights
+    for i, r in enumerate(rows):
+        ax.annotate(f"busy {r['busy']:.0%}", (x[i], bottom[i]), xytext=(0, 3), textcoords="offset points",
+                    ha="center", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylim(0, bottom.max() * 1.1)
+    ax.set_ylabel("ms, the median traced step")
+    ax.set_title("Where a step's time went (traced steps; arithmetic in the framework's colour)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(directory / BREAKDOWN_PLOT, dpi=120)
+    plt.close(fig)
+    return BREAKDOWN_PLOT

@@ -14,8 +14,18 @@ from typing import Any
 
 from mtcore.errors import MTCoreError
 from mtcore.files import read_json, write_text
-from mtcore.train.plots import _parallelism_plots, _plots, _scaling_plots
-from mtcore.train.runs import _torch_mode, load_rank_files, load_runs, loss_agreement, scaling_rows, speed_claim, steady, time_to_loss
+from mtcore.train.plots import _breakdown_plot, _parallelism_plots, _plots, _scaling_plots
+from mtcore.train.runs import (
+    _torch_mode,
+    breakdown_rows,
+    load_rank_files,
+    load_runs,
+    loss_agreement,
+    scaling_rows,
+    speed_claim,
+    steady,
+    time_to_loss,
+)
 
 
 def _process(run: dict[str, Any]) -> str:
@@ -42,7 +52,7 @@ def write_report(directory: str | os.PathLike) -> Path:
         lines = ["# mtcore compare (from the rank files alone: no metrics.json)",
                  *(parallelism_section(directory, {}, settings) if settings.get("meshes") else
                    scaling_section(directory, {}, settings.get("scaling", "weak"), settings.get("target_loss"),
-                                   always=True))]
+                                   always=True)), *breakdown_section(directory)]
         path = directory / "report.md"
         write_text(path, "\n".join(lines) + "\n")
         return path
@@ -90,6 +100,7 @@ def write_report(directory: str | os.PathLike) -> Path:
         if agree is not None:
             lines += ["", f"Training losses of the first 20 steps differ by at most {100 * agree:.2f}% "
                       "(relative) between the two frameworks."]
+    lines += breakdown_section(directory)
     lines += ["", "## Quality (validation, then test)", "",
               f"The train loss is label-smoothed (epsilon {_label_smoothing()}) and measured with dropout on, over "
               "the epoch's steps; the validation and test losses are plain cross-entropy without dropout. The "
@@ -292,3 +303,38 @@ def _parallelism_caption(rows: list[dict[str, Any]], runs: dict[str, dict[str, A
     return (f"{model}, {device}, global batch {rows[0]['global_batch']}, {first.get('precision', '?')}, "
             f"{_torch_mode(first) if first else ''}; {epochs} timed epoch{'s' if epochs != 1 else ''} per run; "
             f"a device: {_one_device(rows[0]).split(',')[0]}")
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:,.1f}"
+
+
+def breakdown_section(directory: Path) -> list[str]:
+    """Where a traced step's time went (``--profile``), per run and process: the median of each
+    part over the traced steps, the planner's communication over emulated links, and the traces."""
+    rows = breakdown_rows(directory)
+    if not rows:
+        return []
+    file = _breakdown_plot(rows, directory)
+    lines = ["", "## Where a step's time went (--profile: traced steps)", "",
+             "Each process traced a few steps of its first epoch with its framework's profiler, past compilation, "
+             "DDP's bucket rebuild and the recorded step, each step synced. Medians over the traced steps: "
+             "arithmetic is the union of compute spans over the process's threads, communication the union of "
+             "collective spans (the engine's own threads included; it counts waiting for the other devices), "
+             "hidden the part of it under arithmetic, exposed the rest; compiling is the compiler at work (a batch "
+             "shape not seen before); idle the gaps no event covers (the host between ops, or every thread "
+             "waiting), measured as gaps; unaccounted what the step's clock holds beyond them. Busy: arithmetic "
+             "over the step. Planned: what `mtcore plan` gives the recorded step's collectives on the emulated "
+             "link's rate (bytes only). How each part is computed: docs/measurement.md#traces.", "",
+             "| framework | mesh | transport | process | steps | step ms | arithmetic ms (busy) | communication ms "
+             "(hidden / exposed) | planned ms | compiling ms | idle ms | unaccounted ms | trace |",
+             "|" + " --- |" * 13]
+    for r in rows:
+        lines.append(
+            f"| {r['framework']} | {r['mesh']} | {r['transport']} | {r['process']} | "
+            f"{r['steps_traced'][0]}-{r['steps_traced'][1]} | {_ms(r['step'])} | {_ms(r['arithmetic'])} "
+            f"({r['busy']:.0%}) | {_ms(r['communication'])} ({_ms(r['hidden'])} / {_ms(r['exposed'])}) | "
+            f"{_ms(r['planned_communication'])} | {_ms(r['compiling'])} | {_ms(r['idle'])} | "
+            f"{_ms(r['unaccounted'])} | [{Path(r['trace']).name}]({r['trace']}) |")
+    return lines + ["", "Open a trace in https://ui.perfetto.dev or chrome://tracing (both read the .json.gz as it is).",
+                    "", f"![breakdown]({file})"]

@@ -218,3 +218,49 @@ def time_to_loss(runs: dict[str, dict[str, Any]], directory: Path, target: float
                 break
         out[name] = reached
     return target, out
+
+
+# ---- where a step's time went: the traced steps (--profile) ------------------------------------------
+def breakdown_rows(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per run and process that traced steps (``--profile``): the median of each part over
+    its traced steps (``mtcore.perf.trace``), the trace's path (relative to ``directory``), and,
+    over emulated links of a known rate, what ``mtcore plan`` predicts the step's collectives take
+    on them (``planned_communication``)."""
+    rows = []
+    directory = Path(directory)
+    for name, epochs in load_rank_files(directory).items():
+        traced = next((epochs[e] for e in sorted(epochs) if any(r.get("profile") for r in epochs[e])), [])
+        for r in sorted((r for r in traced if r.get("profile")), key=lambda r: r["process"]):
+            p = r["profile"]
+            rows.append({**p["median"], "run": name, "framework": r["framework"], "device": r["device"],
+                         "mesh": r.get("mesh") or f"data:{r['world_size']}", "process": r["process"],
+                         "processes": r["processes"], "epoch": p["epoch"], "steps_traced": p["steps_traced"],
+                         "trace": f"{name}/{p['trace']}", "transport": transport(r, [r["wire"]] if (r.get("wire") or {})
+                                                                                  .get("crossed_network") else []),
+                         "planned_communication": planned_communication(r, _model_config(directory / name))})
+    return rows
+
+
+def _model_config(run: Path):
+    from mtcore.config import ModelConfig
+
+    path = run / "run.json"
+    return ModelConfig(**read_json(path)["model_config"]) if path.is_file() else None
+
+
+def planned_communication(record: dict[str, Any], cfg) -> float | None:
+    """Seconds ``mtcore plan`` gives the recorded step's collectives over the rank's emulated link
+    (the engine's framed bytes over the shaped rate; no latency term): None off such a link."""
+    from mtcore.backend import framework
+    from mtcore.costs import plan
+    from mtcore.parallel import MeshShape
+
+    wire, costs = record.get("wire") or {}, record.get("costs") or {}
+    rate = wire.get("link_rate_bits_per_s")
+    if cfg is None or not (wire.get("crossed_network") and rate and costs.get("batch_shape")):
+        return None
+    fw = framework(record["framework"])
+    row = plan(cfg, [MeshShape.parse(record["mesh"])], *costs["batch_shape"],
+               bandwidth=rate / 8, engine=fw.collective_engine(record["device"]), layout=fw.LAYOUT,
+               device=record["device"])[0]
+    return row["communication_s"]

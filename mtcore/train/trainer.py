@@ -110,6 +110,7 @@ class Trainer:
         self.max_len = prepared.max_len
         self.step_fn = self.be.make_train_step(self.cfg, self.tcfg, compile=rc.compile)
         self.costs: dict[str, Any] | None = None  # what a device holds and a step moves, from one recorded step
+        self.profile: dict[str, Any] | None = None  # the traced steps' breakdown (--profile), once per run
         self.eval_fn = self.be.make_eval_step(self.cfg, self.tcfg)
         self.wire, self.link = _wire_meter(rc)
         # Every process of a run whose collectives cross a network measures the background together, once.
@@ -200,6 +201,7 @@ class Trainer:
         first_step_s = None
         # The step whose collectives are recorded: the third, past DDP's bucket rebuild on the second.
         record_at = min(2, len(batches) - 1) if self.costs is None else -1
+        tracer = StepTracer.for_epoch(self, len(batches), after=record_at)
         if self.wire_idle_pending:
             self._measure_idle()
         if self.wire:
@@ -210,6 +212,8 @@ class Trainer:
                 self.be.peak_memory(reset=True)  # the step's own peak, where the allocator keeps one
                 self.state, m, moved = self.be.recorded_step(self.step_fn, self.state, planned.batch)
                 self.costs = self._costs(planned.batch, moved, epoch, i + 1)
+            elif tracer and tracer.traces(i):
+                self.state, m = tracer.step(i, self.step_fn, self.state, planned.batch)
             else:
                 self.state, m = self.step_fn(self.state, planned.batch)
             pending.append(m)
@@ -230,6 +234,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         self.be.sync(self.state)
         seconds = time.perf_counter() - start
+        if tracer:
+            self.profile = tracer.result(epoch)
         sent, sent_predicted = epoch_sent_bytes(self.cfg, self.rc.mesh_shape(), self.costs, [b.batch.shape for b in batches])
         wire = self._wire_record(len(batches), sent) if self.wire else None
         bar.close()
@@ -266,7 +272,7 @@ class Trainer:
             "devices": self.world.local_devices, "local_batch": local_rows(self.world, self.rc.mesh_shape(), self.global_batch),
             "global_batch": self.global_batch, "threads": _threads(),
             "steps": len(batches), "sent_bytes": sent, "sent_bytes_predicted": sent_predicted, "costs": self.costs,
-            "wire": wire,
+            "wire": wire, "profile": self.profile if tracer else None,
         })
         return record
 
@@ -349,6 +355,70 @@ class Trainer:
         return int(latest["epoch"]), state
 
 
+
+
+class StepTracer:
+    """``--profile``: the framework's profiler over a few steps of the first epoch this process
+    trains, each step in its own span and synced, so its work ends inside it; then the trace read
+    back and each step broken down (``mtcore.perf.trace``). The window starts after the recorded
+    step (the third: past the first step's compilation and DDP's bucket rebuild on the second)."""
+
+    STEPS = 3
+
+    def __init__(self, trainer: Trainer, first: int, last: int):
+        from contextlib import ExitStack
+
+        from mtcore.backend import framework
+
+        self.trainer, self.first, self.last = trainer, first, last
+        self.fw = framework(trainer.rc.framework)
+        world = trainer.world
+        self.path = trainer.out / "traces" / f"{trainer.out.name}-{trainer.rc.framework}-rank{world.process}.trace.json.gz"
+        self.clock: list[float] = []
+        self.stack = ExitStack()
+
+    @classmethod
+    def for_epoch(cls, trainer: Trainer, steps: int, after: int) -> StepTracer | None:
+        """The tracer of this epoch, or None: off, traced already, or no step past ``after``."""
+        if trainer.rc.profile != "on" or trainer.profile is not None or after + 1 >= steps:
+            return None
+        first = max(after + 1, 0)
+        return cls(trainer, first, min(first + cls.STEPS, steps) - 1)
+
+    def traces(self, i: int) -> bool:
+        return self.first <= i <= self.last
+
+    def step(self, i: int, step_fn, state, batch):
+        be = self.trainer.be
+        if i == self.first:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.stack.enter_context(self.fw.profiled(self.path, self.trainer.rc.device))
+        try:
+            # The clock inside the span: a profiler's first span pays its own set-up on entering.
+            with self.fw.step_annotation(i):
+                start = time.perf_counter()
+                state, m = step_fn(state, batch)
+                be.sync(m["loss"])
+                self.clock.append(time.perf_counter() - start)
+        except BaseException:
+            self.stack.close()
+            raise
+        if i == self.last:
+            self.stack.close()  # the profiler stops and writes the trace
+        return state, m
+
+    def result(self, epoch: int) -> dict[str, Any]:
+        """The trace's path (relative to the run directory), the window, each traced step's
+        breakdown and their medians."""
+        from mtcore.perf.trace import breakdown, read_trace, summary
+
+        self.stack.close()
+        steps = breakdown(read_trace(self.path), self.fw.trace_kind, clock=self.clock)
+        return {"trace": str(self.path.relative_to(self.trainer.out)), "epoch": epoch,
+                "steps_traced": [self.first + 1, self.last + 1],
+                "window": "steps after the first's compilation, DDP's bucket rebuild (the second) and the recorded third; "
+                          "each synced",
+                "steps": [s.as_dict() for s in steps], "median": summary(steps)}
 
 
 def epoch_sent_bytes(cfg: ModelConfig, mesh, costs: dict[str, Any] | None,
