@@ -226,3 +226,33 @@ def test_without_the_privilege_a_run_over_hosts_is_one_line(tmp_path, capsys, mo
     assert err == "mtcore: error: --hosts 2: emulated hosts need root or CAP_NET_ADMIN (to create network namespaces " \
                   "and links)", err
     assert not out.exists()
+
+
+@pytest.mark.torch
+@pytest.mark.jax
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+@needs_privilege
+def test_over_a_slow_link_the_traced_communication_is_what_the_planner_says(tmp_path):
+    """``--profile`` on two hosts at 10 Mbit/s: each process's traced step is communication as
+    the planner predicts it (the engine's framed bytes over the rate) within 20%, its share of the
+    step likewise, and the report links every process's trace."""
+    out = tmp_path / "cmp"
+    # Six steps of 32 pairs: three traced past the recorded third.
+    quick = [*QUICK, "--synthetic-size", "500", "--global-batch-size", "32"]  # the last of an option wins
+    stdout, stderr = finish(cli("compare", "--mesh", "data:2", "--hosts", "2", "--rate", "10mbit", "--profile",
+                                "--out", str(out), *quick), timeout=150)
+    assert "report:" in stdout, stdout + stderr[-3000:]
+    from mtcore.train.runs import breakdown_rows
+
+    rows = breakdown_rows(out)
+    assert sorted((r["framework"], r["process"]) for r in rows) == [("jax", 0), ("jax", 1), ("torch", 0), ("torch", 1)]
+    for r in rows:
+        assert r["transport"] == "2 hosts, 10 Mbit/s" and abs(r["unaccounted"]) < 0.05 * r["step"], r
+        assert abs(r["communication"] / r["planned_communication"] - 1) < 0.20, r
+        assert r["busy"] < 0.1  # the link, not the arithmetic, held the step
+        assert (out / r["trace"]).is_file()
+    report = (out / "report.md").read_text()
+    assert "## Where a step's time went" in report and (out / "step_breakdown.png").is_file()
+    assert "(torch-data2/traces/torch-data2-torch-rank1.trace.json.gz)" in report
+    assert leftovers() == [] and not our_processes(str(out))

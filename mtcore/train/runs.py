@@ -230,13 +230,13 @@ def breakdown_rows(directory: str | os.PathLike) -> list[dict[str, Any]]:
     directory = Path(directory)
     for name, epochs in load_rank_files(directory).items():
         traced = next((epochs[e] for e in sorted(epochs) if any(r.get("profile") for r in epochs[e])), [])
+        wire = [r["wire"] for r in traced if (r.get("wire") or {}).get("crossed_network")]
         for r in sorted((r for r in traced if r.get("profile")), key=lambda r: r["process"]):
             p = r["profile"]
             rows.append({**p["median"], "run": name, "framework": r["framework"], "device": r["device"],
                          "mesh": r.get("mesh") or f"data:{r['world_size']}", "process": r["process"],
                          "processes": r["processes"], "epoch": p["epoch"], "steps_traced": p["steps_traced"],
-                         "trace": f"{name}/{p['trace']}", "transport": transport(r, [r["wire"]] if (r.get("wire") or {})
-                                                                                  .get("crossed_network") else []),
+                         "trace": f"{name}/{p['trace']}", "transport": transport(r, wire),
                          "planned_communication": planned_communication(r, _model_config(directory / name))})
     return rows
 
