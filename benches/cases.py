@@ -166,6 +166,9 @@ def cases(kind: str, frameworks, devices, sizes) -> list:
                     cases += [Case(fw, device, size, devices=n) for n in scaling_counts(fw, device)]
                 elif kind == "mesh":
                     cases += [Case(fw, device, size, devices=MeshShape.parse(m).devices, mesh=m) for m in MESHES]
+                elif kind == "costs":  # what the gate holds exactly: the smallest size selected, every mesh of two
+                    cases += [Case(fw, device, min(sizes, key=list(PRESETS).index), devices=2, mesh=m)
+                              for m in SWEEP_MESHES] if size == min(sizes, key=list(PRESETS).index) else []
                 elif kind == "sweep" and device == "cpu":  # emulated hosts are processes of this machine
                     cases += [Case(fw, device, size, devices=2, mesh=m, hosts=2) for m in SWEEP_MESHES]
             if kind == "train" and "hf" in frameworks:
@@ -225,7 +228,9 @@ def marks(case, kind: str) -> list:
     if isinstance(case, Pairing):
         return pair_marks(case)
     marks = []
-    if kind in ("scaling", "mesh"):
+    if kind == "costs":
+        marks += [pytest.mark.costs, pytest.mark.quick]
+    if kind in ("scaling", "mesh", "costs"):
         # Worker processes, one case at a time: two cases' ranks would share the cores.
         marks.append(pytest.mark.xdist_group("scaling"))
         if case.hosts and session.hosts_missing:

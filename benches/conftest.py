@@ -5,6 +5,7 @@ summary (summary.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import machine
@@ -64,6 +65,11 @@ def pytest_addoption(parser):
     group.addoption("--point-seconds", type=float, default=POINT_SECONDS,
                     help=f"the link sweep: timed steps per point to fill this many seconds, at least {MIN_STEPS} and at "
                          f"most {MAX_STEPS} (default: %(default)s)")
+    group.addoption("--costs-json", help="write what each framework x mesh's step moved and a device held (the costs "
+                                         "bench, the mesh and scaling benches) to this file as well as into "
+                                         "--benchmark-json (scripts/bench_gate.py collects them once per tree)")
+    group.addoption("--costs-from", help="take the costs a --costs-json file holds into this session's JSON (the gate's "
+                                         "timed sessions carry the ones collected once for their tree)")
     group.addoption("--rounds", type=int,
                     help=f"fixed timed rounds per benchmark (default: calibrated, {MAX_TIME_S:g} s of timed work per "
                          f"case, at least {MIN_ROUNDS} rounds; see --benchmark-max-time / --benchmark-min-rounds)")
@@ -134,6 +140,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "quick: the quick subset: the gate's, and the paired headline (pytest benches -m quick)")
     config.addinivalue_line("markers", "gate: what the pull-request regression gate runs on base and head (scripts/bench_gate.py)")
     config.addinivalue_line("markers", "sweep: the link sweep over emulated hosts (pytest benches -m sweep; make sweep-quick)")
+    config.addinivalue_line("markers", "costs: what a step moves and a device holds per framework x mesh, untimed "
+                                       "(pytest benches -m costs; the gate's exact numbers)")
+    session.plugins = _plugins(config)
     try:
         frameworks, devices, _ = selection(config)
         budget = threads.parse(config.getoption("--threads"))
@@ -151,6 +160,15 @@ def pytest_configure(config):
                                compile_cache=False)
     except MTCoreError as e:
         machine.stop(str(e))
+    if config.getoption("--costs-from"):
+        try:
+            from mtcore.perf.records import run_costs
+
+            path = config.getoption("--costs-from")
+            with open(path) as f:
+                session.costs.update(run_costs(json.load(f), path))
+        except (OSError, ValueError) as e:
+            machine.stop(f"--costs-from {config.getoption('--costs-from')}: {e}")
     if any(config.getoption(o) for o in ("benchmark_autosave", "benchmark_save", "benchmark_compare")):
         machine.store_by_fingerprint()
     if config.getoption("benchmark_autosave") or config.getoption("benchmark_save"):
@@ -169,6 +187,39 @@ def pytest_configure(config):
             if not seen:
                 reasons = "; ".join(missing(fw, device) for fw in frameworks)
                 machine.stop(f"--device {device}: no selected framework sees a {device.upper()} ({reasons})")
+
+
+def _plugins(config) -> tuple[str, ...]:
+    """The modules given as ``-p NAME`` (not ``-p no:NAME``): a plugin that changes the train step
+    (tests/perf/) changes it in the benches' worker processes too."""
+    args = [str(a) for a in config.invocation_params.args]
+    named = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "-p"] + [a[2:] for a in args if a.startswith("-p")
+                                                                            and len(a) > 2]
+    return tuple(n for n in named if not n.startswith("no:"))
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """A run's JSON keeps the costs its benches collected (``mtcore.perf.records.COSTS_KEY``)."""
+    from mtcore.perf.records import COSTS_KEY
+
+    if session.costs:
+        output_json[COSTS_KEY] = {"cases": dict(sorted(session.costs.items()))}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _costs_file(session.config)
+
+
+def _costs_file(config) -> None:
+    """--costs-json: the session's costs, on their own."""
+    from mtcore.files import write_text
+    from mtcore.perf.records import COSTS_KEY
+
+    path = config.getoption("--costs-json")
+    if path and not os.environ.get("PYTEST_XDIST_WORKER"):
+        from inputs import session as bench_session
+
+        write_text(path, json.dumps({COSTS_KEY: {"cases": dict(sorted(bench_session.costs.items()))}}, indent=1))
 
 
 def _given(config, flag: str) -> bool:

@@ -45,6 +45,10 @@ class Session:
     rates: tuple[str, ...] = ()  # --rates: the link sweep's grid
     delay: float | None = None  # --delay: milliseconds netem holds each frame (the link sweep)
     offload: bool = False  # --offload: the link sweep's hosts keep segmentation offload
+    # What each framework x mesh's step moves and a device holds (records.gated_costs), by case id:
+    # saved with the run's JSON (conftest.py), judged exactly by the gate.
+    costs: dict = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()  # the session's -p plugins, which its worker processes load too
 
 
 session = Session()

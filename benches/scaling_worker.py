@@ -19,6 +19,7 @@ options join a JAX process to the others on emulated hosts (``node_command``), a
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -53,6 +54,12 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
     from inputs import batch, weights
 
     import mtcore
+
+    # The bench session's -p plugins (tests/perf/): what changes its steps changes these too.
+    for name in filter(None, os.environ.get("MTCORE_WORKER_PLUGINS", "").split(",")):
+        plugin = importlib.import_module(name)
+        if hasattr(plugin, "pytest_configure"):
+            plugin.pytest_configure(None)
 
     be = mtcore.backend(framework, device, devices=devices, mesh=mesh)
     cfg, tcfg = mtcore.ModelConfig.preset(size), mtcore.TrainConfig(precision=precision)

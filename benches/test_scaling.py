@@ -58,6 +58,7 @@ class Workers:
         fw = framework(case.framework)
         self.processes = case.devices if fw.PROCESS_PER_DEVICE else (case.hosts or 1)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+        env["MTCORE_WORKER_PLUGINS"] = ",".join(session.plugins)  # a plugin that changes the step, there too
         self.hosts, self.procs = None, []
         try:
             if case.hosts:
@@ -206,6 +207,21 @@ def check_wire(workers: Workers) -> dict | None:
     return wire
 
 
+def keep_costs(case, workers: Workers) -> dict:
+    """What the case's step moved and a device held, the most loaded device's (the one that sends
+    most; the one that holds most, where a split is uneven), kept for the run's JSON as the gate
+    judges it (``records.gated_costs``, keyed by the engine and its version); returned whole."""
+    from mtcore.perf.records import gated_costs
+
+    records = [r["costs"] for r in workers.ready]
+    costs = {**max(records, key=lambda c: c["sent_bytes_per_step"]),
+             "held_bytes": max((c["held_bytes"] for c in records), key=lambda h: h["total"])}
+    fw = framework(case.framework)
+    session.costs[case.id] = gated_costs(case.framework, case.mesh or f"data:{case.devices}",
+                                         fw.collective_engine(case.device), fw.engine_version(case.device), costs)
+    return costs
+
+
 def transport(case, workers: Workers) -> str:
     """How the case's devices talked (as ``report.md`` says it)."""
     from mtcore.hosts import parse_rate
@@ -238,6 +254,7 @@ def test_train_step_scaling(benchmark, case, rounds):
                                 global_batch_rows=b.shape[0] * case.devices, tokens_per_step=tokens,
                                 transport=transport(case, workers), wire=wire)
     if case.devices > 1:  # what data parallelism moves: the same fields as the mesh bench's
+        keep_costs(case, workers)
         benchmark.extra_info.update(collectives=workers.ready[0]["costs"]["collectives"],
                                     sent_bytes_per_step=sent_per_step(workers))
     median = median_seconds(benchmark)
@@ -280,11 +297,7 @@ def test_train_step_mesh(benchmark, case, rounds):
         # what the mesh predicts (the most loaded one, where a split is uneven).
         for ready in workers.ready:
             check_first_loss(case, ready["first_loss"])
-        # The most loaded devices: the one that sends most (every device of a mesh sends alike), and
-        # the one that holds most (an uneven split holds more on one).
-        records = [r["costs"] for r in workers.ready]
-        costs = {**max(records, key=lambda c: c["sent_bytes_per_step"]),
-                 "held_bytes": max((c["held_bytes"] for c in records), key=lambda h: h["total"])}
+        costs = keep_costs(case, workers)
         held, predicted = costs["held_bytes"], costs["held_bytes_predicted"]
         assert abs(held["total"] / predicted["total"] - 1) < 0.05, (held, predicted)
         wire = check_wire(workers)

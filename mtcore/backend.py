@@ -71,6 +71,8 @@ class Framework(Protocol):
     # What carries the collectives on ``device`` ("gloo", "nccl", "xla-gloo"): costs.wire_prediction
     # predicts the bytes each sends.
     def collective_engine(self, device: str) -> str: ...
+    # Its version, part of what the regression gate keys the bytes a step moves by.
+    def engine_version(self, device: str) -> str: ...
     # Where the framework's step departs from the textbook's collectives (costs.Layout): what
     # mtcore plan --framework predicts.
     LAYOUT: Any

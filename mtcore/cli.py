@@ -163,13 +163,13 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
 
     result = regression.compare(args.base, args.head, threshold=args.threshold, floor=args.floor, alpha=args.alpha)
     text = regression.markdown(result)
-    if result.regressed and args.allow_regression:
+    if result.failed and args.allow_regression:
         text += "\nThe regression is allowed (--allow-regression: the pull request's perf-regression-ok label).\n"
     print(text, end="")
     regression.step_summary(text)
     if args.json:
         regression.write_json(result, args.json)
-    return 1 if result.regressed and not args.allow_regression else 0
+    return 1 if result.failed and not args.allow_regression else 0
 
 
 def cmd_bench_history(args: argparse.Namespace) -> int:
@@ -203,7 +203,7 @@ def cmd_bench_check(args: argparse.Namespace) -> int:
     paths = args.runs or sorted(glob.glob(history.CHECK_RUNS))
     result = history.check(paths, k=args.k, window=args.window, threshold=args.threshold)
     print(history.check_report(result))
-    return 1 if result.regressed else 0
+    return 1 if result.regressed or result.costs.regressed else 0
 
 
 def cmd_bench_export(args: argparse.Namespace) -> int:

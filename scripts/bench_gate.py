@@ -14,6 +14,11 @@ also gets this checkout's uncommitted ``mtcore/``), and this checkout's ``benche
 the base in a worktree, A/A gates had the head's train steps faster in every median; the cause is
 not pinned down, the symmetry removes it whatever it is: docs/findings/2026-12-01-figures-moved-from-code-comments.md.)
 
+First, once per tree and both trees at once, the ``costs`` bench (untimed): what each framework x
+mesh's step moves and a device holds, fixed by the program, the shapes and the engine; every timed
+session carries its tree's into its JSON (``--costs-from``) and ``mtcore bench-compare`` judges them
+exactly: any increase fails the gate (``--head-plugin tests/perf/extra_collective.py`` shows it).
+
 Every session runs the ``gate`` subset (train step and decode, tiny and small, fp32, default
 variants) on one pinned core (``--threads 1``: torch, XLA and BLAS pools of one), writing
 ``--benchmark-json`` files into ``--out``. A pair's two sessions run at once on that same core but
@@ -46,6 +51,7 @@ sys.path.insert(0, str(ROOT / "benches"))
 import turns  # noqa: E402 (the harness's turn-taking protocol, which both sessions speak)
 
 HARNESS = ("benches", "conftest.py", "pytest.ini")
+NO_TESTS = 5  # pytest's exit status when nothing was selected
 # One pinned core per session, the same pools for every library: the gate's numbers are per core.
 PINNED_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 SESSION_ARGS = ["-m", "gate", "--threads", "1", "-q", "-p", "no:cacheprovider", "--benchmark-max-time", "1"]
@@ -89,6 +95,34 @@ def session(tree: Path, json_path: Path, plugin: Path | None, extra: list[str]) 
     return rc, time.perf_counter() - start
 
 
+def costs(sessions: dict[str, tuple[Path, Path, Path | None]], extra: list[str]) -> dict[str, tuple[int, float]]:
+    """What each tree's step moves and a device holds (``pytest benches -m costs``, untimed), the
+    trees at once: fixed by the program, so collected once per tree, not per pair, and carried
+    into every timed session's JSON (``--costs-from``). Returns (exit status, seconds) per side."""
+    procs, logs, done = {}, [], {}
+    start = time.perf_counter()
+    try:
+        for side, (tree, json_path, plugin) in sessions.items():
+            env = _env()
+            args = [sys.executable, "-m", "pytest", "benches", "-m", "costs", "--threads", "1", "-q", "-p",
+                    "no:cacheprovider", "--costs-json", str(json_path), *extra]
+            if plugin is not None:
+                env["PYTHONPATH"] = str(plugin.parent)
+                args += ["-p", plugin.stem]
+            logs.append(open(json_path.with_suffix(".log"), "w"))  # noqa: SIM115 (closed below)
+            procs[side] = subprocess.Popen(args, cwd=tree, env=env, stdout=logs[-1], stderr=subprocess.STDOUT)
+        for side, proc in procs.items():
+            done[side] = (proc.wait(), time.perf_counter() - start)
+        return done
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for log in logs:
+            log.close()
+
+
 def pair(sessions: list[tuple[Path, Path, Path | None]], extra: list[str]) -> list[tuple[int, float]]:
     """Two sessions at once, taking turns round by round (benches/turns.py): each holds the turn in
     turn, the first gets the first one. Returns (exit status, seconds) of each."""
@@ -96,8 +130,8 @@ def pair(sessions: list[tuple[Path, Path, Path | None]], extra: list[str]) -> li
     procs, logs = [], []
     start = time.perf_counter()
     try:
-        for (tree, json_path, plugin), (spec, passed) in zip(sessions, ends, strict=True):
-            args, env = _command(json_path, plugin, extra)
+        for (tree, json_path, plugin, *own), (spec, passed) in zip(sessions, ends, strict=True):
+            args, env = _command(json_path, plugin, extra + [a for more in own for a in more])
             env[turns.ENV] = spec
             logs.append(open(json_path.with_suffix(".log"), "w"))  # noqa: SIM115 (closed below)
             procs.append(subprocess.Popen(args, cwd=tree, env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
@@ -133,9 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments for every session (after --)")
     args = parser.parse_args(argv)
     if args.once:
-        rc, seconds = session(ROOT, args.once.resolve(), None, args.pytest_args)
-        print(f"gate subset: {seconds:.0f} s, pytest exit {rc}; {args.once} (log: {args.once.with_suffix('.log')})")
-        return rc
+        path = args.once.resolve()
+        costs_json = path.with_name(path.stem + "-costs.json")
+        (rc_costs, costs_s), = costs({"this": (ROOT, costs_json, None)}, args.pytest_args).values()
+        rc, seconds = session(ROOT, path, None, args.pytest_args + (["--costs-from", str(costs_json)]
+                                                                     if costs_json.is_file() else []))
+        print(f"costs: {costs_s:.0f} s, pytest exit {rc_costs}; gate subset: {seconds:.0f} s, pytest exit {rc}; "
+              f"{args.once} (log: {args.once.with_suffix('.log')})")
+        return rc or (rc_costs if rc_costs != NO_TESTS else 0)
     if not args.base:
         parser.error("give --base (or --once)")
     out = args.out.resolve()
@@ -187,10 +226,24 @@ def _gate(trees: dict[str, Path], commit: str, out: Path, args, plugin: Path | N
     runs: dict[str, list[Path]] = {"base": [], "head": []}
     print(f"gate: base {commit[:12]} vs head {git('rev-parse', '--short=12', 'HEAD')} (+ working tree), "
           f"{args.pairs} pairs taking turns; JSON and logs in {out}", flush=True)
+    # What each tree's step moves and a device holds: once per tree, both at once (untimed).
+    costs_json = {side: out / f"{side}-costs.json" for side in trees}
+    collected = costs({side: (trees[side], costs_json[side], plugin if side == "head" else None) for side in trees},
+                      args.pytest_args)
+    print("  costs (untimed, both trees at once): " + ", ".join(
+        f"{side} {s:.0f} s (pytest exit {rc})" for side, (rc, s) in collected.items()), flush=True)
+    if collected["head"][0] not in (0, NO_TESTS):  # benches without a costs bench collect none: nothing to judge
+        print(f"bench_gate: the head's costs bench failed; see {costs_json['head'].with_suffix('.log')}", file=sys.stderr)
+        return 1
+    if collected["base"][0] not in (0, NO_TESTS):
+        warn(f"the base {commit[:12]} failed the head's costs bench ({costs_json['base'].with_suffix('.log')}): "
+             "what a step moves is not compared")
+    carried = {side: ["--costs-from", str(costs_json[side])] if collected[side][0] == 0 and costs_json[side].is_file()
+               else [] for side in trees}
     for i in range(args.pairs):
         order = ("base", "head") if i % 2 == 0 else ("head", "base")
         paths = {side: out / f"{side}-{i + 1}.json" for side in order}
-        results = pair([(trees[side], paths[side], plugin if side == "head" else None) for side in order],
+        results = pair([(trees[side], paths[side], plugin if side == "head" else None, carried[side]) for side in order],
                        args.pytest_args)
         result = dict(zip(order, results, strict=True))
         print(f"  pair {i + 1}/{args.pairs}, taking turns, {order[0]} first: "

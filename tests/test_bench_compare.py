@@ -540,3 +540,82 @@ def test_bench_check_needs_k_runs_of_this_machine(tmp_path, capsys):
     # With a third run of this machine it judges, and the 50% slower run fails.
     assert check_cli(*_check_history(tmp_path, [1.0, 1.0, 1.0, 1.5], start=40), *elsewhere) == 1
     assert "**REGRESSED**" in capsys.readouterr().out
+
+
+# ---- what a step moves and a device holds: judged exactly ----------------------------------------------
+def costs_case(all_reduces: int = 2, sent: int = 800_780, held: int = 2_402_304, engine_version: str = "torch 2.13.0+cpu",
+               **kinds) -> dict:
+    """One framework x mesh's costs as the benches keep them (records.gated_costs)."""
+    collectives = {"all-reduce": {"calls": all_reduces, "sent_bytes": sent}, **kinds}
+    return {"framework": "torch", "mesh": "data:2", "engine": "gloo", "engine_version": engine_version,
+            "batch_shape": [32, 32, 32], "sent_bytes_per_step": sum(k["sent_bytes"] for k in collectives.values()),
+            "held_bytes": held, "collectives": collectives}
+
+
+def with_costs(path: Path, cases: dict) -> Path:
+    data = json.loads(path.read_text())
+    data["mtcore_costs"] = {"cases": cases}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def costs_pairs(tmp_path: Path, base: dict, head: dict, n: int = 3) -> tuple[list[str], list[str]]:
+    b, h = pairs(tmp_path, [1.0] * n, [1.0] * n)
+    return ([str(with_costs(Path(p), base)) for p in b], [str(with_costs(Path(p), head)) for p in h])
+
+
+CASE = "torch-cpu-tiny-fp32-data2"
+
+
+def test_unchanged_costs_pass_and_say_so(tmp_path, capsys):
+    base, head = costs_pairs(tmp_path, {CASE: costs_case()}, {CASE: costs_case()})
+    assert run_cli("--base", *base, "--head", *head) == 0
+    out = capsys.readouterr().out
+    assert "What a step moves and a device holds (exact: any increase regresses; 1 framework x mesh cases)" in out
+    assert "4 of 4 numbers identical; 0 grew, 0 shrank." in out
+
+
+@pytest.mark.parametrize("head, grew", [
+    (costs_case(all_reduces=3, sent=800_784), ["all-reduce bytes/step", "all-reduce calls/step", "sent bytes/step"]),
+    (costs_case(held=2_402_308), ["held bytes"]),
+    (costs_case(**{"all-gather": {"calls": 1, "sent_bytes": 4}}), ["all-gather bytes/step", "all-gather calls/step",
+                                                                  "sent bytes/step"]),
+], ids=["one-all-reduce-more", "four-bytes-more-held", "a-new-kind"])
+def test_any_increase_of_what_a_step_moves_or_a_device_holds_regresses(tmp_path, capsys, head, grew):
+    """However small, and whatever the timing says: the timed runs here are the same."""
+    base, heads = costs_pairs(tmp_path, {CASE: costs_case()}, {CASE: head})
+    assert run_cli("--base", *base, "--head", *heads, "--json", str(tmp_path / "v.json")) == 1
+    out = capsys.readouterr().out
+    assert "No regression in 2 benchmarks." in out  # the times did not move
+    assert "**REGRESSED**" in out and "grew:**" in out
+    verdicts = json.loads((tmp_path / "v.json").read_text())["costs"]
+    assert sorted(x["name"] for x in verdicts["regressed"]) == grew
+
+
+def test_a_decrease_is_reported_not_failed(tmp_path, capsys):
+    base, head = costs_pairs(tmp_path, {CASE: costs_case(all_reduces=86)}, {CASE: costs_case(all_reduces=2)})
+    assert run_cli("--base", *base, "--head", *head) == 0
+    assert "| `torch-cpu-tiny-fp32-data2` | all-reduce calls/step | 86 | 2 | smaller |" in capsys.readouterr().out
+
+
+def test_costs_of_another_engine_version_are_not_compared(tmp_path, capsys):
+    base, head = costs_pairs(tmp_path, {CASE: costs_case()},
+                             {CASE: costs_case(all_reduces=9, engine_version="torch 2.14.0+cpu")})
+    assert run_cli("--base", *base, "--head", *head) == 0
+    assert "engines, their versions or the batch differ between the runs" in capsys.readouterr().out
+
+
+def test_bench_check_judges_the_costs_against_the_last_earlier_run(tmp_path, capsys):
+    paths = _check_history(tmp_path, [{}] * 2)
+    with_costs(Path(paths[0]), {CASE: costs_case()})
+    with_costs(Path(paths[1]), {CASE: costs_case(all_reduces=3, sent=800_784)})
+    assert check_cli(*paths) == 1  # too little history to judge the times; enough for the exact numbers
+    out = capsys.readouterr().out
+    assert "not enough history on this machine to judge the times" in out
+    assert "| `torch-cpu-tiny-fp32-data2` | all-reduce calls/step | 2 | 3 | **REGRESSED** |" in out
+
+
+def test_a_costs_block_that_is_not_the_benches_is_one_line(tmp_path, capsys):
+    (base,), (head,) = costs_pairs(tmp_path, {CASE: {"sent": 1}}, {CASE: costs_case()}, n=1)
+    assert run_cli("--base", base, "--head", head) == 2
+    assert "its mtcore_costs block is not what the benches write" in capsys.readouterr().err

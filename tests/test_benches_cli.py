@@ -212,3 +212,49 @@ def test_a_cpu_bf16_ratio_says_whether_the_cpu_has_bf16_arithmetic():
     assert "no bf16 arithmetic (avx512_bf16 / amx_bf16 absent): bf16 is emulated here" in without
     with_amx, = [line for line in summary._fair_fight(benchmarks, ("amx_bf16",)) if "bf16/fp32" in line]
     assert with_amx.endswith("(this CPU has bf16 arithmetic: amx_bf16)")
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.jax
+@pytest.mark.xdist_group("processes")
+def test_a_plugin_that_adds_one_collective_fails_the_gate_and_an_unchanged_tree_passes(tmp_path):
+    """The costs bench's numbers (untimed, as scripts/bench_gate.py collects them once per tree),
+    carried into timed runs of identical times: the same tree's pass bench-compare; with
+    tests/perf/extra_collective.py in the head's session and its workers, it fails, naming the
+    collective that grew, in both frameworks."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_bench_compare import pairs, with_costs
+
+    from mtcore.cli import main
+
+    select = ["-m", "costs", "-k", "data2", "--threads", "1"]
+    costs = {}
+    for name, plugin in (("base", []), ("head", ["-p", "extra_collective"])):
+        path = tmp_path / f"{name}-costs.json"
+        env_path = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = str(ROOT / "tests" / "perf")  # where -p finds the plugin, in workers too
+        try:
+            run = _pytest_benches(tmp_path, "--costs-json", str(path), *plugin, select=select, timeout=300)
+        finally:
+            os.environ.pop("PYTHONPATH") if env_path is None else os.environ.__setitem__("PYTHONPATH", env_path)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        costs[name] = json.loads(path.read_text())["mtcore_costs"]["cases"]
+    assert set(costs["base"]) == {"torch-cpu-tiny-fp32-data2", "jax-cpu-tiny-fp32-data2"}
+    base, head = pairs(tmp_path, [1.0] * 3, [1.0] * 3)
+    for side, files, which in (("unchanged", head, "base"), ("plugin", head, "head")):
+        for p in base:
+            with_costs(Path(p), costs["base"])
+        for p in files:
+            with_costs(Path(p), costs[which])
+        verdicts = tmp_path / f"{side}.json"
+        rc = main(["bench-compare", "--base", *base, "--head", *files, "--json", str(verdicts)])
+        regressed = json.loads(verdicts.read_text())["costs"]["regressed"]
+        if side == "unchanged":
+            assert rc == 0 and regressed == []
+        else:
+            assert rc == 1
+            grew = {(x["case"], x["name"]): (x["base"], x["head"]) for x in regressed}
+            for fw in ("torch", "jax"):
+                before, after = grew[(f"{fw}-cpu-tiny-fp32-data2", "all-reduce calls/step")]
+                assert after == before + 1, grew

@@ -58,6 +58,13 @@ def collective_engine(device: str) -> str:
     return {"cpu": "xla-gloo", "gpu": "xla-nccl"}.get(device, "xla-ici")
 
 
+def engine_version(device: str) -> str:
+    """The version of ``collective_engine(device)``: XLA's collectives are built into jaxlib."""
+    import jaxlib
+
+    return f"jaxlib {jaxlib.__version__}"
+
+
 # Where JAX's compiled step departs from the textbook's collectives (XLA reduces the tied embedding's
 # gradient per use; its CPU backend all-reduces where FSDP reduce-scatters): mtcore plan --framework jax.
 LAYOUT = Layout(embedding_gathered_once=True, embedding_reduced_per_use=True, fsdp_gradients_all_reduced_on=("cpu",))

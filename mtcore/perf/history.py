@@ -10,6 +10,7 @@ import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mtcore.perf.records import BadRuns, Run, as_dict, fingerprint_id, finite, load_run, median_time
 
@@ -130,6 +131,7 @@ class Check:
     judged: list[Judged]
     k: int
     threshold: float
+    costs: Any = None  # regression.CostJudgement: the latest's costs against the last earlier run's that holds them
 
     @property
     def enough(self) -> bool:
@@ -151,16 +153,26 @@ def check(paths: list[str | Path], k: int = K, window: int = WINDOW, threshold: 
     latest = runs[-1]
     same = [r for r in runs[:-1] if r.fingerprint == latest.fingerprint and r.threads == latest.threads][-window:]
     judged = judge(latest, same, fingerprint_id(latest.fingerprint), threshold, min_runs=k) if len(same) >= k else []
-    return Check(latest, same, judged, k, threshold)
+    # Exact, so one earlier run is enough: the last of this machine's that holds each case's costs.
+    from mtcore.perf.regression import judge_costs
+
+    earlier = {case: r.costs for r in same for case in r.costs}  # the latest run holding each case wins
+    previous = {case: costs[case] for case, costs in earlier.items() if case in latest.costs}
+    costs = judge_costs([previous], [{c: latest.costs[c] for c in previous}]) if previous else judge_costs([], [])
+    return Check(latest, same, judged, k, threshold, costs)
 
 
 def check_report(c: Check) -> str:
     """What make bench-check prints: the verdict per benchmark, and what this machine can see."""
+    from mtcore.perf.regression import costs_markdown
+
     head = (f"{c.latest.path}: {len(c.latest.benchmarks)} benchmarks on {fingerprint_id(c.latest.fingerprint)}, "
             f"threads {c.latest.threads}")
+    costs = costs_markdown(c.costs, "last earlier run", "this run") if c.costs else []
     if not c.enough:
-        return (f"{head}\nnot enough history on this machine to judge ({len(c.history)} of {c.k} saved runs of this "
-                "hardware and thread budget before this one); saved, so the next runs build it")
+        return "\n".join([f"{head}\nnot enough history on this machine to judge the times ({len(c.history)} of {c.k} "
+                          "saved runs of this hardware and thread budget before this one); saved, so the next runs "
+                          "build it", *costs])
     pct = f"{100 * c.threshold:g}%"
     lines = [head, f"judged against the median of the last {len(c.history)} saved runs of this machine: a benchmark "
              f"regresses past both +{pct} and {BAND:g}x the largest run-to-run deviation its history shows", "",
@@ -186,7 +198,7 @@ def check_report(c: Check) -> str:
     if seen:
         lines += ["", f"the smallest slowdown this machine can see: {seen[0]:.2f}x (median benchmark {seen[len(seen) // 2]:.2f}x, "
                   f"largest {seen[-1]:.2f}x); {len(c.regressed)} regressed"]
-    return "\n".join(lines)
+    return "\n".join(lines + costs)
 
 
 def short_commit(run: Run) -> str:

@@ -9,7 +9,7 @@ import json
 import math
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class Run:
     commit_info: dict
     datetime: str
     benchmarks: dict[str, dict]  # fullname -> pytest-benchmark's entry
+    costs: dict[str, dict] = field(default_factory=dict)  # case id -> what a step of it moves and a device holds (``gated_costs``)
 
     @property
     def fingerprint(self) -> dict:
@@ -71,7 +72,50 @@ def load_run(path: str | Path, samples: bool = True) -> Run:
         benchmarks[name] = entry
     if not benchmarks:
         raise BadRuns(f"{path}: no timed benchmark in it (was it run with --benchmark-disable?)")
-    return Run(path, data["machine_info"], as_dict(data.get("commit_info")), str(data.get("datetime", "")), benchmarks)
+    return Run(path, data["machine_info"], as_dict(data.get("commit_info")), str(data.get("datetime", "")), benchmarks,
+               run_costs(data, path))
+
+
+# ---- what a step moves and a device holds: fixed by the program, gated exactly ---------------------------
+COSTS_KEY = "mtcore_costs"  # where a bench run's JSON keeps them (benches/conftest.py writes it)
+
+
+def gated_costs(framework: str, mesh: str, engine: str, engine_version: str, record: dict) -> dict:
+    """What the gate judges of one framework x mesh from a ``costs.costs_record`` (the most
+    loaded device's): the bytes a step sends, the collectives it runs by kind (calls and bytes
+    sent), the bytes a device holds; keyed by the engine that carried them and its version
+    (gloo, XLA's CPU collectives and NCCL move other bytes for the same step)."""
+    kinds: dict[str, dict[str, int]] = {}
+    for c in record["collectives"]:
+        row = kinds.setdefault(c["kind"], {"calls": 0, "sent_bytes": 0})
+        row["calls"] += int(c["calls"])
+        row["sent_bytes"] += int(c["sent"])
+    return {"framework": framework, "mesh": mesh, "engine": engine, "engine_version": engine_version,
+            "batch_shape": list(record["batch_shape"]), "sent_bytes_per_step": int(record["sent_bytes_per_step"]),
+            "held_bytes": int(record["held_bytes"]["total"]), "collectives": dict(sorted(kinds.items()))}
+
+
+def costs_values(costs: dict) -> dict[str, int]:
+    """One case's gated numbers by name: ``sent bytes/step``, ``held bytes``, ``KIND calls/step``
+    and ``KIND bytes/step`` for every kind of collective it runs."""
+    out = {"sent bytes/step": costs["sent_bytes_per_step"], "held bytes": costs["held_bytes"]}
+    for kind, row in costs["collectives"].items():
+        out[f"{kind} calls/step"] = row["calls"]
+        out[f"{kind} bytes/step"] = row["sent_bytes"]
+    return out
+
+
+def run_costs(data: dict, path: Path) -> dict[str, dict]:
+    """The costs a run's JSON keeps (``COSTS_KEY``): ``{case id: gated_costs}``; none where it has none."""
+    block = data.get(COSTS_KEY)
+    if block is None:
+        return {}
+    cases = as_dict(block).get("cases")
+    if not isinstance(cases, dict) or not all(isinstance(c, dict) and {"engine", "engine_version", "collectives",
+                                                                        "sent_bytes_per_step", "held_bytes"} <= set(c)
+                                              for c in cases.values()):
+        raise BadRuns(f"{path}: its {COSTS_KEY} block is not what the benches write (cases of framework x mesh)")
+    return cases
 
 
 def median_time(entry: dict) -> float:

@@ -25,7 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtcore.errors import MTCoreError
-from mtcore.perf.records import BadRuns, Run, as_dict, check_comparable, describe, fingerprint_id, finite, load_run, median_time
+from mtcore.perf.records import (
+    BadRuns,
+    Run,
+    as_dict,
+    check_comparable,
+    costs_values,
+    describe,
+    fingerprint_id,
+    finite,
+    load_run,
+    median_time,
+)
 
 # Calibrated by A/A and slowdown gates (scripts/gate_calibration.py): the threshold sits above every
 # A/A gate's median pair ratio with room; the floor asks every pair to agree, beyond the spread of
@@ -91,6 +102,90 @@ def samples(entry: dict, metric: Metric) -> list[float] | None:
         tokens = rate * statistics.median(data)
         return [tokens / x for x in data if x > 0]
     return None
+
+
+# ---- what a step moves and a device holds: exact -------------------------------------------------
+@dataclass(frozen=True)
+class CostChange:
+    """One gated number of one framework x mesh (``records.costs_values``), base against head.
+    The program, the shapes and the engine fix it: any increase is a regression, however noisy
+    the runner's timing; a decrease is reported."""
+
+    case: str
+    name: str
+    base: int
+    head: int
+
+    @property
+    def verdict(self) -> str:
+        return "regressed" if self.head > self.base else "smaller" if self.head < self.base else "same"
+
+
+@dataclass
+class CostJudgement:
+    changes: list[CostChange]
+    notes: list[str]  # cases not compared, and why
+
+    @property
+    def regressed(self) -> list[CostChange]:
+        return [c for c in self.changes if c.verdict == "regressed"]
+
+    @property
+    def smaller(self) -> list[CostChange]:
+        return [c for c in self.changes if c.verdict == "smaller"]
+
+    @property
+    def cases(self) -> int:
+        return len({c.case for c in self.changes})
+
+
+def judge_costs(base: list[dict[str, dict]], head: list[dict[str, dict]]) -> CostJudgement:
+    """Every framework x mesh whose costs every base and every head run holds, number by number
+    (a kind of collective one side lacks counts 0 there); a case whose engine, engine version or
+    batch differs between the runs is not compared, and a number that differs between the runs of
+    one side is noted (it should not: the judgement takes that side's largest)."""
+    changes, notes = [], []
+    if not base or not head:
+        return CostJudgement(changes, notes)
+    in_base = set.intersection(*(set(c) for c in base))
+    in_head = set.intersection(*(set(c) for c in head))
+    for case in sorted(in_base ^ in_head):
+        notes.append(f"{case}: in the {'base' if case in in_base else 'head'} runs only; not compared")
+    for case in sorted(in_base & in_head):
+        runs = [c[case] for c in base + head]
+        keys = {(r["engine"], r["engine_version"], tuple(r.get("batch_shape") or ())) for r in runs}
+        if len(keys) > 1:
+            notes.append(f"{case}: engines, their versions or the batch differ between the runs "
+                         f"({'; '.join(sorted(f'{e} ({v}), batch {list(b)}' for e, v, b in keys))}); not compared")
+            continue
+        values_b = [costs_values(c[case]) for c in base]
+        values_h = [costs_values(c[case]) for c in head]
+        for name in sorted(set().union(*values_b, *values_h)):
+            b = [v.get(name, 0) for v in values_b]
+            h = [v.get(name, 0) for v in values_h]
+            for side, vs in (("base", b), ("head", h)):
+                if len(set(vs)) > 1:
+                    notes.append(f"{case}: {name} differs between the {side} runs ({', '.join(map(str, vs))})")
+            changes.append(CostChange(case, name, max(b), max(h)))
+    return CostJudgement(changes, notes)
+
+
+def costs_markdown(j: CostJudgement, base: str = "base", head: str = "head") -> list[str]:
+    """The exact judgement's lines: every number that changed, and the count of those that did not."""
+    if not j.changes and not j.notes:
+        return []
+    lines = ["", f"### What a step moves and a device holds (exact: any increase regresses; {j.cases} framework x mesh "
+             "cases)", ""]
+    moved = [c for c in j.changes if c.verdict != "same"]
+    if moved:
+        lines += [f"| case | number | {base} | {head} | verdict |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| `{c.case}` | {c.name} | {c.base:,} | {c.head:,} | "
+                  f"{'**REGRESSED**' if c.verdict == 'regressed' else 'smaller'} |" for c in moved]
+        lines.append("")
+    lines.append(f"{len(j.changes) - len(moved)} of {len(j.changes)} numbers identical; {len(j.regressed)} grew, "
+                 f"{len(j.smaller)} shrank.")
+    lines += [f"- {n}" for n in j.notes]
+    return lines
 
 
 # ---- comparing -------------------------------------------------------------------------------
@@ -179,11 +274,17 @@ class Comparison:
     threshold: float
     floor: float
     alpha: float
+    costs: CostJudgement = field(default_factory=lambda: CostJudgement([], []))
 
     @property
     def regressed(self) -> dict[str, list[Change]]:
         return {name: [c for c in changes if c.verdict == "regressed"] for name, changes in self.rows.items()
                 if any(c.verdict == "regressed" for c in changes)}
+
+    @property
+    def failed(self) -> bool:
+        """A timed metric regressed, or a step moves or a device holds more."""
+        return bool(self.regressed or self.costs.regressed)
 
 
 def compare(base_paths: list[str | Path], head_paths: list[str | Path], threshold: float = TIME_THRESHOLD,
@@ -210,7 +311,8 @@ def compare(base_paths: list[str | Path], head_paths: list[str | Path], threshol
     new = sorted(in_all_head - any_base)
     removed = sorted(in_all_base - any_head)
     incomplete = sorted(in_any - set(rows) - set(new) - set(removed))
-    return Comparison(base, head, rows, groups, new, removed, incomplete, threshold, floor, alpha)
+    return Comparison(base, head, rows, groups, new, removed, incomplete, threshold, floor, alpha,
+                      judge_costs([r.costs for r in base if r.costs], [r.costs for r in head if r.costs]))
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -277,6 +379,11 @@ def markdown(c: Comparison) -> str:
                              f"(pairs {', '.join(f'{r:.3f}' for r in ch.ratios)}{p})")
     else:
         lines.append(f"No regression in {len(c.rows)} benchmarks.")
+    lines += costs_markdown(c.costs)
+    if c.costs.regressed:
+        lines += ["", f"**{len(c.costs.regressed)} number{'s' * (len(c.costs.regressed) > 1)} of what a step moves or "
+                  "a device holds grew:** " + "; ".join(f"`{x.case}` {x.name} {x.base:,} -> {x.head:,}"
+                                                       for x in c.costs.regressed)]
     return "\n".join(lines) + "\n"
 
 
@@ -289,6 +396,8 @@ def write_json(c: Comparison, path: str | Path) -> None:
         "incomplete": c.incomplete,
         "benchmarks": {name: {ch.metric.key: {"verdict": ch.verdict, "ratios": ch.ratios, "p": ch.p}
                               for ch in changes} for name, changes in c.rows.items()},
+        "costs": {"regressed": [vars(x) for x in c.costs.regressed], "smaller": [vars(x) for x in c.costs.smaller],
+                  "compared": len(c.costs.changes), "notes": c.costs.notes},
     }
     Path(path).write_text(json.dumps(out, indent=1))
 

@@ -61,6 +61,13 @@ def collective_engine(device: str) -> str:
     return "nccl" if device == "gpu" else "gloo"
 
 
+def engine_version(device: str) -> str:
+    """The version of ``collective_engine(device)``: NCCL's own; gloo is built into torch."""
+    if device == "gpu" and torch.cuda.is_available():
+        return "NCCL " + ".".join(map(str, torch.cuda.nccl.version()))
+    return f"torch {torch.__version__}"
+
+
 # Where torch's step departs from the textbook's collectives (FSDP2 keeps the root group, the tied
 # embedding, gathered from the forward to the backward): what mtcore plan --framework torch predicts.
 LAYOUT = Layout(embedding_gathered_once=True)
