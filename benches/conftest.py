@@ -65,6 +65,10 @@ def pytest_addoption(parser):
     group.addoption("--point-seconds", type=float, default=POINT_SECONDS,
                     help=f"the link sweep: timed steps per point to fill this many seconds, at least {MIN_STEPS} and at "
                          f"most {MAX_STEPS} (default: %(default)s)")
+    group.addoption("--profile", metavar="DIR",
+                    help="after a train bench's timed rounds (one device, and the scaling and mesh benches' workers), "
+                         "trace a few more steps with the framework's profiler: one Chrome-JSON trace per process in DIR, "
+                         "and where each step's time went in extra_info (docs/measurement.md#traces); off by default")
     group.addoption("--costs-json", help="write what each framework x mesh's step moved and a device held (the costs "
                                          "bench, the mesh and scaling benches) to this file as well as into "
                                          "--benchmark-json (scripts/bench_gate.py collects them once per tree)")
@@ -143,6 +147,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "costs: what a step moves and a device holds per framework x mesh, untimed "
                                        "(pytest benches -m costs; the gate's exact numbers)")
     session.plugins = _plugins(config)
+    if config.getoption("--profile"):
+        from pathlib import Path
+
+        session.profile = Path(config.getoption("--profile")).resolve()
+        session.profile.mkdir(parents=True, exist_ok=True)
     try:
         frameworks, devices, _ = selection(config)
         budget = threads.parse(config.getoption("--threads"))

@@ -49,6 +49,7 @@ class Session:
     # saved with the run's JSON (conftest.py), judged exactly by the gate.
     costs: dict = field(default_factory=dict)
     plugins: tuple[str, ...] = ()  # the session's -p plugins, which its worker processes load too
+    profile: Any = None  # --profile DIR: where the train benches write a trace of a few steps after timing
 
 
 session = Session()
@@ -178,3 +179,20 @@ def check_first_loss(case, loss: float) -> None:
     assert loss == pytest.approx(want, rel=tolerance), f"{case.id}: loss {loss} vs {want}"
 
 
+
+
+PROFILED_STEPS = 3
+
+
+def profile_steps(benchmark, case, run) -> None:
+    """--profile: after the timed rounds, ``PROFILED_STEPS`` more steps (``run``: one synced step)
+    under the framework's profiler, the trace in the --profile folder named by case, framework and
+    rank, and where the median step's time went in ``extra_info`` (mtcore.perf.trace)."""
+    if session.profile is None or median_seconds(benchmark) is None:
+        return
+    from mtcore.backend import framework
+    from mtcore.perf.trace import summary, traced_steps
+
+    path = session.profile / f"{case.id}-{case.framework}-rank0.trace.json.gz"
+    steps = traced_steps(framework(case.framework), path, case.device, run, PROFILED_STEPS)
+    benchmark.extra_info.update(traces=[str(path)], breakdown=[{"process": 0, **summary(steps)}])

@@ -7,7 +7,9 @@ and takes the first step, reports ``{"first_loss", "compile_s"}``, then for ever
 one synced step and answers ``ok`` (every rank answers; the bench waits for all); for every ``comm``
 line, one all-reduce of the bytes the step all-reduces, alone, and ``ok``; for every ``latency``
 line, ``LATENCY_CALLS`` all-reduces of one float after a few to warm up, and ``ok SECONDS``, the
-median call (the link sweep's latency per message, as scripts/link_latency.py measures it).
+median call (the link sweep's latency per message, as scripts/link_latency.py measures it); for a
+``profile PREFIX`` line, a few steps under the framework's profiler, the trace written to
+``PREFIX-FRAMEWORK-rankR.trace.json.gz``, and ``ok JSON``: where the median step's time went.
 
     python benches/scaling_worker.py FRAMEWORK DEVICE DEVICES SIZE PRECISION THREADS SOCKET [MESH]
         [--coordinator HOST:PORT --num-processes N --process-id I]
@@ -37,6 +39,7 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
     from mtcore.costs import costs_record
     from mtcore.perf.setup import set_up
     from mtcore.perf.timing import call_seconds
+    from mtcore.perf.trace import summary, traced_steps
 
     local = int(os.environ.get("LOCAL_RANK", 0))
     # The one process set-up, as the bench process and mtcore train have it; a torch rank per
@@ -51,7 +54,7 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
         fw(framework).initialize_distributed(coordinator, num_processes, process_id,
                                              cpu_devices=devices // num_processes if device == "cpu" else None)
 
-    from inputs import batch, weights
+    from inputs import PROFILED_STEPS, batch, weights
 
     import mtcore
 
@@ -98,6 +101,16 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
                 probe()
             elif line.strip() == "latency" and ping is not None:
                 answer = f" {float(np.median(call_seconds(ping, LATENCY_CALLS, warmup=20)))!r}"
+            elif line.startswith("profile "):  # PREFIX: a trace of a few steps to PREFIX-rank{r}.trace.json.gz
+                path = f"{line.split(' ', 1)[1].strip()}-{framework}-rank{be.world.process}.trace.json.gz"
+
+                def one_step():
+                    nonlocal state
+                    state, metrics = step(state, data)
+                    be.sync(metrics["loss"])
+
+                steps = traced_steps(fw(framework), path, device, one_step, PROFILED_STEPS)
+                answer = " " + json.dumps({"process": be.world.process, "trace": path, **summary(steps)})
             else:
                 break
             stream.write(f"ok{answer}\n")

@@ -122,6 +122,15 @@ class Workers:
             answers.append(answer)
         return answers
 
+    def profile(self, benchmark) -> None:
+        """--profile: after the timed rounds, a few more steps traced on every process (one trace
+        each, in the --profile folder) and where each process's median step went, in ``extra_info``."""
+        if session.profile is None or median_seconds(benchmark) is None:
+            return
+        answers = [json.loads(a) for a in self.step(f"profile {session.profile / self.case.id}")]
+        benchmark.extra_info.update(traces=[a["trace"] for a in answers],
+                                    breakdown=[{k: v for k, v in a.items() if k != "trace"} for a in answers])
+
     def all_reduce_seconds(self, calls: int) -> float:
         """Median seconds of the step's all-reduce alone (one call of all its bytes), after one
         call that warms it up."""
@@ -245,6 +254,7 @@ def test_train_step_scaling(benchmark, case, rounds):
             check_first_loss(case, ready["first_loss"])  # the tiled batch's loss is the one-batch loss
         wire = check_wire(workers)
         timed(benchmark, workers.step, rounds)
+        workers.profile(benchmark)
         timing = median_seconds(benchmark) is not None
         all_reduce_s = workers.all_reduce_seconds(min(rounds or 10, 20)) if case.devices > 1 and timing else None
     b = batch(case.size)
@@ -302,6 +312,7 @@ def test_train_step_mesh(benchmark, case, rounds):
         assert abs(held["total"] / predicted["total"] - 1) < 0.05, (held, predicted)
         wire = check_wire(workers)
         timed(benchmark, workers.step, rounds)
+        workers.profile(benchmark)
     sent = costs["sent_bytes_per_step"]
     benchmark.extra_info.update(
         case=case.id, mesh=case.mesh, world_size=case.devices, processes=workers.processes,

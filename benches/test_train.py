@@ -10,7 +10,17 @@ import math
 
 import numpy as np
 import pytest
-from inputs import batch, check_first_loss, gemm_peak, median_seconds, reference_logits, thread_budget, timed, weights
+from inputs import (
+    batch,
+    check_first_loss,
+    gemm_peak,
+    median_seconds,
+    profile_steps,
+    reference_logits,
+    thread_budget,
+    timed,
+    weights,
+)
 
 from mtcore.metrics import train_step_flops
 from mtcore.perf.timing import HostMemory, process_max_rss_bytes
@@ -42,6 +52,7 @@ def test_train_step(benchmark, case, rounds):
 
     loss = timed(benchmark, one_step, rounds)
     assert math.isfinite(float(loss)), f"{case.id}: loss became {float(loss)}"
+    profile_steps(benchmark, case, one_step)  # --profile: a few more steps, traced, after the timed ones
 
     median = median_seconds(benchmark)
     b = batch(case.size, case.rows)

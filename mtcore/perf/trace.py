@@ -26,6 +26,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +66,29 @@ def spans(events: Iterable[dict], name: str | None = None) -> list[dict]:
 def step_windows(events: list[dict]) -> list[Interval]:
     """The traced steps' windows (start, end) in microseconds, in order: the ``STEP_EVENT`` spans."""
     return sorted((e["ts"], e["ts"] + e["dur"]) for e in spans(events, STEP_EVENT))
+
+
+# ---- tracing steps ---------------------------------------------------------------------------------
+def traced_step(fw: Any, i: int, run: Callable[[], Any]) -> tuple[Any, float]:
+    """``run()`` (one step, synced) in the step's span of framework ``fw``'s profiler
+    (``Framework.step_annotation``): its result and its seconds, on the clock inside the span (a
+    profiler's first span pays its own set-up on entering)."""
+    with fw.step_annotation(i):
+        start = time.perf_counter()
+        out = run()
+        return out, time.perf_counter() - start
+
+
+def traced_steps(fw: Any, path: str | os.PathLike, device: str, run: Callable[[], Any],
+                 steps: int = 3) -> list[StepBreakdown]:
+    """``steps`` calls of ``run()`` (one synced step each) under ``fw``'s profiler, the trace
+    written to ``path``, read back and broken down (what the benches' ``--profile`` does; the
+    trainer's does the same inside its loop)."""
+    clock = []
+    with fw.profiled(path, device):
+        for i in range(steps):
+            clock.append(traced_step(fw, i, run)[1])
+    return breakdown(read_trace(path), fw.trace_kind, clock)
 
 
 # ---- interval arithmetic -------------------------------------------------------------------------

@@ -389,17 +389,20 @@ class StepTracer:
         return self.first <= i <= self.last
 
     def step(self, i: int, step_fn, state, batch):
+        from mtcore.perf.trace import traced_step
+
         be = self.trainer.be
         if i == self.first:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.stack.enter_context(self.fw.profiled(self.path, self.trainer.rc.device))
+        def run():
+            state_, m_ = step_fn(state, batch)
+            be.sync(m_["loss"])
+            return state_, m_
+
         try:
-            # The clock inside the span: a profiler's first span pays its own set-up on entering.
-            with self.fw.step_annotation(i):
-                start = time.perf_counter()
-                state, m = step_fn(state, batch)
-                be.sync(m["loss"])
-                self.clock.append(time.perf_counter() - start)
+            (state, m), seconds = traced_step(self.fw, i, run)
+            self.clock.append(seconds)
         except BaseException:
             self.stack.close()
             raise
