@@ -250,14 +250,16 @@ def _model_config(run: Path):
 
 def planned_communication(record: dict[str, Any], cfg) -> float | None:
     """Seconds ``mtcore plan`` gives the recorded step's collectives over the rank's emulated link
-    (the engine's framed bytes over the shaped rate; no latency term): None off such a link."""
+    (the engine's framed bytes over the rate tc shaped it to; no latency term): None off such a link."""
     from mtcore.backend import framework
     from mtcore.costs import plan
     from mtcore.parallel import MeshShape
 
     wire, costs = record.get("wire") or {}, record.get("costs") or {}
     rate = wire.get("link_rate_bits_per_s")
-    if cfg is None or not (wire.get("crossed_network") and rate and costs.get("batch_shape")):
+    # A rate tc shaped is the link's; an unshaped veth reports a speed its host's core cannot reach.
+    shaped = str(wire.get("link_rate_source", "")).startswith("shaped")
+    if cfg is None or not (wire.get("crossed_network") and rate and shaped and costs.get("batch_shape")):
         return None
     fw = framework(record["framework"])
     row = plan(cfg, [MeshShape.parse(record["mesh"])], *costs["batch_shape"],
