@@ -121,3 +121,23 @@ def test_profile_is_off_by_default_and_writes_nothing(tmp_path):
     args = build_parser().parse_args(["train", "--out", str(tmp_path), "--profile"])
     assert args.profile == "on"
     assert build_parser().parse_args(["train", "--out", str(tmp_path)]).profile == "off"
+
+
+@pytest.mark.torch
+def test_torchs_backward_nodes_are_not_arithmetic_of_their_own():
+    """FSDP2's post-backward hook waits for its reduce-scatter inside the autograd node that runs
+    it: the wait (no op of its own) is communication where gloo's thread works, not arithmetic."""
+    if mtcore.available("torch"):
+        pytest.skip(mtcore.available("torch"))
+    kind = framework("torch").trace_kind
+
+    def op(name, ts, dur, tid=1, cat="cpu_op"):
+        return {**event(name, ts, dur, tid=tid), "cat": cat}
+
+    events = [op(STEP_EVENT, 0, 100, cat="user_annotation"),
+              op("autograd::engine::evaluate_function: RegisterPostBackwardFunctionBackward", 0, 100),
+              op("RegisterPostBackwardFunctionBackward", 0, 100), op("aten::mm", 10, 20),
+              op("gloo:all_reduce", 40, 50, tid=2, cat="user_annotation")]
+    (step,) = breakdown(events, kind)
+    assert step.arithmetic == pytest.approx(20 * US) and step.exposed == pytest.approx(50 * US)
+    assert step.idle == pytest.approx(30 * US)

@@ -102,6 +102,11 @@ def step_annotation(step: int):
 _COMM_PREFIXES = ("gloo:", "nccl:", "ucc:", "mpi:", "c10d::", "c10d_functional::", "_c10d_functional::")
 
 
+# The backward graph's nodes wrap the ops they run; outside those ops they are the autograd engine and
+# the hooks it calls (FSDP's post-backward hook waits for its reduce-scatter there), not arithmetic.
+_AUTOGRAD_NODE = "autograd::engine::evaluate_function"
+_BACKWARD_NODE = ("Backward", "Backward0", "Backward1")
+
 # torch.compile compiling a frame it has not seen (a new shape, a guard that failed).
 _COMPILING = ("_compile.compile_inner", "compile_fx", "TorchDynamo")
 
@@ -116,6 +121,8 @@ def trace_kind(event: dict) -> str | None:
         return "compile"
     if name.startswith(_COMM_PREFIXES) or (cat == "kernel" and "nccl" in name.lower()):
         return "comm" if cat in ("cpu_op", "user_annotation", "kernel") else None
+    if cat == "cpu_op" and (name.startswith(_AUTOGRAD_NODE) or name.endswith(_BACKWARD_NODE)):
+        return None  # a node of the backward graph: its ops count; its own time is the engine and hooks
     if cat in ("cpu_op", "kernel", "gpu_memcpy", "gpu_memset"):
         return "compute"
     return None

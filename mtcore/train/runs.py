@@ -233,12 +233,27 @@ def breakdown_rows(directory: str | os.PathLike) -> list[dict[str, Any]]:
         wire = [r["wire"] for r in traced if (r.get("wire") or {}).get("crossed_network")]
         for r in sorted((r for r in traced if r.get("profile")), key=lambda r: r["process"]):
             p = r["profile"]
-            rows.append({**p["median"], "run": name, "framework": r["framework"], "device": r["device"],
+            rows.append({**_breakdown(directory / name, r), "run": name, "framework": r["framework"], "device": r["device"],
                          "mesh": r.get("mesh") or f"data:{r['world_size']}", "process": r["process"],
                          "processes": r["processes"], "epoch": p["epoch"], "steps_traced": p["steps_traced"],
                          "trace": f"{name}/{p['trace']}", "transport": transport(r, wire),
                          "planned_communication": planned_communication(r, _model_config(directory / name))})
     return rows
+
+
+def _breakdown(run: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The median traced step of a rank file's profile, computed again from its trace where the
+    trace is there (the reader and the framework's account of its events as they are now, on the
+    step clocks the run recorded), else as the run stored it."""
+    from mtcore.backend import framework
+    from mtcore.perf.trace import breakdown, read_trace, summary
+
+    p = record["profile"]
+    path = run / p["trace"]
+    if not path.is_file():
+        return p["median"]
+    return summary(breakdown(read_trace(path), framework(record["framework"]).trace_kind,
+                             clock=[s["step"] for s in p["steps"]]))
 
 
 def _model_config(run: Path):
