@@ -128,7 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if metrics is not None and (ranks or not os.environ.get("MTCORE_LAUNCHED")):  # once, where the user looks
         print(_summary(metrics))
         rank_files = f"rank files: {args.out}/rank*_results_epoch*.json; " if ranks else ""
-        print(f"metrics: {args.out}/metrics.json; {rank_files}checkpoint: {args.out}/checkpoints")
+        traces = f"; traces: {args.out}/traces (where each step's time went: the rank files' profile)" if (
+            args.profile == "on") else ""
+        print(f"metrics: {args.out}/metrics.json; {rank_files}checkpoint: {args.out}/checkpoints{traces}")
     return 0
 
 
