@@ -169,6 +169,9 @@ def pytest_configure(config):
                                compile_cache=False)
     except MTCoreError as e:
         machine.stop(str(e))
+    if (config.getoption("--costs-json") and getattr(config.option, "numprocesses", None)
+            and not os.environ.get("PYTEST_XDIST_WORKER")):
+        machine.stop("--costs-json: the costs are kept in the process that runs the benches; drop -n")
     if config.getoption("--costs-from"):
         try:
             from mtcore.perf.records import run_costs
@@ -208,10 +211,11 @@ def _plugins(config) -> tuple[str, ...]:
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    """A run's JSON keeps the costs its benches collected (``mtcore.perf.records.COSTS_KEY``)."""
-    from mtcore.perf.records import COSTS_KEY
-
+    """A run's JSON keeps the costs its benches collected (``mtcore.perf.records.COSTS_KEY``).
+    Nothing is imported without them: the gate runs these benches on an older mtcore too."""
     if session.costs:
+        from mtcore.perf.records import COSTS_KEY
+
         output_json[COSTS_KEY] = {"cases": dict(sorted(session.costs.items()))}
 
 
@@ -221,12 +225,12 @@ def pytest_sessionfinish(session, exitstatus):
 
 def _costs_file(config) -> None:
     """--costs-json: the session's costs, on their own."""
-    from mtcore.files import write_text
-    from mtcore.perf.records import COSTS_KEY
-
     path = config.getoption("--costs-json")
     if path and not os.environ.get("PYTEST_XDIST_WORKER"):
         from inputs import session as bench_session
+
+        from mtcore.files import write_text
+        from mtcore.perf.records import COSTS_KEY
 
         write_text(path, json.dumps({COSTS_KEY: {"cases": dict(sorted(bench_session.costs.items()))}}, indent=1))
 

@@ -191,8 +191,8 @@ def profile_steps(benchmark, case, run) -> None:
     if session.profile is None or median_seconds(benchmark) is None:
         return
     from mtcore.backend import framework
-    from mtcore.perf.trace import summary, traced_steps
+    from mtcore.perf.trace import summary, trace_path, traced_steps
 
-    path = session.profile / f"{case.id}-{case.framework}-rank0.trace.json.gz"
+    path = trace_path(session.profile, case.id, case.framework, 0)
     steps = traced_steps(framework(case.framework), path, case.device, run, PROFILED_STEPS)
     benchmark.extra_info.update(traces=[str(path)], breakdown=[{"process": 0, **summary(steps)}])

@@ -8,8 +8,8 @@ one synced step and answers ``ok`` (every rank answers; the bench waits for all)
 line, one all-reduce of the bytes the step all-reduces, alone, and ``ok``; for every ``latency``
 line, ``LATENCY_CALLS`` all-reduces of one float after a few to warm up, and ``ok SECONDS``, the
 median call (the link sweep's latency per message, as scripts/link_latency.py measures it); for a
-``profile PREFIX`` line, a few steps under the framework's profiler, the trace written to
-``PREFIX-FRAMEWORK-rankR.trace.json.gz``, and ``ok JSON``: where the median step's time went.
+``profile DIR NAME`` line, a few steps under the framework's profiler, the trace written to
+``DIR/NAME-FRAMEWORK-rankR.trace.json.gz``, and ``ok JSON``: where the median step's time went.
 
     python benches/scaling_worker.py FRAMEWORK DEVICE DEVICES SIZE PRECISION THREADS SOCKET [MESH]
         [--coordinator HOST:PORT --num-processes N --process-id I]
@@ -39,7 +39,6 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
     from mtcore.costs import costs_record
     from mtcore.perf.setup import set_up
     from mtcore.perf.timing import call_seconds
-    from mtcore.perf.trace import summary, traced_steps
 
     local = int(os.environ.get("LOCAL_RANK", 0))
     # The one process set-up, as the bench process and mtcore train have it; a torch rank per
@@ -58,11 +57,15 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
 
     import mtcore
 
-    # The bench session's -p plugins (tests/perf/): what changes its steps changes these too.
+    # The bench session's -p plugins that change a worker's step too (tests/perf/extra_collective.py):
+    # those that define ``mtcore_worker_configure(framework)``; any other plugin is the session's own.
     for name in filter(None, os.environ.get("MTCORE_WORKER_PLUGINS", "").split(",")):
-        plugin = importlib.import_module(name)
-        if hasattr(plugin, "pytest_configure"):
-            plugin.pytest_configure(None)
+        try:
+            plugin = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(plugin, "mtcore_worker_configure"):
+            plugin.mtcore_worker_configure(framework)
 
     be = mtcore.backend(framework, device, devices=devices, mesh=mesh)
     cfg, tcfg = mtcore.ModelConfig.preset(size), mtcore.TrainConfig(precision=precision)
@@ -101,8 +104,11 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
                 probe()
             elif line.strip() == "latency" and ping is not None:
                 answer = f" {float(np.median(call_seconds(ping, LATENCY_CALLS, warmup=20)))!r}"
-            elif line.startswith("profile "):  # PREFIX: a trace of a few steps to PREFIX-rank{r}.trace.json.gz
-                path = f"{line.split(' ', 1)[1].strip()}-{framework}-rank{be.world.process}.trace.json.gz"
+            elif line.startswith("profile "):  # DIR NAME: a trace of a few steps in DIR (trace.trace_path)
+                from mtcore.perf.trace import summary, trace_path, traced_steps
+
+                where, name = line.split(" ", 2)[1:]
+                path = trace_path(where, name.strip(), framework, be.world.process)
 
                 def one_step():
                     nonlocal state

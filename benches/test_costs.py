@@ -4,7 +4,7 @@ the regression gate judges exactly (``mtcore bench-compare``: any increase regre
 however noisy its timing). Collected from the mesh bench's workers: JAX's from the compiled step's
 HLO, torch's from a recorded step past DDP's bucket rebuild; checked against the prediction first.
 
-    pytest benches -m costs --costs-json costs.json    # what scripts/bench_gate.py runs once per tree
+    pytest benches -m costs --costs-json=costs.json    # what scripts/bench_gate.py runs once per tree
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ class Workers:
         each, in the --profile folder) and where each process's median step went, in ``extra_info``."""
         if session.profile is None or median_seconds(benchmark) is None:
             return
-        answers = [json.loads(a) for a in self.step(f"profile {session.profile / self.case.id}")]
+        answers = [json.loads(a) for a in self.step(f"profile {session.profile} {self.case.id}")]
         benchmark.extra_info.update(traces=[a["trace"] for a in answers],
                                     breakdown=[{k: v for k, v in a.items() if k != "trace"} for a in answers])
 

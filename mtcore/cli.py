@@ -128,8 +128,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if metrics is not None and (ranks or not os.environ.get("MTCORE_LAUNCHED")):  # once, where the user looks
         print(_summary(metrics))
         rank_files = f"rank files: {args.out}/rank*_results_epoch*.json; " if ranks else ""
-        traces = f"; traces: {args.out}/traces (where each step's time went: the rank files' profile)" if (
-            args.profile == "on") else ""
+        traces = ""
+        if args.profile == "on":
+            import pathlib
+
+            traces = (f"; traces: {args.out}/traces (where each step's time went: the rank files' profile)"
+                      if (pathlib.Path(args.out) / "traces").is_dir() else "; --profile: no epoch had steps to trace "
+                      "past the first three")
         print(f"metrics: {args.out}/metrics.json; {rank_files}checkpoint: {args.out}/checkpoints{traces}")
     return 0
 
@@ -205,7 +210,7 @@ def cmd_bench_check(args: argparse.Namespace) -> int:
     paths = args.runs or sorted(glob.glob(history.CHECK_RUNS))
     result = history.check(paths, k=args.k, window=args.window, threshold=args.threshold)
     print(history.check_report(result))
-    return 1 if result.regressed or result.costs.regressed else 0
+    return 1 if result.failed else 0
 
 
 def cmd_bench_export(args: argparse.Namespace) -> int:

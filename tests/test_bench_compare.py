@@ -530,7 +530,7 @@ def test_bench_check_needs_k_runs_of_this_machine(tmp_path, capsys):
     or another thread budget never count, however many there are."""
     paths = _check_history(tmp_path, [1.0, 1.0, 1.5])
     assert check_cli(*paths) == 0
-    assert "not enough history on this machine to judge (2 of 3 saved runs" in capsys.readouterr().out
+    assert "not enough history on this machine to judge the times (2 of 3 saved runs" in capsys.readouterr().out
     other = machine_info(accelerators=["cuda:0 NVIDIA H100"])
     elsewhere = _check_history(tmp_path, [1.0] * 5, info=other, start=10)
     budget = _check_history(tmp_path, [1.0] * 5, info=machine_info(threads=2), start=20)

@@ -235,7 +235,7 @@ def test_a_plugin_that_adds_one_collective_fails_the_gate_and_an_unchanged_tree_
         env_path = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = str(ROOT / "tests" / "perf")  # where -p finds the plugin, in workers too
         try:
-            run = _pytest_benches(tmp_path, "--costs-json", str(path), *plugin, select=select, timeout=300)
+            run = _pytest_benches(tmp_path, f"--costs-json={path}", *plugin, select=select, timeout=300)
         finally:
             os.environ.pop("PYTHONPATH") if env_path is None else os.environ.__setitem__("PYTHONPATH", env_path)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -254,5 +254,5 @@ def test_over_a_slow_link_the_traced_communication_is_what_the_planner_says(tmp_
         assert (out / r["trace"]).is_file()
     report = (out / "report.md").read_text()
     assert "## Where a step's time went" in report and (out / "step_breakdown.png").is_file()
-    assert "(torch-data2/traces/torch-data2-torch-rank1.trace.json.gz)" in report
+    assert "(torch-data2/traces/torch-data2-torch-rank1-epoch1.trace.json.gz)" in report
     assert leftovers() == [] and not our_processes(str(out))

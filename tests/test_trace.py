@@ -22,7 +22,7 @@ def event(name, ts, dur, tid=1, **args):
 
 
 def kind(e):
-    return {"op": "compute", "collective": "comm", "compile": "compile"}.get(e["name"])
+    return {"op": "compute", "collective": "comm", "compile": "compile", STEP_EVENT: "step"}.get(e["name"])
 
 
 # ---- the reader and the interval arithmetic ----------------------------------------------------------
@@ -99,7 +99,7 @@ def test_traced_steps_account_for_the_step_in_both_frameworks(name, mesh, tmp_pa
     out = tmp_path / "run"
     train(RunConfig(framework=name, mesh=mesh, **QUICK), out, progress=False)
     record = json.loads((out / "rank0_results_epoch1.json").read_text())["profile"]
-    assert record["trace"] == f"traces/run-{name}-rank0.trace.json.gz" and record["steps_traced"] == [4, 6]
+    assert record["trace"] == f"traces/run-{name}-rank0-epoch1.trace.json.gz" and record["steps_traced"] == [4, 6]
     events = read_trace(out / record["trace"])
     assert any(framework(name).trace_kind(e) == "compute" for e in events)
     for step in record["steps"]:
@@ -112,7 +112,7 @@ def test_traced_steps_account_for_the_step_in_both_frameworks(name, mesh, tmp_pa
     assert [round(s.arithmetic, 9) for s in again] == [round(s["arithmetic"], 9) for s in record["steps"]]
 
 
-def test_profile_is_off_by_default_and_writes_nothing(tmp_path):
+def test_profile_is_off_by_default_and_on_as_a_bare_flag(tmp_path):
     from mtcore.train import RunConfig
 
     assert RunConfig().profile == "off"
@@ -141,3 +141,15 @@ def test_torchs_backward_nodes_are_not_arithmetic_of_their_own():
     (step,) = breakdown(events, kind)
     assert step.arithmetic == pytest.approx(20 * US) and step.exposed == pytest.approx(50 * US)
     assert step.idle == pytest.approx(30 * US)
+
+
+@pytest.mark.torch
+def test_a_gpu_traces_copy_of_the_step_span_is_not_a_second_step():
+    """On a GPU torch's profiler copies each span onto the device's track: one step, not two."""
+    if mtcore.available("torch"):
+        pytest.skip(mtcore.available("torch"))
+    events = [{**event(STEP_EVENT, 0, 100), "cat": "user_annotation"},
+              {**event(STEP_EVENT, 5, 90, tid=9), "cat": "gpu_user_annotation"},
+              {**event("ampere_sgemm", 10, 50, tid=9), "cat": "kernel"}]
+    (step,) = breakdown(events, framework("torch").trace_kind)
+    assert step.arithmetic == pytest.approx(50 * US)

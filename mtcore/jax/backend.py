@@ -24,6 +24,7 @@ from mtcore.jax.parallel import interconnect  # noqa: F401  (Framework: the inte
 from mtcore.jax.variables import from_flax_leaves, to_flax_variables
 from mtcore.parallel import MeshShape
 from mtcore.perf import threads
+from mtcore.perf.trace import STEP_EVENT
 from mtcore.weights import Tree, check_tree
 
 PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
@@ -90,28 +91,28 @@ def profiled(path, device: str = "cpu"):
     options = jax.profiler.ProfileOptions()
     options.python_tracer_level = 0
     jax.profiler.start_trace(where, create_perfetto_trace=True, profiler_options=options)
+    written: list[str] = []
     try:
         yield
     finally:
-        jax.profiler.stop_trace()
-        written = glob.glob(f"{where}/plugins/profile/*/perfetto_trace.json.gz")
-        if written:
-            shutil.move(written[0], path)
-        shutil.rmtree(where, ignore_errors=True)
+        try:
+            jax.profiler.stop_trace()
+            written = glob.glob(f"{where}/plugins/profile/*/perfetto_trace.json.gz")
+            if written:
+                shutil.move(written[0], path)
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
     if not written:
         raise MTCoreError(f"JAX's profiler wrote no perfetto trace under {where}")
 
 
-def step_annotation(step: int):
-    """The span a traced step runs in (``mtcore.perf.trace.STEP_EVENT``)."""
-    from mtcore.perf.trace import STEP_EVENT
-
-    return jax.profiler.StepTraceAnnotation(STEP_EVENT, step_num=step)
+def step_annotation(step: int, name: str | None = None):
+    """The span a traced step runs in (``name``, by default ``mtcore.perf.trace.STEP_EVENT``)."""
+    return jax.profiler.StepTraceAnnotation(name or STEP_EVENT, step_num=step)
 
 
 # HLO's collectives, as the thunks that run them are named (``all-reduce.12``, ``all-gather-start.3``).
-_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "ragged-all-to-all", "collective-permute",
-                "collective-broadcast", "send", "recv")
+_COLLECTIVES = (*parallel.HLO_COLLECTIVES, "ragged-all-to-all", "collective-broadcast", "send", "recv")
 
 
 # What jit does for a program it has not compiled yet: trace, lower, and XLA's compile.
@@ -125,7 +126,8 @@ def trace_kind(event: dict) -> str | None:
     dispatching thread's waits) is None."""
     op = (event.get("args") or {}).get("hlo_op")
     if not isinstance(op, str):
-        return "compile" if str(event.get("name", "")).startswith(_COMPILING) else None
+        name = str(event.get("name", ""))
+        return "step" if name == STEP_EVENT else "compile" if name.startswith(_COMPILING) else None
     return "comm" if op.rsplit(".", 1)[0].startswith(_COLLECTIVES) else "compute"
 
 

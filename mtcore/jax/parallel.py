@@ -255,7 +255,9 @@ def local_copy(tree, device):
 
 
 # ---- what a compiled step moves -------------------------------------------------------------------
-_COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%\S+ = (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+# The collectives GSPMD inserts into a step, as HLO names them (the trace's collective thunks too).
+HLO_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%\S+ = (.+?) (" + "|".join(HLO_COLLECTIVES) + ")"
                          r"(?:-start)?\((.*)$")
 _WHILE = re.compile(r"^\s*(?:ROOT )?%\S+ = .+? while\(.*\bbody=%([\w.\-]+)")
 _CALL = re.compile(r"\b(?:calls|to_apply|body|condition)=(%[\w.\-]+)|\bbranch_computations=\{([^}]*)\}")

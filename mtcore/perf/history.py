@@ -141,6 +141,11 @@ class Check:
     def regressed(self) -> list[Judged]:
         return [j for j in self.judged if j.regressed]
 
+    @property
+    def failed(self) -> bool:
+        """A median past its band, or a step that moves or a device that holds more."""
+        return bool(self.regressed or (self.costs and self.costs.regressed))
+
 
 def check(paths: list[str | Path], k: int = K, window: int = WINDOW, threshold: float = DRIFT) -> Check:
     """The newest of ``paths`` judged against the ``window`` saved runs before it of the same

@@ -145,7 +145,13 @@ def judge_costs(base: list[dict[str, dict]], head: list[dict[str, dict]]) -> Cos
     batch differs between the runs is not compared, and a number that differs between the runs of
     one side is noted (it should not: the judgement takes that side's largest)."""
     changes, notes = [], []
-    if not base or not head:
+    if not any(base) and not any(head):
+        return CostJudgement(changes, notes)
+    for side, runs in (("base", base), ("head", head)):
+        if not all(runs):
+            notes.append(f"{sum(1 for c in runs if not c)} of the {side} runs hold no costs (`pytest benches -m costs`): "
+                         "what a step moves is not judged")
+    if not all(base) or not all(head):
         return CostJudgement(changes, notes)
     in_base = set.intersection(*(set(c) for c in base))
     in_head = set.intersection(*(set(c) for c in head))
@@ -312,7 +318,7 @@ def compare(base_paths: list[str | Path], head_paths: list[str | Path], threshol
     removed = sorted(in_all_base - any_head)
     incomplete = sorted(in_any - set(rows) - set(new) - set(removed))
     return Comparison(base, head, rows, groups, new, removed, incomplete, threshold, floor, alpha,
-                      judge_costs([r.costs for r in base if r.costs], [r.costs for r in head if r.costs]))
+                      judge_costs([r.costs for r in base], [r.costs for r in head]))
 
 
 # ---- the report ------------------------------------------------------------------------------

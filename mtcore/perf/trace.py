@@ -3,8 +3,9 @@ framework's trace, and the breakdown of each traced step into arithmetic, commun
 part of it no arithmetic hid), and idle.
 
 A framework says which of its events are work and which of those communicate
-(``Framework.trace_kind``: "compute", "comm", "compile" for its compiler at work, or None for an
-annotation, a runtime umbrella or a marker); everything else here is the same for every framework:
+(``Framework.trace_kind``: "compute", "comm", "compile" for its compiler at work, "step" for the
+span of a traced step, or None for an annotation, a runtime umbrella or a marker); everything else
+here is the same for every framework:
 
 - On each thread, nested events resolve innermost first: a collective inside a loop or an op that
   waits on it is communication for as long as it runs, not the enclosing op's arithmetic.
@@ -14,11 +15,11 @@ annotation, a runtime umbrella or a marker); everything else here is the same fo
 - **Compiling** is the compiler's time under neither (a step whose batch shape is new).
 - **Idle** is the union of the gaps no counted event covers, measured as gaps, not left over:
   the host between ops (Python, dispatch), or every thread waiting.
-- The step's own time is the loop's clock around it (``perf_counter``); what the parts do not
-  account for of it (``unaccounted``: step - arithmetic - exposed - compiling - idle) is reported,
-  not hidden.
-  The parts cover the traced window exactly, so ``unaccounted`` is the clock's disagreement with
-  the trace: a window drawn wrong, or steps that ran outside it.
+- The step's own time is the loop's clock around it (``perf_counter``, read outside its span); what
+  the parts do not account for of it (``unaccounted``: step - arithmetic - exposed - compiling -
+  idle) is reported, not hidden. The parts cover the span exactly, so ``unaccounted`` is what the
+  span missed of the step: work that ran before or after it (an asynchronous step the span closed
+  on before it finished), or the profiler's own cost of a span.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from typing import Any
 
 from mtcore.errors import MTCoreError
 
-# The annotation every framework wraps a traced step in (its ``step_annotation``).
+# The annotation every framework wraps a traced step in (its ``step_annotation``), and the one span
+# opened before the first, so that the profiler's own set-up on its first span is not a step's.
 STEP_EVENT = "mtcore.step"
+WARM_UP_EVENT = "mtcore.profiler-warm-up"
 
 Interval = tuple[float, float]
 
@@ -63,20 +66,33 @@ def spans(events: Iterable[dict], name: str | None = None) -> list[dict]:
             and isinstance(e.get("dur"), (int, float)) and (name is None or e.get("name") == name)]
 
 
-def step_windows(events: list[dict]) -> list[Interval]:
-    """The traced steps' windows (start, end) in microseconds, in order: the ``STEP_EVENT`` spans."""
-    return sorted((e["ts"], e["ts"] + e["dur"]) for e in spans(events, STEP_EVENT))
+def step_windows(events: list[dict], kind: Callable[[dict], str | None] | None = None) -> list[Interval]:
+    """The traced steps' windows (start, end) in microseconds, in order: the ``STEP_EVENT`` spans
+    the framework calls its step's (``kind``: a GPU trace copies each span onto the device's track)."""
+    return sorted((e["ts"], e["ts"] + e["dur"]) for e in spans(events, STEP_EVENT) if kind is None or kind(e) == "step")
+
+
+def trace_path(directory: str | os.PathLike, run: str, framework: str, rank: int, epoch: int | None = None) -> Path:
+    """Where a process's trace goes: named by run, framework and rank (and the epoch it traced)."""
+    return Path(directory) / (f"{run}-{framework}-rank{rank}" + (f"-epoch{epoch}" if epoch else "") + ".trace.json.gz")
 
 
 # ---- tracing steps ---------------------------------------------------------------------------------
+def warm_up(fw: Any) -> None:
+    """One empty span under ``fw``'s profiler, before the first step's: the profiler's set-up on its
+    first span lands here, not in a step."""
+    with fw.step_annotation(-1, WARM_UP_EVENT):
+        pass
+
+
 def traced_step(fw: Any, i: int, run: Callable[[], Any]) -> tuple[Any, float]:
     """``run()`` (one step, synced) in the step's span of framework ``fw``'s profiler
-    (``Framework.step_annotation``): its result and its seconds, on the clock inside the span (a
-    profiler's first span pays its own set-up on entering)."""
+    (``Framework.step_annotation``): its result and its seconds on the loop's clock, read around
+    the span, so that what the span misses of the step is unaccounted, not lost."""
+    start = time.perf_counter()
     with fw.step_annotation(i):
-        start = time.perf_counter()
         out = run()
-        return out, time.perf_counter() - start
+    return out, time.perf_counter() - start
 
 
 def traced_steps(fw: Any, path: str | os.PathLike, device: str, run: Callable[[], Any],
@@ -86,6 +102,7 @@ def traced_steps(fw: Any, path: str | os.PathLike, device: str, run: Callable[[]
     trainer's does the same inside its loop)."""
     clock = []
     with fw.profiled(path, device):
+        warm_up(fw)
         for i in range(steps):
             clock.append(traced_step(fw, i, run)[1])
     return breakdown(read_trace(path), fw.trace_kind, clock)
@@ -187,7 +204,7 @@ def breakdown(events: list[dict], kind: Callable[[dict], str | None],
               clock: list[float] | None = None) -> list[StepBreakdown]:
     """Each traced step's breakdown (``step_windows``), its events classed by ``kind``
     (``Framework.trace_kind``); ``clock``: the loop's seconds for each step, in order."""
-    windows = step_windows(events)
+    windows = step_windows(events, kind)
     if not windows:
         raise MTCoreError(f"no {STEP_EVENT!r} event in the trace: no step was traced")
     if clock is not None and len(clock) != len(windows):
@@ -195,7 +212,7 @@ def breakdown(events: list[dict], kind: Callable[[dict], str | None],
     by_thread: dict[tuple, list[tuple[float, float, str]]] = {}
     for e in spans(events):
         k = kind(e)
-        if k in ("compute", "comm", "compile"):
+        if k in ("compute", "comm", "compile"):  # not "step", not None
             by_thread.setdefault((e.get("pid"), e.get("tid")), []).append((float(e["ts"]), float(e["ts"] + e["dur"]), k))
     parts: dict[str, list[Interval]] = {"compute": [], "comm": [], "compile": []}
     for thread_events in by_thread.values():

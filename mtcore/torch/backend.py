@@ -20,6 +20,7 @@ from mtcore.costs import HeldBytes, Layout, tally
 from mtcore.errors import MTCoreError
 from mtcore.parallel import MeshShape
 from mtcore.perf import threads
+from mtcore.perf.trace import STEP_EVENT
 from mtcore.torch import decode, parallel, train
 from mtcore.torch.model import Transformer
 from mtcore.torch.parallel import (
@@ -91,11 +92,9 @@ def profiled(path, device: str = "cpu"):
     prof.export_chrome_trace(os.fspath(path))
 
 
-def step_annotation(step: int):
-    """The span a traced step runs in (``mtcore.perf.trace.STEP_EVENT``)."""
-    from mtcore.perf.trace import STEP_EVENT
-
-    return torch.profiler.record_function(STEP_EVENT)
+def step_annotation(step: int, name: str | None = None):
+    """The span a traced step runs in (``name``, by default ``mtcore.perf.trace.STEP_EVENT``)."""
+    return torch.profiler.record_function(name or STEP_EVENT)
 
 
 # The collective engines' own spans: gloo's threads, NCCL's kernels; and the ops a rank calls them through.
@@ -117,6 +116,8 @@ def trace_kind(event: dict) -> str | None:
     a CPU thread, a GPU kernel or copy), "compile" (torch.compile at work), or None (annotations,
     markers: not work of their own)."""
     name, cat = str(event.get("name", "")), event.get("cat")
+    if name == STEP_EVENT:  # on a GPU the profiler copies the span onto the device's track too
+        return "step" if cat == "user_annotation" else None
     if cat in ("dynamo", "inductor") or name.startswith(_COMPILING):
         return "compile"
     if name.startswith(_COMM_PREFIXES) or (cat == "kernel" and "nccl" in name.lower()):

@@ -306,7 +306,7 @@ def _parallelism_caption(rows: list[dict[str, Any]], runs: dict[str, dict[str, A
 
 
 def _ms(x: float | None) -> str:
-    return "-" if x is None else f"{x * 1e3:,.1f}"
+    return "-" if x is None else f"{x * 1e3 + 0.0:,.1f}".replace("-0.0", "0.0")  # no signed zero
 
 
 def breakdown_section(directory: Path) -> list[str]:
@@ -317,8 +317,9 @@ def breakdown_section(directory: Path) -> list[str]:
         return []
     file = _breakdown_plot(rows, directory)
     lines = ["", "## Where a step's time went (--profile: traced steps)", "",
-             "Each process traced a few steps of its first epoch with its framework's profiler, past compilation, "
-             "DDP's bucket rebuild and the recorded step, each step synced. Medians over the traced steps: "
+             "Each process traced three steps with its framework's profiler (steps 4-6 of the first epoch long enough: "
+             "past compilation, DDP's bucket rebuild and the recorded step), each step synced; below, the median "
+             "traced step: "
              "arithmetic is the union of compute spans over the process's threads, communication the union of "
              "collective spans (the engine's own threads included; it counts waiting for the other devices), "
              "hidden the part of it under arithmetic, exposed the rest; compiling is the compiler at work (a batch "

@@ -231,7 +231,7 @@ def breakdown_rows(directory: str | os.PathLike) -> list[dict[str, Any]]:
     for name, epochs in load_rank_files(directory).items():
         traced = next((epochs[e] for e in sorted(epochs) if any(r.get("profile") for r in epochs[e])), [])
         wire = [r["wire"] for r in traced if (r.get("wire") or {}).get("crossed_network")]
-        for r in sorted((r for r in traced if r.get("profile")), key=lambda r: r["process"]):
+        for r in sorted((r for r in traced if (r.get("profile") or {}).get("median")), key=lambda r: r["process"]):
             p = r["profile"]
             rows.append({**_breakdown(directory / name, r), "run": name, "framework": r["framework"], "device": r["device"],
                          "mesh": r.get("mesh") or f"data:{r['world_size']}", "process": r["process"],
@@ -250,10 +250,13 @@ def _breakdown(run: Path, record: dict[str, Any]) -> dict[str, Any]:
 
     p = record["profile"]
     path = run / p["trace"]
-    if not path.is_file():
+    if not path.is_file() or not p["steps"]:
         return p["median"]
-    return summary(breakdown(read_trace(path), framework(record["framework"]).trace_kind,
-                             clock=[s["step"] for s in p["steps"]]))
+    try:  # a framework not installed here, a trace cut short: the run's own account stands
+        return summary(breakdown(read_trace(path), framework(record["framework"]).trace_kind,
+                                 clock=[s["step"] for s in p["steps"]]))
+    except MTCoreError:
+        return p["median"]
 
 
 def _model_config(run: Path):

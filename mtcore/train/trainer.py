@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -201,37 +202,42 @@ class Trainer:
         first_step_s = None
         # The step whose collectives are recorded: the third, past DDP's bucket rebuild on the second.
         record_at = min(2, len(batches) - 1) if self.costs is None else -1
-        tracer = StepTracer.for_epoch(self, len(batches), after=record_at)
+        tracer = StepTracer.for_epoch(self, epoch, len(batches), after=record_at)
         if self.wire_idle_pending:
             self._measure_idle()
         if self.wire:
             self.wire.start()
         start = time.perf_counter()
-        for i, planned in enumerate(batches):
-            if i == record_at:
-                self.be.peak_memory(reset=True)  # the step's own peak, where the allocator keeps one
-                self.state, m, moved = self.be.recorded_step(self.step_fn, self.state, planned.batch)
-                self.costs = self._costs(planned.batch, moved, epoch, i + 1)
-            elif tracer and tracer.traces(i):
-                self.state, m = tracer.step(i, self.step_fn, self.state, planned.batch)
-            else:
-                self.state, m = self.step_fn(self.state, planned.batch)
-            pending.append(m)
-            if i == 0:
-                self.be.sync(m["loss"])
-                first_step_s = time.perf_counter() - start
-            # Reading a loss waits for the device: every 10 steps is often enough to stop a
-            # diverging run early without serialising the whole epoch.
-            if len(pending) == 10 or i == len(batches) - 1:
-                for m in pending:
-                    loss = float(m["loss"])
-                    if not math.isfinite(loss):
-                        self._stop(epoch, len(losses) + 1, loss, bar)
-                    losses.append(loss)
-                    accuracies.append(float(m["accuracy"]))
-                pending = []
-                bar.update(10 if i != len(batches) - 1 else len(batches) - bar.n)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        try:
+            for i, planned in enumerate(batches):
+                if i == record_at:
+                    self.be.peak_memory(reset=True)  # the step's own peak, where the allocator keeps one
+                    self.state, m, moved = self.be.recorded_step(self.step_fn, self.state, planned.batch)
+                    self.costs = self._costs(planned.batch, moved, epoch, i + 1)
+                elif tracer and tracer.traces(i):
+                    self.state, m = tracer.step(i, self.step_fn, self.state, planned.batch)
+                else:
+                    self.state, m = self.step_fn(self.state, planned.batch)
+                pending.append(m)
+                if i == 0:
+                    self.be.sync(m["loss"])
+                    first_step_s = time.perf_counter() - start
+                # Reading a loss waits for the device: every 10 steps is often enough to stop a
+                # diverging run early without serialising the whole epoch.
+                if len(pending) == 10 or i == len(batches) - 1:
+                    for m in pending:
+                        loss = float(m["loss"])
+                        if not math.isfinite(loss):
+                            self._stop(epoch, len(losses) + 1, loss, bar)
+                        losses.append(loss)
+                        accuracies.append(float(m["accuracy"]))
+                    pending = []
+                    bar.update(10 if i != len(batches) - 1 else len(batches) - bar.n)
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        except BaseException:  # the profiler, if it runs, stops with the error
+            if tracer:
+                tracer.abandon()
+            raise
         self.be.sync(self.state)
         seconds = time.perf_counter() - start
         if tracer:
@@ -365,36 +371,39 @@ class StepTracer:
 
     STEPS = 3
 
-    def __init__(self, trainer: Trainer, first: int, last: int):
+    def __init__(self, trainer: Trainer, first: int, last: int, epoch: int):
         from contextlib import ExitStack
 
         from mtcore.backend import framework
+        from mtcore.perf.trace import trace_path
 
-        self.trainer, self.first, self.last = trainer, first, last
+        self.trainer, self.first, self.last, self.epoch = trainer, first, last, epoch
         self.fw = framework(trainer.rc.framework)
-        world = trainer.world
-        self.path = trainer.out / "traces" / f"{trainer.out.name}-{trainer.rc.framework}-rank{world.process}.trace.json.gz"
+        # The epoch in the name: a resumed run traces again, and leaves the first run's trace be.
+        self.path = trace_path(trainer.out / "traces", trainer.out.name, trainer.rc.framework, trainer.world.process,
+                               epoch)
         self.clock: list[float] = []
         self.stack = ExitStack()
 
     @classmethod
-    def for_epoch(cls, trainer: Trainer, steps: int, after: int) -> StepTracer | None:
+    def for_epoch(cls, trainer: Trainer, epoch: int, steps: int, after: int) -> StepTracer | None:
         """The tracer of this epoch, or None: off, traced already, or no step past ``after``."""
         if trainer.rc.profile != "on" or trainer.profile is not None or after + 1 >= steps:
             return None
         first = max(after + 1, 0)
-        return cls(trainer, first, min(first + cls.STEPS, steps) - 1)
+        return cls(trainer, first, min(first + cls.STEPS, steps) - 1, epoch)
 
     def traces(self, i: int) -> bool:
         return self.first <= i <= self.last
 
     def step(self, i: int, step_fn, state, batch):
-        from mtcore.perf.trace import traced_step
+        from mtcore.perf.trace import traced_step, warm_up
 
         be = self.trainer.be
         if i == self.first:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.stack.enter_context(self.fw.profiled(self.path, self.trainer.rc.device))
+            warm_up(self.fw)
         def run():
             state_, m_ = step_fn(state, batch)
             be.sync(m_["loss"])
@@ -404,24 +413,36 @@ class StepTracer:
             (state, m), seconds = traced_step(self.fw, i, run)
             self.clock.append(seconds)
         except BaseException:
-            self.stack.close()
+            self.abandon()
             raise
         if i == self.last:
             self.stack.close()  # the profiler stops and writes the trace
         return state, m
 
+    def abandon(self) -> None:
+        """The profiler stopped on an error's way out, its trace not read; the error is the step's."""
+        try:
+            self.stack.__exit__(*sys.exc_info())
+        except Exception:  # noqa: BLE001 (the step's error is the one to see)
+            pass
+
     def result(self, epoch: int) -> dict[str, Any]:
         """The trace's path (relative to the run directory), the window, each traced step's
-        breakdown and their medians."""
+        breakdown and their medians; where the trace cannot be read back, why (the run goes on)."""
         from mtcore.perf.trace import breakdown, read_trace, summary
 
         self.stack.close()
-        steps = breakdown(read_trace(self.path), self.fw.trace_kind, clock=self.clock)
-        return {"trace": str(self.path.relative_to(self.trainer.out)), "epoch": epoch,
-                "steps_traced": [self.first + 1, self.last + 1],
-                "window": "steps after the first's compilation, DDP's bucket rebuild (the second) and the recorded third; "
-                          "each synced",
-                "steps": [s.as_dict() for s in steps], "median": summary(steps)}
+        record = {"trace": str(self.path.relative_to(self.trainer.out)), "epoch": epoch,
+                  "steps_traced": [self.first + 1, self.last + 1],
+                  "window": f"steps {self.first + 1}-{self.last + 1} of epoch {epoch}, each synced"
+                            + (": past the first's compilation, DDP's bucket rebuild on the second and the recorded third"
+                               if self.first >= 3 else "")}
+        try:
+            steps = breakdown(read_trace(self.path), self.fw.trace_kind, clock=self.clock)
+        except MTCoreError as e:
+            print(f"mtcore: --profile: {e}", file=sys.stderr)
+            return {**record, "error": str(e), "steps": [], "median": None}
+        return {**record, "steps": [s.as_dict() for s in steps], "median": summary(steps)}
 
 
 def epoch_sent_bytes(cfg: ModelConfig, mesh, costs: dict[str, Any] | None,

@@ -49,15 +49,22 @@ def _jax(step_function):
     return wrapped
 
 
+def mtcore_worker_configure(framework: str) -> None:
+    """In a bench's worker process (benches/scaling_worker.py), which runs one framework."""
+    if framework == "torch":
+        from mtcore.torch.backend import TorchBackend
+
+        TorchBackend.make_train_step = _torch(TorchBackend.make_train_step)
+    elif framework == "jax":
+        from mtcore.jax import backend as jax_backend
+
+        jax_backend._step_function = _jax(jax_backend._step_function)
+
+
 def pytest_configure(config):
     # Imported here, not at the top: the benches' conftest sets the thread budget first.
     import mtcore
 
-    if not mtcore.available("torch"):
-        from mtcore.torch.backend import TorchBackend
-
-        TorchBackend.make_train_step = _torch(TorchBackend.make_train_step)
-    if not mtcore.available("jax"):
-        from mtcore.jax import backend as jax_backend
-
-        jax_backend._step_function = _jax(jax_backend._step_function)
+    for framework in ("torch", "jax"):
+        if not mtcore.available(framework):
+            mtcore_worker_configure(framework)
