@@ -234,9 +234,12 @@ def test_without_the_privilege_a_run_over_hosts_is_one_line(tmp_path, capsys, mo
 @pytest.mark.xdist_group("processes")
 @needs_privilege
 def test_over_a_slow_link_the_traced_communication_is_what_the_planner_says(tmp_path):
-    """``--profile`` on two hosts at 10 Mbit/s: each process's traced step is communication as
-    the planner predicts it (the engine's framed bytes over the rate) within 20%, its share of the
-    step likewise, and the report links every process's trace."""
+    """``--profile`` on two hosts at 10 Mbit/s: each process's share of the step that is
+    communication is the planner's within 20% (its communication, the engine's framed bytes over
+    the rate, in place of the traced), torch's communication seconds are the planner's within 20%,
+    and no framework's are under 80% of them (the bytes cannot cross faster than the link); JAX's
+    run over them by XLA's per-call cost of its gloo collectives, which the planner does not
+    charge (docs/findings/2026-12-05-where-a-step-goes.md). The report links every trace."""
     out = tmp_path / "cmp"
     # Six steps of 32 pairs: three traced past the recorded third.
     quick = [*QUICK, "--synthetic-size", "500", "--global-batch-size", "32"]  # the last of an option wins
@@ -249,7 +252,11 @@ def test_over_a_slow_link_the_traced_communication_is_what_the_planner_says(tmp_
     assert sorted((r["framework"], r["process"]) for r in rows) == [("jax", 0), ("jax", 1), ("torch", 0), ("torch", 1)]
     for r in rows:
         assert r["transport"] == "2 hosts, 10 Mbit/s" and abs(r["unaccounted"]) < 0.05 * r["step"], r
-        assert abs(r["communication"] / r["planned_communication"] - 1) < 0.20, r
+        share = r["communication"] / r["step"]
+        planned_share = r["planned_communication"] / (r["planned_communication"] + r["step"] - r["communication"])
+        assert abs(share / planned_share - 1) < 0.20, r
+        seconds = r["communication"] / r["planned_communication"]
+        assert seconds > 0.8 and (seconds < 1.2 or r["framework"] == "jax"), r
         assert r["busy"] < 0.1  # the link, not the arithmetic, held the step
         assert (out / r["trace"]).is_file()
     report = (out / "report.md").read_text()
