@@ -137,6 +137,7 @@ def cases(kind: str, frameworks, devices, sizes) -> list:
     """The cases a bench of ``kind`` runs. Variants ride on the default precision only, and
     precision on the default variant only: each comparison a user would make, not every product."""
     cases = []
+    smallest = min(sizes, key=list(PRESETS).index)  # the costs bench's size
     for device in devices:
         for size in sizes:
             if kind == "paired" and {"torch", "jax"} <= set(frameworks):
@@ -166,9 +167,8 @@ def cases(kind: str, frameworks, devices, sizes) -> list:
                     cases += [Case(fw, device, size, devices=n) for n in scaling_counts(fw, device)]
                 elif kind == "mesh":
                     cases += [Case(fw, device, size, devices=MeshShape.parse(m).devices, mesh=m) for m in MESHES]
-                elif kind == "costs":  # what the gate holds exactly: the smallest size selected, every mesh of two
-                    cases += [Case(fw, device, min(sizes, key=list(PRESETS).index), devices=2, mesh=m)
-                              for m in SWEEP_MESHES] if size == min(sizes, key=list(PRESETS).index) else []
+                elif kind == "costs" and size == smallest:  # what the gate holds exactly: every mesh of two
+                    cases += [Case(fw, device, size, devices=2, mesh=m) for m in SWEEP_MESHES]
                 elif kind == "sweep" and device == "cpu":  # emulated hosts are processes of this machine
                     cases += [Case(fw, device, size, devices=2, mesh=m, hosts=2) for m in SWEEP_MESHES]
             if kind == "train" and "hf" in frameworks:

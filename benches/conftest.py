@@ -210,13 +210,18 @@ def _plugins(config) -> tuple[str, ...]:
     return tuple(n for n in named if not n.startswith("no:"))
 
 
-def pytest_benchmark_update_json(config, benchmarks, output_json):
-    """A run's JSON keeps the costs its benches collected (``mtcore.perf.records.COSTS_KEY``).
-    Nothing is imported without them: the gate runs these benches on an older mtcore too."""
-    if session.costs:
-        from mtcore.perf.records import COSTS_KEY
+def _costs_block() -> dict:
+    """The session's costs as a run's JSON keeps them, under ``mtcore.perf.records.COSTS_KEY``."""
+    from mtcore.perf.records import COSTS_KEY
 
-        output_json[COSTS_KEY] = {"cases": dict(sorted(session.costs.items()))}
+    return {COSTS_KEY: {"cases": dict(sorted(session.costs.items()))}}
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """A run's JSON keeps the costs its benches collected. Nothing is imported without them: the
+    gate runs these benches on an older mtcore too."""
+    if session.costs:
+        output_json.update(_costs_block())
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -227,12 +232,9 @@ def _costs_file(config) -> None:
     """--costs-json: the session's costs, on their own."""
     path = config.getoption("--costs-json")
     if path and not os.environ.get("PYTEST_XDIST_WORKER"):
-        from inputs import session as bench_session
-
         from mtcore.files import write_text
-        from mtcore.perf.records import COSTS_KEY
 
-        write_text(path, json.dumps({COSTS_KEY: {"cases": dict(sorted(bench_session.costs.items()))}}, indent=1))
+        write_text(path, json.dumps(_costs_block(), indent=1))
 
 
 def _given(config, flag: str) -> bool:

@@ -77,15 +77,20 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | PINNED_ENV
 
 
-def _command(json_path: Path, plugin: Path | None, extra: list[str]) -> tuple[list[str], dict[str, str]]:
-    """One pytest session of the gate subset, in the tree it is started in (whose mtcore is imported:
-    ``python -m`` puts the working directory first on sys.path)."""
+def _pytest(args: list[str], plugin: Path | None) -> tuple[list[str], dict[str, str]]:
+    """``pytest benches ARGS`` in the tree it is started in (whose mtcore is imported: ``python -m``
+    puts the working directory first on sys.path), with ``plugin`` loaded where one is given."""
     env = _env()
-    args = [sys.executable, "-m", "pytest", "benches", *SESSION_ARGS, "--benchmark-json", str(json_path), *extra]
+    command = [sys.executable, "-m", "pytest", "benches", *args]
     if plugin is not None:
         env["PYTHONPATH"] = str(plugin.parent)
-        args += ["-p", plugin.stem]
-    return args, env
+        command += ["-p", plugin.stem]
+    return command, env
+
+
+def _command(json_path: Path, plugin: Path | None, extra: list[str]) -> tuple[list[str], dict[str, str]]:
+    """One pytest session of the gate subset."""
+    return _pytest([*SESSION_ARGS, "--benchmark-json", str(json_path), *extra], plugin)
 
 
 def session(tree: Path, json_path: Path, plugin: Path | None, extra: list[str]) -> tuple[int, float]:
@@ -105,14 +110,10 @@ def costs(sessions: dict[str, tuple[Path, Path, Path | None]], extra: list[str])
     start = time.perf_counter()
     try:
         for side, (tree, json_path, plugin) in sessions.items():
-            env = _env()
             # OPTION=VALUE: pytest reads the command line for its rootdir before the benches' conftest
             # declares the option, and would take a separate path for one of the files to test.
-            args = [sys.executable, "-m", "pytest", "benches", "-m", "costs", "--threads", "1", "-q", "-p",
-                    "no:cacheprovider", f"--costs-json={json_path}", *extra]
-            if plugin is not None:
-                env["PYTHONPATH"] = str(plugin.parent)
-                args += ["-p", plugin.stem]
+            args, env = _pytest(["-m", "costs", "--threads", "1", "-q", "-p", "no:cacheprovider",
+                                 f"--costs-json={json_path}", *extra], plugin)
             logs.append(open(json_path.with_suffix(".log"), "w"))  # noqa: SIM115 (closed below)
             procs[side] = subprocess.Popen(args, cwd=tree, env=env, stdout=logs[-1], stderr=subprocess.STDOUT)
         for side, proc in procs.items():

@@ -10,9 +10,9 @@ import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mtcore.perf.records import BadRuns, Run, as_dict, fingerprint_id, finite, load_run, median_time
+from mtcore.perf.regression import CostJudgement, costs_markdown, judge_costs
 
 DRIFT = 0.15  # the latest median against the rolling median of the last WINDOW runs
 WINDOW = 20
@@ -131,7 +131,7 @@ class Check:
     judged: list[Judged]
     k: int
     threshold: float
-    costs: Any = None  # regression.CostJudgement: the latest's costs against the last earlier run's that holds them
+    costs: CostJudgement  # the latest's costs against the last earlier run's that holds them
 
     @property
     def enough(self) -> bool:
@@ -144,7 +144,7 @@ class Check:
     @property
     def failed(self) -> bool:
         """A median past its band, or a step that moves or a device that holds more."""
-        return bool(self.regressed or (self.costs and self.costs.regressed))
+        return bool(self.regressed or self.costs.regressed)
 
 
 def check(paths: list[str | Path], k: int = K, window: int = WINDOW, threshold: float = DRIFT) -> Check:
@@ -159,21 +159,17 @@ def check(paths: list[str | Path], k: int = K, window: int = WINDOW, threshold: 
     same = [r for r in runs[:-1] if r.fingerprint == latest.fingerprint and r.threads == latest.threads][-window:]
     judged = judge(latest, same, fingerprint_id(latest.fingerprint), threshold, min_runs=k) if len(same) >= k else []
     # Exact, so one earlier run is enough: the last of this machine's that holds each case's costs.
-    from mtcore.perf.regression import judge_costs
-
     earlier = {case: r.costs for r in same for case in r.costs}  # the latest run holding each case wins
     previous = {case: costs[case] for case, costs in earlier.items() if case in latest.costs}
-    costs = judge_costs([previous], [{c: latest.costs[c] for c in previous}]) if previous else judge_costs([], [])
+    costs = judge_costs([previous], [{c: latest.costs[c] for c in previous}])  # nothing held: nothing judged
     return Check(latest, same, judged, k, threshold, costs)
 
 
 def check_report(c: Check) -> str:
     """What make bench-check prints: the verdict per benchmark, and what this machine can see."""
-    from mtcore.perf.regression import costs_markdown
-
     head = (f"{c.latest.path}: {len(c.latest.benchmarks)} benchmarks on {fingerprint_id(c.latest.fingerprint)}, "
             f"threads {c.latest.threads}")
-    costs = costs_markdown(c.costs, "last earlier run", "this run") if c.costs else []
+    costs = costs_markdown(c.costs, "last earlier run", "this run")
     if not c.enough:
         return "\n".join([f"{head}\nnot enough history on this machine to judge the times ({len(c.history)} of {c.k} "
                           "saved runs of this hardware and thread budget before this one); saved, so the next runs "

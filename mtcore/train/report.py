@@ -306,7 +306,7 @@ def _parallelism_caption(rows: list[dict[str, Any]], runs: dict[str, dict[str, A
 
 
 def _ms(x: float | None) -> str:
-    return "-" if x is None else f"{x * 1e3 + 0.0:,.1f}".replace("-0.0", "0.0")  # no signed zero
+    return "-" if x is None else f"{x * 1e3:,.1f}".replace("-0.0", "0.0")  # no signed zero
 
 
 def breakdown_section(directory: Path) -> list[str]:

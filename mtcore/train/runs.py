@@ -231,13 +231,14 @@ def breakdown_rows(directory: str | os.PathLike) -> list[dict[str, Any]]:
     for name, epochs in load_rank_files(directory).items():
         traced = next((epochs[e] for e in sorted(epochs) if any(r.get("profile") for r in epochs[e])), [])
         wire = [r["wire"] for r in traced if (r.get("wire") or {}).get("crossed_network")]
+        cfg = _model_config(directory / name) if traced else None
         for r in sorted((r for r in traced if (r.get("profile") or {}).get("median")), key=lambda r: r["process"]):
             p = r["profile"]
             rows.append({**_breakdown(directory / name, r), "run": name, "framework": r["framework"], "device": r["device"],
                          "mesh": r.get("mesh") or f"data:{r['world_size']}", "process": r["process"],
                          "processes": r["processes"], "epoch": p["epoch"], "steps_traced": p["steps_traced"],
                          "trace": f"{name}/{p['trace']}", "transport": transport(r, wire),
-                         "planned_communication": planned_communication(r, _model_config(directory / name))})
+                         "planned_communication": planned_communication(r, cfg)})
     return rows
 
 

@@ -241,7 +241,7 @@ class Trainer:
         self.be.sync(self.state)
         seconds = time.perf_counter() - start
         if tracer:
-            self.profile = tracer.result(epoch)
+            self.profile = tracer.result()
         sent, sent_predicted = epoch_sent_bytes(self.cfg, self.rc.mesh_shape(), self.costs, [b.batch.shape for b in batches])
         wire = self._wire_record(len(batches), sent) if self.wire else None
         bar.close()
@@ -390,7 +390,7 @@ class StepTracer:
         """The tracer of this epoch, or None: off, traced already, or no step past ``after``."""
         if trainer.rc.profile != "on" or trainer.profile is not None or after + 1 >= steps:
             return None
-        first = max(after + 1, 0)
+        first = after + 1  # after is -1 where no step of this epoch is recorded
         return cls(trainer, first, min(first + cls.STEPS, steps) - 1, epoch)
 
     def traces(self, i: int) -> bool:
@@ -404,6 +404,7 @@ class StepTracer:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.stack.enter_context(self.fw.profiled(self.path, self.trainer.rc.device))
             warm_up(self.fw)
+
         def run():
             state_, m_ = step_fn(state, batch)
             be.sync(m_["loss"])
@@ -426,15 +427,15 @@ class StepTracer:
         except Exception:  # noqa: BLE001 (the step's error is the one to see)
             pass
 
-    def result(self, epoch: int) -> dict[str, Any]:
+    def result(self) -> dict[str, Any]:
         """The trace's path (relative to the run directory), the window, each traced step's
         breakdown and their medians; where the trace cannot be read back, why (the run goes on)."""
         from mtcore.perf.trace import breakdown, read_trace, summary
 
         self.stack.close()
-        record = {"trace": str(self.path.relative_to(self.trainer.out)), "epoch": epoch,
+        record = {"trace": str(self.path.relative_to(self.trainer.out)), "epoch": self.epoch,
                   "steps_traced": [self.first + 1, self.last + 1],
-                  "window": f"steps {self.first + 1}-{self.last + 1} of epoch {epoch}, each synced"
+                  "window": f"steps {self.first + 1}-{self.last + 1} of epoch {self.epoch}, each synced"
                             + (": past the first's compilation, DDP's bucket rebuild on the second and the recorded third"
                                if self.first >= 3 else "")}
         try:
