@@ -95,11 +95,16 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
         probe = be.all_reduce_probe(sum(c["payload"] for c in (costs or {}).get("collectives", [])
                                         if c["kind"] == "all-reduce"))
         ping = be.all_reduce_probe(4)
+
+        def one_step():  # synced: done when its loss exists
+            nonlocal state
+            state, metrics = step(state, data)
+            be.sync(metrics["loss"])
+
         for line in stream:
             answer = ""
             if line.strip() == "step":
-                state, metrics = step(state, data)
-                be.sync(metrics["loss"])
+                one_step()
             elif line.strip() == "comm" and probe is not None:
                 probe()
             elif line.strip() == "latency" and ping is not None:
@@ -109,14 +114,8 @@ def main(framework: str, device: str, devices: int, size: str, precision: str, t
 
                 where, name = line.split(" ", 2)[1:]
                 path = trace_path(where, name.strip(), framework, be.world.process)
-
-                def one_step():
-                    nonlocal state
-                    state, metrics = step(state, data)
-                    be.sync(metrics["loss"])
-
                 steps = traced_steps(fw(framework), path, device, one_step, PROFILED_STEPS)
-                answer = " " + json.dumps({"process": be.world.process, "trace": path, **summary(steps)})
+                answer = " " + json.dumps({"process": be.world.process, "trace": str(path), **summary(steps)})
             else:
                 break
             stream.write(f"ok{answer}\n")

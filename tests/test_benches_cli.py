@@ -258,3 +258,24 @@ def test_a_plugin_that_adds_one_collective_fails_the_gate_and_an_unchanged_tree_
             for fw in ("torch", "jax"):
                 before, after = grew[(f"{fw}-cpu-tiny-fp32-data2", "all-reduce calls/step")]
                 assert after == before + 1, grew
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.xdist_group("processes")
+def test_profile_traces_every_worker_process_after_the_timed_rounds(tmp_path):
+    """``--profile=DIR``: the mesh bench's two torch ranks each write a trace and answer with
+    their breakdown, which lands in extra_info beside the traces' paths."""
+    traces = tmp_path / "traces"
+    run = _pytest_benches(tmp_path, f"--profile={traces}", f"--benchmark-json={tmp_path / 'run.json'}", "--rounds", "2",
+                          select=["--framework", "torch", "--size", "tiny", "-k", "test_train_step_mesh and data2"],
+                          timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (entry,) = json.loads((tmp_path / "run.json").read_text())["benchmarks"]
+    info = entry["extra_info"]
+    assert sorted(Path(t).name for t in info["traces"]) == [f"torch-cpu-tiny-fp32-data2-torch-rank{r}.trace.json.gz"
+                                                            for r in (0, 1)]
+    assert all(Path(t).is_file() for t in info["traces"])
+    assert sorted(b["process"] for b in info["breakdown"]) == [0, 1]
+    for b in info["breakdown"]:
+        assert b["steps"] == 3 and b["communication"] > 0 and abs(b["unaccounted"]) < 0.05 * b["step"], b
